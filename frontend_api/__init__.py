@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP front-end of llmserve (FastAPI). Build the app with `frontend_api.app.create_app`."""

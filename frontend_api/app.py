@@ -1,0 +1,54 @@
+"""The FastAPI application. `uvicorn --factory frontend_api.app:create_app` serves it with settings from the
+environment (`LLMSERVE_*`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from frontend_api.engine.protocol import Engine
+from frontend_api.errors import install_error_handlers
+from frontend_api.middleware import BodySizeLimitMiddleware
+from frontend_api.routers import chat, completions, health, models
+from frontend_api.settings import Settings, get_settings
+from frontend_api.tokenization import Tokenizers
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. Without `engine`, the lifespan connects a TritonEngine to `settings.triton_grpc_url` and
+    closes it on shutdown; a given engine is used as is and left open (its owner closes it)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned: Engine | None = None
+        if app.state.engine is None:
+            from frontend_api.engine.triton import TritonEngine  # needs the running loop for its gRPC channel
+
+            owned = app.state.engine = TritonEngine(settings.triton_grpc_url)
+            logger.info("inference server at %s (gRPC)", settings.triton_grpc_url)
+        try:
+            yield
+        finally:
+            if owned is not None:
+                app.state.engine = None
+                await owned.close()
+            app.state.tokenizers.close()
+
+    app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.tokenizers = Tokenizers()
+    app.state.started_at = int(time.time())
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    for router in (health.router, models.router, chat.router, completions.router):
+        app.include_router(router)
+    return app

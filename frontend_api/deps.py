@@ -1,0 +1,56 @@
+"""`Annotated` dependencies: the app-wide objects live on `app.state` (set by `create_app` and its lifespan)."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from frontend_api.engine.protocol import Engine, EngineUnavailable
+from frontend_api.serving import OpenAIServing
+from frontend_api.serving_chat import OpenAIServingChat
+from frontend_api.serving_completions import OpenAIServingCompletion
+from frontend_api.settings import Settings
+from frontend_api.tokenization import Tokenizers
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:  # the lifespan has not created it (yet), or has closed it
+        raise EngineUnavailable()
+    return engine
+
+
+def get_tokenizers(request: Request) -> Tokenizers:
+    return request.app.state.tokenizers
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
+
+
+def get_serving(engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep) -> OpenAIServing:
+    return OpenAIServing(engine, tokenizers, settings)
+
+
+def get_chat_serving(engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep) -> OpenAIServingChat:
+    return OpenAIServingChat(engine, tokenizers, settings)
+
+
+def get_completion_serving(
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep
+) -> OpenAIServingCompletion:
+    return OpenAIServingCompletion(engine, tokenizers, settings)
+
+
+def get_started_at(request: Request) -> int:
+    return request.app.state.started_at
+
+
+ServingDep = Annotated[OpenAIServing, Depends(get_serving)]
+ChatServingDep = Annotated[OpenAIServingChat, Depends(get_chat_serving)]
+CompletionServingDep = Annotated[OpenAIServingCompletion, Depends(get_completion_serving)]
+StartedAtDep = Annotated[int, Depends(get_started_at)]

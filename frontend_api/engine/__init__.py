@@ -1,0 +1,1 @@
+"""Inference engines behind the front-end: the protocol, and the Triton implementation."""

@@ -1,0 +1,240 @@
+"""The Engine protocol over Triton's gRPC API: one bidirectional stream per generation request.
+
+Every request is sent with stream=True (also for non-streaming HTTP requests, which accumulate): the models
+are decoupled and answer with several responses, the last one flagged `triton_final_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import InferInput, InferResult
+from tritonclient.utils import InferenceServerException
+
+from frontend_api.engine.protocol import EngineError, EngineModel, EngineUnavailable, GenerationChunk, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+# Optional inputs of the tensor contract, sent only when the request sets them: (SamplingParams field, dtype).
+_OPTIONAL_INPUTS: tuple[tuple[str, type, str], ...] = (
+    ("temperature", np.float32, "FP32"),
+    ("top_p", np.float32, "FP32"),
+    ("top_k", np.int32, "INT32"),
+    ("seed", np.uint64, "UINT64"),
+    ("min_tokens", np.int32, "INT32"),
+    ("repetition_penalty", np.float32, "FP32"),
+    ("presence_penalty", np.float32, "FP32"),
+    ("frequency_penalty", np.float32, "FP32"),
+)
+# Contract input name -> the OpenAI request field it comes from (for the `param` of a 400).
+_INPUT_TO_PARAM = {name: name for name, _, _ in _OPTIONAL_INPUTS} | {"max_tokens": "max_tokens", "stop_words": "stop"}
+_INVALID_MARKER = "invalid request:"
+_UNEXPECTED_INPUT = re.compile(r"unexpected inference input '(\w+)'")
+_UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_REQUIRED_PARAMETERS = ("served_model_name", "tokenizer_dir", "max_model_len")
+_DRAIN_TIMEOUT_S = 1.0
+
+
+def _tensor(name: str, array: np.ndarray, datatype: str) -> InferInput:
+    tensor = InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def build_inputs(request: GenerationRequest) -> list[InferInput]:
+    """Tensors with a leading batch dim of 1 (the models have max_batch_size > 0)."""
+    params = request.params
+    inputs = [
+        _tensor("text_input", np.array([[request.prompt.encode("utf-8")]], dtype=np.object_), "BYTES"),
+        _tensor("max_tokens", np.array([[params.max_tokens]], dtype=np.int32), "INT32"),
+        _tensor("stream", np.array([[True]], dtype=np.bool_), "BOOL"),
+        _tensor("exclude_input_in_output", np.array([[True]], dtype=np.bool_), "BOOL"),
+        _tensor("return_num_input_tokens", np.array([[True]], dtype=np.bool_), "BOOL"),
+        _tensor("return_num_output_tokens", np.array([[True]], dtype=np.bool_), "BOOL"),
+    ]
+    for name, dtype, datatype in _OPTIONAL_INPUTS:
+        value = getattr(params, name)
+        if value is not None:
+            inputs.append(_tensor(name, np.array([[value]], dtype=dtype), datatype))
+    if params.stop:
+        stop = np.array([[s.encode("utf-8") for s in params.stop]], dtype=np.object_)
+        inputs.append(_tensor("stop_words", stop, "BYTES"))
+    return inputs
+
+
+def _decode_all(array: np.ndarray | None) -> str:
+    if array is None:
+        return ""
+    return "".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1))
+
+
+def _first_int(array: np.ndarray | None) -> int | None:
+    return int(array.reshape(-1)[0]) if array is not None and array.size else None
+
+
+def parse_result(result: InferResult) -> tuple[GenerationChunk, bool]:
+    """(chunk, is_final) of one stream response."""
+    chunk = GenerationChunk(
+        text=_decode_all(result.as_numpy("text_output")),
+        finish_reason=_decode_all(result.as_numpy("finish_reason")) or None,
+        num_input_tokens=_first_int(result.as_numpy("num_input_tokens")),
+        num_output_tokens=_first_int(result.as_numpy("num_output_tokens")),
+    )
+    parameters = result.get_response().parameters
+    final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+    return chunk, bool(final or chunk.finish_reason)
+
+
+def _infer_error(message: str) -> EngineError:
+    """Map an in-band error of a stream response to the HTTP-facing EngineError."""
+    if _INVALID_MARKER in message:
+        detail = message.split(_INVALID_MARKER, 1)[1].strip()
+        first_word = re.match(r"\w+", detail)
+        return EngineError(detail, status=400, param=_INPUT_TO_PARAM.get(first_word.group(0)) if first_word else None)
+    if unexpected := _UNEXPECTED_INPUT.search(message):
+        name = unexpected.group(1)
+        param = _INPUT_TO_PARAM.get(name, name)
+        return EngineError(f"`{param}` is not supported by this model.", status=400, param=param)
+    if "unknown model" in message.lower():
+        return EngineUnavailable("The model is not loaded on the inference server; retry shortly.")
+    logger.error("inference server error: %s", message)
+    return EngineError("The inference engine failed to process the request.", status=500)
+
+
+def _rpc_error(exc: grpc.RpcError) -> EngineError:
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    if code in _UNAVAILABLE_CODES:
+        return EngineUnavailable()
+    logger.error("gRPC stream to the inference server failed: %s", exc)
+    return EngineError("The inference engine failed to process the request.", status=500)
+
+
+def _parameter(config: dict[str, Any], key: str) -> str | None:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return value or None
+
+
+def engine_model_from_config(name: str, config: dict[str, Any]) -> EngineModel | None:
+    """The served model described by a Triton model config, or None if it is not an OpenAI-served model."""
+    values = {key: _parameter(config, key) for key in _REQUIRED_PARAMETERS}
+    if any(v is None for v in values.values()):
+        return None
+    try:
+        max_model_len = int(values["max_model_len"] or "")
+    except ValueError:
+        logger.warning("model %s: max_model_len %r is not an integer; not served", name, values["max_model_len"])
+        return None
+    metadata = {
+        key: value["string_value"]
+        for key, value in config.get("parameters", {}).items()
+        if key not in _REQUIRED_PARAMETERS and "string_value" in value
+    }
+    return EngineModel(
+        id=values["served_model_name"] or name,
+        engine_model=name,
+        tokenizer_dir=values["tokenizer_dir"] or "",
+        max_model_len=max_model_len,
+        metadata=metadata,
+    )
+
+
+class TritonEngine:
+    """Create inside the running event loop (the gRPC aio channel binds to it); one per app."""
+
+    def __init__(self, url: str, *, rpc_timeout_s: float = 5.0, models_ttl_s: float = 2.0):
+        self._client = grpcclient.InferenceServerClient(url)
+        self._rpc_timeout_s = rpc_timeout_s
+        self._models_ttl_s = models_ttl_s
+        self._models: list[EngineModel] | None = None
+        self._models_at = 0.0
+        self._models_lock = asyncio.Lock()
+
+    async def ready(self) -> bool:
+        try:
+            timeout = self._rpc_timeout_s
+            live = await self._client.is_server_live(client_timeout=timeout)
+            ready = live and await self._client.is_server_ready(client_timeout=timeout)
+            return bool(ready and await self.list_models())
+        except (EngineError, InferenceServerException, grpc.RpcError, OSError) as exc:
+            logger.debug("inference server not ready: %s", exc)
+            return False
+
+    async def list_models(self) -> list[EngineModel]:
+        if self._models is not None and time.monotonic() - self._models_at < self._models_ttl_s:
+            return self._models
+        async with self._models_lock:  # one refresh at a time; the others reuse its result
+            if self._models is None or time.monotonic() - self._models_at >= self._models_ttl_s:
+                self._models = await self._discover()
+                self._models_at = time.monotonic()
+            return self._models
+
+    async def _discover(self) -> list[EngineModel]:
+        timeout = self._rpc_timeout_s
+        try:
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise EngineUnavailable() from exc
+        names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+        models: dict[str, EngineModel] = {}
+        for name in names:
+            try:
+                config = (await self._client.get_model_config(name, as_json=True, client_timeout=timeout))["config"]
+            except InferenceServerException as exc:  # unloaded since the index was read
+                logger.info("skipping model %s: %s", name, exc)
+                continue
+            model = engine_model_from_config(name, config)
+            if model is None:
+                continue
+            if model.id in models:
+                first = models[model.id].engine_model
+                logger.warning("models %s and %s both serve %r; using %s", first, name, model.id, first)
+                continue
+            models[model.id] = model
+        return list(models.values())
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        inputs = build_inputs(request)
+        payload = {"model_name": request.engine_model, "inputs": inputs, "request_id": request.request_id}
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            # One request, then half-close: Triton ends the stream once that request's responses are all sent.
+            yield payload
+
+        responses = self._client.stream_infer(inputs_iterator=requests())
+        try:
+            while True:
+                try:
+                    result, error = await responses.__anext__()
+                except StopAsyncIteration:
+                    return
+                if error is not None:
+                    raise _infer_error(error.message() or str(error))
+                chunk, final = parse_result(result)
+                yield chunk
+                if final:
+                    await self._drain(responses)
+                    return
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+        finally:
+            # No-op when the stream already ended; otherwise (client gone, error) Triton sees the cancellation.
+            responses.cancel()
+
+    @staticmethod
+    async def _drain(responses: Any) -> None:
+        """Let the stream end with OK after the final response, so a finished request is not reported cancelled."""
+        try:
+            await asyncio.wait_for(responses.__anext__(), _DRAIN_TIMEOUT_S)
+        except (StopAsyncIteration, asyncio.TimeoutError, grpc.RpcError):
+            pass
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,20 @@
+from fastapi import APIRouter, Request, Response
+
+from frontend_api.deps import ChatServingDep
+from frontend_api.http_utils import to_response, with_cancellation
+from frontend_api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletion, "description": "JSON, or text/event-stream when stream is true"},
+               400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)  # fmt: skip
+@with_cancellation
+async def create_chat_completion(
+    body: ChatCompletionRequest, raw_request: Request, serving: ChatServingDep
+) -> Response:
+    return to_response(await serving.create_chat_completion(body))

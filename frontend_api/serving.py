@@ -1,0 +1,222 @@
+"""Logic shared by chat and text completions: model lookup, token budget, engine calls, usage, SSE framing.
+
+The serving layer knows nothing of HTTP beyond producing response models or an iterator of SSE strings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from frontend_api.engine.protocol import Engine, EngineModel, GenerationChunk, GenerationRequest, SamplingParams
+from frontend_api.errors import OpenAIError, model_not_found
+from frontend_api.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
+from frontend_api.settings import Settings
+from frontend_api.tokenization import Tokenizers
+
+SSE_DONE = "data: [DONE]\n\n"
+FINISH_REASONS = ("stop", "length")
+
+
+def sse_event(payload: BaseModel | dict[str, Any]) -> str:
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Prepared:
+    """A validated request ready for the engine."""
+
+    model: EngineModel
+    engine_request: GenerationRequest
+    prompt_tokens: int
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class Tally:
+    """What the engine produced so far; the counts come from the engine's last chunk that carried them."""
+
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.parts.append(chunk.text)
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        if chunk.num_input_tokens is not None:
+            self.num_input_tokens = chunk.num_input_tokens
+        if chunk.num_output_tokens is not None:
+            self.num_output_tokens = chunk.num_output_tokens
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k if request.top_k and request.top_k > 0 else None,
+        seed=request.seed,
+        min_tokens=request.min_tokens,
+        repetition_penalty=request.repetition_penalty,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        stop=tuple(request.stop or ()),
+    )
+
+
+class OpenAIServing:
+    def __init__(self, engine: Engine, tokenizers: Tokenizers, settings: Settings):
+        self.engine = engine
+        self.tokenizers = tokenizers
+        self.settings = settings
+
+    async def resolve_model(self, model_id: str) -> EngineModel:
+        for model in await self.engine.list_models():
+            if model.id == model_id:
+                return model
+        raise model_not_found(model_id)
+
+    def max_tokens(self, model: EngineModel, prompt_tokens: int, requested: int | None, names: tuple[str, str]) -> int:
+        """The completion budget; `names` = (max-tokens field, prompt field) for error messages."""
+        tokens_param, prompt_param = names
+        limit = model.max_model_len
+        if requested is not None:
+            if prompt_tokens + requested > limit:
+                raise OpenAIError(
+                    400,
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {prompt_param}, {requested} in the "
+                    f"completion). Please reduce the length of the {prompt_param} or {tokens_param}.",
+                    param=tokens_param,
+                    code="context_length_exceeded",
+                )
+            return requested
+        room = limit - prompt_tokens
+        if room < 1:
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {limit} tokens, and the {prompt_param} has "
+                f"{prompt_tokens} tokens, which leaves no room for a completion.",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        default = self.settings.default_max_tokens
+        return min(default, room) if default else room
+
+    async def prepare(
+        self,
+        request: BaseGenerationRequest,
+        model: EngineModel,
+        prompt: str,
+        requested_max_tokens: int | None,
+        names: tuple[str, str],
+        id_prefix: str,
+    ) -> Prepared:
+        prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
+        max_tokens = self.max_tokens(model, prompt_tokens, requested_max_tokens, names)
+        if request.min_tokens is not None and request.min_tokens > max_tokens:
+            raise OpenAIError(
+                400, f"min_tokens ({request.min_tokens}) must not exceed max_tokens ({max_tokens}).", param="min_tokens"
+            )
+        request_id = new_id(id_prefix)
+        engine_request = GenerationRequest(
+            request_id=request_id,
+            engine_model=model.engine_model,
+            prompt=prompt,
+            params=sampling_params(request, max_tokens),
+            stream=request.stream,
+        )
+        return Prepared(model=model, engine_request=engine_request, prompt_tokens=prompt_tokens, id=request_id)
+
+    async def start(self, prepared: Prepared) -> EngineStream:
+        """Send the request and wait for the engine's first response, so that a request the engine rejects is
+        answered with an HTTP error status instead of an error inside a 200 event stream."""
+        chunks = self.engine.generate(prepared.engine_request)
+        try:
+            first: GenerationChunk | None = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await _close(chunks)
+            raise
+        return EngineStream(first, chunks)
+
+    async def collect(self, chunks: EngineStream) -> Tally:
+        tally = Tally()
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                tally.add(chunk)
+        return tally
+
+    async def finish(self, prepared: Prepared, tally: Tally) -> tuple[str, Usage]:
+        """(finish_reason, usage): the engine's counts when it sent them, else our tokenizer's."""
+        prompt_tokens = tally.num_input_tokens if tally.num_input_tokens is not None else prepared.prompt_tokens
+        completion_tokens = tally.num_output_tokens
+        if completion_tokens is None:
+            completion_tokens = await self.tokenizers.count_tokens(prepared.model, tally.text, add_special_tokens=False)
+        reason = tally.finish_reason
+        if reason not in FINISH_REASONS:
+            reason = "length" if completion_tokens >= prepared.engine_request.params.max_tokens else "stop"
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        return reason, usage
+
+    async def list_models(self, created: int) -> ModelList:
+        models = await self.engine.list_models()
+        return ModelList(data=[_card(m, created) for m in models])
+
+    async def get_model(self, model_id: str, created: int) -> ModelCard:
+        return _card(await self.resolve_model(model_id), created)
+
+
+def _card(model: EngineModel, created: int) -> ModelCard:
+    return ModelCard(id=model.id, created=created, max_model_len=model.max_model_len)
+
+
+async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class EngineStream:
+    """The engine's chunks, the first one already received. Always closed (`async with aclosing(...)`): closing
+    it closes the engine generator, which cancels the request in the engine."""
+
+    def __init__(self, first: GenerationChunk | None, rest: AsyncIterator[GenerationChunk]):
+        self._first = first
+        self._rest = rest
+
+    def __aiter__(self) -> EngineStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return chunk
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await _close(self._rest)

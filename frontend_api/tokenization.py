@@ -1,0 +1,147 @@
+"""Chat templates and token counts, per served model.
+
+Uses the `tokenizers` library and a sandboxed Jinja environment instead of `transformers.AutoTokenizer`:
+transformers imports torch as soon as torch is installed, and the front-end must stay torch-free. The Jinja
+setup mirrors transformers' `apply_chat_template` (trim_blocks, lstrip_blocks, loopcontrols, tojson,
+raise_exception, strftime_now) so prompts render identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from frontend_api.engine.protocol import EngineModel
+from frontend_api.errors import OpenAIError
+from frontend_api.protocol import ChatMessage
+
+logger = logging.getLogger(__name__)
+
+
+class _TemplateRaised(Exception):
+    """A chat template called raise_exception(): the conversation is invalid for this model."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateRaised(message)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+@dataclass(frozen=True)
+class ModelTokenizer:
+    tokenizer: Tokenizer
+    chat_template: jinja2.Template | None
+    special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template expects them
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if self.chat_template is None:
+            raise OpenAIError(400, "This model has no chat template; use /v1/completions.", param="messages")
+        try:
+            return self.chat_template.render(
+                messages=list(messages), add_generation_prompt=True, tools=None, documents=None, **self.special_tokens
+            )
+        except _TemplateRaised as exc:
+            raise OpenAIError(400, f"The conversation is not valid for this model: {exc}", param="messages") from exc
+        except jinja2.TemplateError as exc:
+            logger.warning("chat template failed to render: %s", exc)
+            message = "The model's chat template could not render these messages."
+            raise OpenAIError(400, message, param="messages") from exc
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def load_model_tokenizer(tokenizer_dir: str | Path) -> ModelTokenizer:
+    """Read tokenizer.json, tokenizer_config.json and chat_template.jinja (transformers' save layout)."""
+    directory = Path(tokenizer_dir)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+
+    template_path = directory / "chat_template.jinja"
+    source = template_path.read_text(encoding="utf-8") if template_path.is_file() else config.get("chat_template")
+    if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        source = next((t.get("template") for t in source if t.get("name") == "default"), None)
+    template = _environment().from_string(source) if isinstance(source, str) and source else None
+
+    special = {}
+    for key, value in config.items():
+        if key.endswith("_token") and (content := _token_content(value)) is not None:
+            special[key] = content
+    return ModelTokenizer(tokenizer=tokenizer, chat_template=template, special_tokens=special)
+
+
+def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    # Open-weight chat templates know no "developer" role; OpenAI defines it as the new name of "system".
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+
+
+class Tokenizers:
+    """Per-model tokenizer cache. Loading and tokenizing run off the event loop, on one worker thread so that
+    a tokenizer is never used by two threads at once."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        self._loaded: dict[str, asyncio.Future[ModelTokenizer]] = {}
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def get(self, model: EngineModel) -> ModelTokenizer:
+        future = self._loaded.get(model.tokenizer_dir)
+        if future is None:
+            future = asyncio.ensure_future(self._run(load_model_tokenizer, model.tokenizer_dir))
+            self._loaded[model.tokenizer_dir] = future
+        try:
+            # shield: one caller giving up (client gone) must not cancel the load the others wait for
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._loaded.pop(model.tokenizer_dir, None)  # retry on the next request
+            logger.error("cannot load the tokenizer of %s from %s: %s", model.id, model.tokenizer_dir, exc)
+            raise OpenAIError(500, f"The tokenizer of model `{model.id}` could not be loaded.") from exc
+
+    async def render_chat(self, model: EngineModel, messages: Sequence[ChatMessage]) -> str:
+        tokenizer = await self.get(model)
+        return await self._run(tokenizer.render_chat, template_messages(messages))
+
+    async def count_tokens(self, model: EngineModel, text: str, add_special_tokens: bool = True) -> int:
+        tokenizer = await self.get(model)
+        return await self._run(tokenizer.count_tokens, text, add_special_tokens)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""The `llmserve` command: prepares models, starts Triton and the OpenAI front-end."""

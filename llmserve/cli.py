@@ -1,0 +1,81 @@
+"""`llmserve prepare | serve`. Flags override `LLMSERVE_*` environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from frontend_api.settings import Settings
+
+# flag -> Settings field, for the flags both subcommands share
+MODEL_FLAGS = {
+    "model": "models", "device": "device", "dtype": "dtype", "instance_count": "instance_count",
+    "max_num_seqs": "max_num_seqs", "kv_cache_blocks": "kv_cache_blocks", "home": "home",
+}  # fmt: skip
+SERVE_FLAGS = {
+    "host": "host", "port": "port", "model_repository": "model_repository",
+    "triton_http_port": "triton_http_port", "triton_grpc_port": "triton_grpc_port",
+    "triton_metrics_port": "triton_metrics_port",
+    "allow_unauthenticated_public_bind": "allow_unauthenticated_public_bind", "log_level": "log_level",
+}  # fmt: skip
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", metavar="SPEC",
+                        help="builtin:smollm2 (default), a local HF checkpoint DIR, or ID=DIR; repeat to serve several")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="where the llm engine runs (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    parser.add_argument("--instance-count", type=int, help="engine instances per model (default 1)")
+    parser.add_argument("--max-num-seqs", type=int, help="requests batched together per instance (default 32)")
+    parser.add_argument("--kv-cache-blocks", type=int, help="paged KV cache blocks per instance (0 = automatic)")
+    parser.add_argument("--home", help="cache directory for converted models and the rendered repository "
+                                       "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmserve", description="OpenAI-compatible LLM serving on Triton.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prepare = sub.add_parser("prepare", help="convert/verify checkpoints and render the Triton model repository")
+    _add_model_flags(prepare)
+    prepare.add_argument("--output", help="where to write model_repository/ and manifest.json (default HOME/build)")
+
+    serve = sub.add_parser("serve", help="prepare, start Triton and serve the OpenAI API")
+    _add_model_flags(serve)
+    serve.add_argument("--host", help="front-end address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
+    serve.add_argument("--model-repository", help="serve this rendered repository as is (skips prepare)")
+    serve.add_argument("--triton-http-port", type=int, help="internal Triton HTTP port (default 8100)")
+    serve.add_argument("--triton-grpc-port", type=int, help="internal Triton gRPC port (default 8101)")
+    serve.add_argument("--triton-metrics-port", type=int, help="internal Triton metrics port (default 8102)")
+    serve.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
+                       help="allow a non-loopback --host although authentication is off")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
+    overrides = {field: getattr(args, flag) for flag, field in flags.items()
+                 if getattr(args, flag, None) is not None}  # fmt: skip
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            settings = settings_from(args, MODEL_FLAGS)
+            from llmserve.serve import run_prepare
+
+            return run_prepare(settings, args.output)
+        settings = settings_from(args, MODEL_FLAGS | SERVE_FLAGS)
+        from llmserve.serve import run_serve
+
+        return run_serve(settings)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            print(f"llmserve: invalid setting {field} (LLMSERVE_{field.upper()}): {error['msg']}", file=sys.stderr)
+        return 2

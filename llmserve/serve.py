@@ -1,0 +1,115 @@
+"""What `llmserve prepare` and `llmserve serve` do, in order."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from frontend_api.settings import Settings
+from llmserve.triton import TritonError, TritonProcess, find_triton
+
+
+def say(message: str) -> None:
+    print(f"llmserve: {message}", flush=True)
+
+
+def _prepare_repository(settings: Settings, output: Path) -> Path:
+    from build_engines.checkpoints import CheckpointError
+    from build_engines.prepare import EngineOptions, prepare
+    from build_engines.render import TemplateError
+
+    options = EngineOptions(
+        device=settings.device, dtype=settings.dtype, instance_count=settings.instance_count,
+        max_num_seqs=settings.max_num_seqs, kv_cache_blocks=settings.kv_cache_blocks,
+    )  # fmt: skip
+    try:
+        return prepare(settings.models, settings.home, output, options)
+    except (CheckpointError, TemplateError, ValueError) as exc:
+        raise SystemExit(f"llmserve: cannot prepare the models: {exc}") from None
+
+
+def run_prepare(settings: Settings, output: str | None) -> int:
+    out = Path(output) if output else settings.home / "build"
+    started = time.monotonic()
+    repository = _prepare_repository(settings, out)
+    say(f"model repository ready in {time.monotonic() - started:.1f} s: {repository} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def _watch(triton: TritonProcess, stop: threading.Event) -> None:
+    """Say so when Triton dies under a running front-end (which then answers 503 on /ready and generation)."""
+    while not stop.wait(1.0):
+        code = triton.exit_code()
+        if code is not None:
+            say(f"ERROR: tritonserver exited with code {code}; the API answers 503 until llmserve is restarted")
+            return
+
+
+def _raise_on_sigterm(signum, frame):
+    raise SystemExit(0)
+
+
+def run_serve(settings: Settings) -> int:
+    if not settings.host_is_loopback and not settings.allow_unauthenticated_public_bind:
+        say(f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
+            "Use --host 127.0.0.1, or --allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
+        return 2
+    started = time.monotonic()
+    repository = settings.model_repository or _prepare_repository(settings, settings.home / "build")
+    try:
+        install = find_triton(settings.home)
+    except TritonError as exc:
+        say(str(exc))
+        return 1
+    triton = TritonProcess(install, Path(repository), settings.triton_http_port, settings.triton_grpc_port,
+                           settings.triton_metrics_port)  # fmt: skip
+    # uvicorn re-raises the signal it caught after its graceful shutdown; turn SIGTERM into SystemExit so that
+    # Triton is stopped below rather than the process dying on the spot.
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    stop_watching = threading.Event()
+    try:
+        say(f"starting {install.binary} on 127.0.0.1:{settings.triton_grpc_port} (gRPC) with {repository}")
+        triton.start()
+        triton.wait_ready(settings.triton_startup_timeout_s, progress=say)
+        threading.Thread(target=_watch, args=(triton, stop_watching), daemon=True).start()
+        _serve_api(settings, started)
+    except TritonError as exc:
+        say(str(exc))
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        stop_watching.set()
+        say("stopping Triton")
+        code = triton.stop()
+        say(f"stopped (tritonserver exit code {code})")
+    return 0
+
+
+def _serve_api(settings: Settings, started: float) -> None:
+    import uvicorn
+
+    from frontend_api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=30, server_header=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    base = f"http://{settings.host}:{settings.port}/v1"
+
+    def announce():
+        while not server.started and not server.should_exit:
+            time.sleep(0.1)
+        if server.started:
+            say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {base}  "
+                f"(e.g. OpenAI(base_url='{base}', api_key='none'); curl {base}/models). Ctrl-C stops.")  # fmt: skip
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+    if not server.started:
+        raise SystemExit(f"llmserve: the front-end could not start on {settings.host}:{settings.port}")
+    sys.stdout.flush()

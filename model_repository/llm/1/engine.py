@@ -1,0 +1,252 @@
+"""An in-flight batching engine core: transformers continuous batching (paged KV cache) plus one dispatcher.
+
+Threads: transformers runs the generation loop in its own thread; ONE dispatcher thread here takes every
+output from that loop, turns tokens into text and hands it to the request's sink, and polls cancellations.
+No thread per request, no per-request queue: the cost per token is one dict lookup and one incremental decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from text_stream import TextStream
+from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+
+log = logging.getLogger("llm.engine")
+
+CANCEL_POLL_INTERVAL_S = 0.05
+
+
+class InvalidRequest(ValueError):
+    """The request asks for something this engine cannot honour."""
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_tokens: int = 0
+    end_id: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Update:
+    """What the engine reports to a request's sink: a text delta, and on the last update the outcome."""
+
+    text: str
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None
+    num_input_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+@dataclass
+class _Active:
+    sink: Callable[[Update], None]
+    is_cancelled: Callable[[], bool]
+    stream: TextStream
+    eos_ids: frozenset[int]
+    num_input_tokens: int
+    num_output_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_num_seqs: int = 32,
+        kv_cache_blocks: int = 0,
+        max_model_len: int | None = None,
+    ):
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True
+        ).to(device)
+        self.model.eval()
+        config = self.model.config
+        self.vocab_size = config.vocab_size
+        self.max_model_len = max_model_len or config.max_position_embeddings
+        eos = self.model.generation_config.eos_token_id or config.eos_token_id
+        self.default_eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+        # Sampling processors exist only if the generation config asks for them at creation time; we create them
+        # with placeholder values and pass every request's own values (per_request_processors).
+        generation_config = GenerationConfig(
+            do_sample=True, temperature=0.5, top_p=0.5, top_k=2, max_new_tokens=16,
+            eos_token_id=sorted(self.default_eos_ids) or None, pad_token_id=config.pad_token_id,
+        )  # fmt: skip
+        if not kv_cache_blocks and device == "cpu":
+            # transformers sizes an automatic cache from *all* free memory, which on a CPU is the whole host's RAM.
+            kv_cache_blocks = max(16, 4 * max_num_seqs)  # 4 blocks of 256 tokens = 1,024 tokens per sequence
+        cb_config = ContinuousBatchingConfig(
+            per_request_processors=True,
+            max_requests_per_batch=max_num_seqs,
+            num_blocks=kv_cache_blocks or None,
+            allow_block_sharing=True,
+        )
+        self._manager = self.model.init_continuous_batching(
+            generation_config=generation_config, continuous_batching_config=cb_config
+        )
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        # Threads inherit daemon-ness from their creator: starting the generation loop from a daemon thread makes
+        # it a daemon too, so the stub process can exit if Triton dies without calling finalize().
+        starter = threading.Thread(target=self._manager.start, daemon=True)
+        starter.start()
+        starter.join()
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="llm-dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    # ------------------------------------------------------------------ API used by model.py
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def validate(self, sampling: Sampling) -> None:
+        if sampling.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1")
+        if not 0 <= sampling.temperature:
+            raise InvalidRequest("temperature must be >= 0")
+        if not 0 < sampling.top_p <= 1:
+            raise InvalidRequest("top_p must be in (0, 1]")
+        if sampling.top_k < 0:
+            raise InvalidRequest("top_k must be >= 0")
+        if 0 < sampling.min_tokens < sampling.max_tokens:
+            raise InvalidRequest(
+                "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
+                "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+            )
+        if sampling.end_id is not None and not 0 <= sampling.end_id < self.vocab_size:
+            raise InvalidRequest(f"end_id must be a token id in [0, {self.vocab_size})")
+
+    def submit(
+        self,
+        request_id: str,
+        prompt: str,
+        sampling: Sampling,
+        sink: Callable[[Update], None],
+        is_cancelled: Callable[[], bool],
+    ) -> None:
+        """Queue a request. `sink` is called from the dispatcher thread; its last call has a finish_reason."""
+        self.validate(sampling)
+        input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not input_ids:
+            raise InvalidRequest("text_input is empty after tokenization")
+        if len(input_ids) + sampling.max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the model's "
+                f"context of {self.max_model_len} tokens"
+            )
+        ignore_eos = sampling.min_tokens >= sampling.max_tokens
+        eos_ids = frozenset() if ignore_eos else (
+            frozenset([sampling.end_id]) if sampling.end_id is not None else self.default_eos_ids
+        )  # fmt: skip
+        greedy = sampling.temperature == 0 or sampling.top_k == 1
+        with self._lock:
+            if request_id in self._active:
+                raise InvalidRequest(f"request id {request_id!r} is already in flight")
+            self._active[request_id] = _Active(
+                sink=sink,
+                is_cancelled=is_cancelled,
+                stream=TextStream(self.tokenizer, sampling.stop),
+                eos_ids=eos_ids,
+                num_input_tokens=len(input_ids),
+            )
+        self._manager.add_request(
+            input_ids,
+            request_id=request_id,
+            max_new_tokens=sampling.max_tokens,
+            streaming=True,
+            eos_token_id=sorted(eos_ids) if eos_ids else -1,
+            # Greedy is top_k=1 (the loop samples for everyone; a one-token distribution samples its argmax).
+            temperature=1.0 if greedy else float(sampling.temperature),
+            top_k=1 if greedy else int(sampling.top_k or self.vocab_size),
+            top_p=1.0 if greedy else float(sampling.top_p),
+        )
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._dispatcher.join(timeout=5)
+        self._manager.stop(block=True, timeout=10)
+        with self._lock:
+            pending = list(self._active)
+        for request_id in pending:
+            self._finish(request_id, "error", error="the model is being unloaded")
+
+    # ------------------------------------------------------------------ dispatcher thread
+    def _dispatch_loop(self) -> None:
+        next_poll = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                output = self._manager.output_router.output_queue.get(timeout=CANCEL_POLL_INTERVAL_S)
+            except queue.Empty:
+                output = None
+            if output is not None:
+                self._on_output(output)
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + CANCEL_POLL_INTERVAL_S
+                self._poll_cancellations()
+                self._check_engine_alive()
+
+    def _on_output(self, output) -> None:
+        request = self._active.get(output.request_id)
+        if request is None:  # finished by us already (stop string, cancellation); late tokens are dropped
+            return
+        if output.error:
+            self._finish(output.request_id, "error", error=output.error)
+            return
+        new_tokens = output.generated_tokens[request.num_output_tokens :]
+        request.num_output_tokens = len(output.generated_tokens)
+        finished = output.is_finished()
+        hit_eos = bool(new_tokens) and new_tokens[-1] in request.eos_ids
+        text_tokens = new_tokens[:-1] if hit_eos else new_tokens
+        text = request.stream.push(text_tokens) if text_tokens else ""
+        if request.stream.stopped:
+            self._manager.cancel_request(output.request_id)
+            self._finish(output.request_id, "stop", text)
+        elif finished:
+            self._finish(output.request_id, "stop" if hit_eos else "length", text + request.stream.finish())
+        elif text:
+            request.sink(Update(text))
+
+    def _poll_cancellations(self) -> None:
+        with self._lock:
+            active = list(self._active.items())
+        for request_id, request in active:
+            if request.is_cancelled():
+                self._manager.cancel_request(request_id)
+                self._finish(request_id, "cancelled")
+
+    def _check_engine_alive(self) -> None:
+        error = self._manager.background_thread_status.fatal_error
+        if error is not None and self._active:
+            for request_id in list(self._active):
+                self._finish(request_id, "error", error=f"the generation loop failed: {error}")
+
+    def _finish(self, request_id: str, reason: str, text: str = "", error: str | None = None) -> None:
+        with self._lock:
+            request = self._active.pop(request_id, None)
+        if request is None:
+            return
+        request.sink(
+            Update(
+                text=text,
+                finish_reason=reason,
+                error=error,
+                num_input_tokens=request.num_input_tokens,
+                num_output_tokens=request.num_output_tokens,
+            )
+        )

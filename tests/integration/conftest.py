@@ -1,0 +1,35 @@
+"""One real stack per test session: `llmserve serve` with the real Triton and the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from stack import prepare_repository, start_stack
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def repository(checkpoint_dir, tmp_path_factory):
+    return prepare_repository(tmp_path_factory.mktemp("build"), "--max-num-seqs", "16")
+
+
+@pytest.fixture(scope="session")
+def stack(repository, tmp_path_factory):
+    stack = start_stack(repository, tmp_path_factory.mktemp("logs") / "llmserve.log")
+    yield stack
+    code = stack.stop(signal.SIGTERM)
+    assert code == 0, f"llmserve serve exited with {code} on SIGTERM:\n{stack.log()[-3000:]}"
+    assert "stopped (tritonserver exit code 0)" in stack.log()
+
+
+@pytest.fixture(scope="session")
+def client(stack) -> OpenAI:
+    return OpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def aclient(stack) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=120)

@@ -1,0 +1,135 @@
+"""The `llm` Triton model, driven directly over gRPC with the engine contract's tensors (no front-end)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpc
+from conftest import MODEL
+
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+NP_TYPES = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_, "UINT64": np.uint64}
+
+
+def tensor(name, value, datatype):
+    array = np.array([value if isinstance(value, list) else [value]], dtype=NP_TYPES[datatype])
+    t = grpcclient.InferInput(name, list(array.shape), datatype)
+    t.set_data_from_numpy(array)
+    return t
+
+
+def inputs(prompt=PROMPT, max_tokens=8, **extra):
+    tensors = [tensor("text_input", prompt.encode(), "BYTES"), tensor("max_tokens", max_tokens, "INT32"),
+               tensor("stream", extra.pop("stream", True), "BOOL")]  # fmt: skip
+    types = {"temperature": "FP32", "top_k": "INT32", "seed": "UINT64", "repetition_penalty": "FP32",
+             "presence_penalty": "FP32", "min_tokens": "INT32", "end_id": "INT32", "top_p": "FP32",
+             "exclude_input_in_output": "BOOL", "stop_words": "BYTES", "bad_words": "BYTES"}  # fmt: skip
+    for name, value in extra.items():
+        if isinstance(value, list):
+            value = [v.encode() for v in value]
+        tensors.append(tensor(name, value, types[name]))
+    return tensors
+
+
+async def run(stack, tensors, stop_after=None):
+    """Send one request; return (responses, error). Close the stream after `stop_after` responses."""
+    client = aiogrpc.InferenceServerClient(f"127.0.0.1:{stack.triton_grpc_port}")
+
+    async def requests():
+        yield {"model_name": MODEL, "inputs": tensors}
+
+    responses = []
+    try:
+        stream = client.stream_infer(requests())
+        async for result, error in stream:
+            if error is not None:
+                return responses, error
+            responses.append(result)
+            if stop_after and len(responses) >= stop_after:
+                stream.cancel()
+                break
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        await client.close()
+    return responses, None
+
+
+def text(responses):
+    return "".join(r.as_numpy("text_output")[0][0].decode() for r in responses)
+
+
+def final(responses, name):
+    value = responses[-1].as_numpy(name)[0][0]
+    return value.decode() if isinstance(value, bytes) else int(value)
+
+
+async def test_greedy_stream_names_paris_and_reports_counts(stack, tokenizer):
+    responses, error = await run(stack, inputs(max_tokens=12, temperature=0.0))
+    assert error is None
+    assert "Paris" in text(responses)
+    assert len(responses) > 2, "streaming must send several responses"
+    assert final(responses, "finish_reason") == "stop"
+    assert final(responses, "num_input_tokens") == len(tokenizer(PROMPT)["input_ids"])
+
+
+async def test_non_streaming_sends_one_response_with_the_prompt_when_not_excluded(stack):
+    responses, error = await run(stack, inputs(max_tokens=4, temperature=0.0, stream=False,
+                                               exclude_input_in_output=False))  # fmt: skip
+    assert error is None and len(responses) == 1
+    assert text(responses).startswith(PROMPT)
+    assert final(responses, "finish_reason") == "length"
+    assert final(responses, "num_output_tokens") == 4
+
+
+async def test_stop_words_trim_the_output(stack):
+    responses, error = await run(stack, inputs(max_tokens=12, temperature=0.0, stop_words=["Paris"]))
+    assert error is None
+    assert "Paris" not in text(responses)
+    assert text(responses).startswith("The capital of France is")
+    assert final(responses, "finish_reason") == "stop"
+
+
+async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(stack):
+    responses, error = await run(stack, inputs(max_tokens=20, min_tokens=20, temperature=0.0))
+    assert error is None
+    assert final(responses, "num_output_tokens") == 20
+    assert final(responses, "finish_reason") == "length"
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ({"seed": 7}, "seed"),
+        ({"repetition_penalty": 1.3}, "repetition_penalty"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"min_tokens": 3}, "min_tokens"),
+        ({"bad_words": ["Paris"]}, "bad_words"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 9000}, "context"),
+    ],
+)
+async def test_inputs_the_engine_cannot_honour_are_rejected(stack, extra, named):
+    max_tokens = extra.pop("max_tokens", 8)
+    responses, error = await run(stack, inputs(max_tokens=max_tokens, **extra))
+    assert error is not None and not responses
+    assert "invalid request" in error.message() and named in error.message()
+
+
+async def test_cancelled_stream_frees_the_engine(stack):
+    finished_before = stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled")
+    long_story = PROMPT.replace("What is the capital of France?", "Tell a very long story.")
+    responses, error = await run(stack, inputs(prompt=long_story, max_tokens=2000, min_tokens=2000), stop_after=3)
+    assert error is None and len(responses) == 3
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") > finished_before:
+            break
+        await asyncio.sleep(0.05)
+    assert stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") == finished_before + 1
+    assert stack.triton_metric("llm_engine_active_requests") == 0

@@ -1,0 +1,87 @@
+"""Start and stop a real stack (`llmserve serve`: Triton + the front-end) for tests, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen
+    log_path: Path
+    port: int
+    triton_grpc_port: int
+    triton_metrics_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def triton_metric(self, name: str, **labels: str) -> float:
+        """Sum of a Triton metric's samples matching the labels (0 if absent)."""
+        text = httpx.get(f"http://127.0.0.1:{self.triton_metrics_port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def prepare_repository(output: Path, *extra: str) -> Path:
+    subprocess.run([str(BIN / "llmserve"), "prepare", "--output", str(output), *extra], check=True)
+    return output / "model_repository"
+
+
+def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300) -> Stack:
+    port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
+    command = [
+        str(BIN / "llmserve"), "serve", "--model-repository", str(repository), "--port", str(port),
+        "--triton-http-port", str(http_port), "--triton-grpc-port", str(grpc_port),
+        "--triton-metrics-port", str(metrics_port), "--log-level", "warning",
+    ]  # fmt: skip
+    log = log_path.open("w")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    stack = Stack(process, log_path, port, grpc_port, metrics_port)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llmserve serve exited with {process.returncode}:\n{stack.log()[-4000:]}")
+        try:
+            if httpx.get(f"{stack.base_url}/ready", timeout=2).status_code == 200:
+                return stack
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stack.stop(signal.SIGKILL)
+    raise RuntimeError(f"stack not ready after {ready_timeout} s:\n{stack.log()[-4000:]}")

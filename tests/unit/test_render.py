@@ -1,0 +1,92 @@
+"""Rendering the model repository: placeholders must all be filled, and the result is a valid Triton config."""
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from build_engines.prepare import TEMPLATES, EngineOptions, prepare
+from build_engines.render import TemplateError, fill
+
+# The engine contract (shared/DESIGN.md): name -> (Triton type, dims), excluding the batch dimension.
+CONTRACT_INPUTS = {
+    "text_input": ("TYPE_STRING", [1]), "max_tokens": ("TYPE_INT32", [1]), "stream": ("TYPE_BOOL", [1]),
+    "temperature": ("TYPE_FP32", [1]), "top_p": ("TYPE_FP32", [1]), "top_k": ("TYPE_INT32", [1]),
+    "repetition_penalty": ("TYPE_FP32", [1]), "presence_penalty": ("TYPE_FP32", [1]),
+    "frequency_penalty": ("TYPE_FP32", [1]), "min_tokens": ("TYPE_INT32", [1]), "seed": ("TYPE_UINT64", [1]),
+    "stop_words": ("TYPE_STRING", [-1]), "bad_words": ("TYPE_STRING", [-1]), "end_id": ("TYPE_INT32", [1]),
+    "exclude_input_in_output": ("TYPE_BOOL", [1]), "return_num_input_tokens": ("TYPE_BOOL", [1]),
+    "return_num_output_tokens": ("TYPE_BOOL", [1]),
+}  # fmt: skip
+CONTRACT_OUTPUTS = {
+    "text_output": ("TYPE_STRING", [-1]), "num_input_tokens": ("TYPE_INT32", [1]),
+    "num_output_tokens": ("TYPE_INT32", [1]), "finish_reason": ("TYPE_STRING", [1]),
+}  # fmt: skip
+
+
+def test_unfilled_placeholder_is_named():
+    with pytest.raises(TemplateError, match=r"\$\{device\}"):
+        fill("a: ${model}\nb: ${device}\n", {"model": "x"}, "t.pbtxt")
+
+
+def test_value_for_an_unknown_placeholder_is_an_error():
+    with pytest.raises(TemplateError, match="typo_name"):
+        fill("a: ${model}\n", {"model": "x", "typo_name": 1}, "t.pbtxt")
+
+
+@pytest.fixture(scope="module")
+def rendered(checkpoint_dir, home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    repository = prepare(["builtin:smollm2", f"second={checkpoint_dir}"], home, out, EngineOptions(instance_count=2))
+    return out, repository
+
+
+def parse_config(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_every_model_gets_a_valid_triton_config(rendered):
+    _, repository = rendered
+    names = sorted(p.name for p in repository.iterdir())
+    assert names == ["SmolLM2-135M-Instruct", "second"]
+    for name in names:
+        config = parse_config(repository / name / "config.pbtxt")
+        assert config.name == name
+        assert config.backend == "python"
+        assert config.model_transaction_policy.decoupled
+        assert config.instance_group[0].count == 2
+        assert config.parameters["served_model_name"].string_value == name
+        assert int(config.parameters["max_model_len"].string_value) == 8192
+        assert (repository / name / "1" / "model.py").is_file()
+
+
+def test_rendered_config_implements_the_engine_contract(rendered):
+    _, repository = rendered
+    config = parse_config(repository / "SmolLM2-135M-Instruct" / "config.pbtxt")
+    assert config.max_batch_size > 0
+    inputs = {i.name: (model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in config.input}
+    outputs = {o.name: (model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in config.output}
+    assert inputs == CONTRACT_INPUTS
+    assert outputs == CONTRACT_OUTPUTS
+    required = {i.name for i in config.input if not i.optional}
+    assert required == {"text_input", "max_tokens"}
+
+
+def test_manifest_records_what_was_built(rendered):
+    import json
+
+    out, _ = rendered
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["id"] for m in manifest["models"]] == ["SmolLM2-135M-Instruct", "second"]
+    assert manifest["tools"]["torch"].startswith("2.13.0")
+
+
+def test_duplicate_model_ids_are_refused(home, tmp_path, checkpoint_dir):
+    with pytest.raises(ValueError, match="unique"):
+        prepare([f"x={checkpoint_dir}", f"x={checkpoint_dir}"], home, tmp_path, EngineOptions())
+
+
+def test_a_directory_that_is_not_a_checkpoint_is_refused(home, tmp_path):
+    from build_engines.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="config.json"):
+        prepare([str(tmp_path)], home, tmp_path / "out", EngineOptions())

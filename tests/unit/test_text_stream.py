@@ -1,0 +1,57 @@
+"""Incremental detokenization with the real SmolLM2 tokenizer: no split characters, stop strings trimmed."""
+
+import pytest
+
+
+@pytest.fixture
+def stream_of(tokenizer, engine_modules):
+    from text_stream import TextStream
+
+    def make(stop=()):
+        return TextStream(tokenizer, stop)
+
+    return make
+
+
+def feed_one_by_one(stream, ids):
+    pieces = [stream.push([i]) for i in ids]
+    pieces.append(stream.finish())
+    return pieces
+
+
+@pytest.mark.parametrize("text", ["Paris is nice.", "héllo wörld", "日本語のテキスト", "emoji 🎉👍🏽 end", "a\n\n  b"])
+def test_streamed_pieces_join_to_the_decoded_text(stream_of, tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = feed_one_by_one(stream_of(), ids)
+    assert "".join(pieces) == tokenizer.decode(ids) == text
+    assert not any("\ufffd" in p for p in pieces), pieces
+
+
+def test_multibyte_character_is_never_split(stream_of, tokenizer):
+    ids = tokenizer("🎉", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1, "the test needs an emoji the tokenizer splits into byte tokens"
+    stream = stream_of()
+    assert [stream.push([i]) for i in ids[:-1]] == [""] * (len(ids) - 1)
+    assert stream.push([ids[-1]]) == "🎉"
+
+
+def test_stop_string_spanning_tokens_is_trimmed(stream_of, tokenizer):
+    ids = tokenizer("The answer is Paris. Then more text", add_special_tokens=False)["input_ids"]
+    stream = stream_of(stop=["Paris."])
+    pieces = feed_one_by_one(stream, ids)
+    assert "".join(pieces) == "The answer is "
+    assert stream.stopped
+
+
+def test_text_that_only_looks_like_a_stop_prefix_is_released(stream_of, tokenizer):
+    ids = tokenizer("Par is not Paris", add_special_tokens=False)["input_ids"]
+    stream = stream_of(stop=["Paris!"])
+    pieces = feed_one_by_one(stream, ids)
+    assert "".join(pieces) == "Par is not Paris"
+    assert not stream.stopped
+
+
+def test_earliest_of_several_stop_strings_wins(stream_of, tokenizer):
+    ids = tokenizer("one two three four", add_special_tokens=False)["input_ids"]
+    pieces = feed_one_by_one(stream_of(stop=["four", "two"]), ids)
+    assert "".join(pieces) == "one "

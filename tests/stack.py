@@ -73,15 +73,23 @@ def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300) ->
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, grpc_port, metrics_port)
-    deadline = time.monotonic() + ready_timeout
+    try:
+        _wait_ready(stack, ready_timeout)
+    except BaseException:
+        stack.stop(signal.SIGTERM, timeout=30)  # the launcher takes Triton down with it
+        raise
+    return stack
+
+
+def _wait_ready(stack: Stack, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llmserve serve exited with {process.returncode}:\n{stack.log()[-4000:]}")
+        if stack.process.poll() is not None:
+            raise RuntimeError(f"llmserve serve exited with {stack.process.returncode}:\n{stack.log()[-4000:]}")
         try:
             if httpx.get(f"{stack.base_url}/ready", timeout=2).status_code == 200:
-                return stack
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    stack.stop(signal.SIGKILL)
-    raise RuntimeError(f"stack not ready after {ready_timeout} s:\n{stack.log()[-4000:]}")
+    raise RuntimeError(f"stack not ready after {timeout} s:\n{stack.log()[-4000:]}")

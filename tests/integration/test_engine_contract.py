@@ -42,21 +42,20 @@ async def run(stack, tensors, stop_after=None):
     async def requests():
         yield {"model_name": MODEL, "inputs": tensors}
 
-    responses = []
+    responses, error = [], None
     try:
         stream = client.stream_infer(requests())
+        # Read until Triton ends the stream (it does after the final response, since we half-closed).
         async for result, error in stream:
             if error is not None:
-                return responses, error
+                break
             responses.append(result)
             if stop_after and len(responses) >= stop_after:
                 stream.cancel()
                 break
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                break
     finally:
         await client.close()
-    return responses, None
+    return responses, error
 
 
 def text(responses):

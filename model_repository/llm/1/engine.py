@@ -195,11 +195,18 @@ class Engine:
             except queue.Empty:
                 output = None
             if output is not None:
-                self._on_output(output)
+                try:
+                    self._on_output(output)
+                except Exception:  # one request's failure must not stop the dispatcher for everyone
+                    log.exception("dispatching output of request %s failed", output.request_id)
+                    self._finish(output.request_id, "error", error="internal error while streaming the output")
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + CANCEL_POLL_INTERVAL_S
-                self._poll_cancellations()
-                self._check_engine_alive()
+                try:
+                    self._poll_cancellations()
+                    self._check_engine_alive()
+                except Exception:
+                    log.exception("polling cancellations failed")
 
     def _on_output(self, output) -> None:
         request = self._active.get(output.request_id)
@@ -241,12 +248,8 @@ class Engine:
             request = self._active.pop(request_id, None)
         if request is None:
             return
-        request.sink(
-            Update(
-                text=text,
-                finish_reason=reason,
-                error=error,
-                num_input_tokens=request.num_input_tokens,
-                num_output_tokens=request.num_output_tokens,
-            )
-        )
+        update = Update(text, reason, error, request.num_input_tokens, request.num_output_tokens)
+        try:
+            request.sink(update)
+        except Exception:  # e.g. the client is gone; the request is over for us either way
+            log.exception("could not deliver the end of request %s (%s)", request_id, reason)

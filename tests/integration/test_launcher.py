@@ -1,0 +1,55 @@
+"""`llmserve serve` as a process: what happens when Triton dies, and when a port is taken."""
+
+import signal
+import socket
+import time
+
+import httpx
+from conftest import MODEL
+from stack import start_stack
+
+
+def test_triton_death_turns_ready_to_503_and_the_launcher_says_so(repository, tmp_path):
+    import os
+
+    stack = start_stack(repository, tmp_path / "llmserve.log")
+    try:
+        triton_pid = int(
+            next(line for line in os.popen(f"pgrep -P {stack.process.pid} -f tritonserver")).strip()
+        )
+        os.kill(triton_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and httpx.get(f"{stack.base_url}/ready").status_code != 503:
+            time.sleep(0.2)
+        ready = httpx.get(f"{stack.base_url}/ready")
+        assert ready.status_code == 503 and "error" in ready.json()
+        chat = httpx.post(f"{stack.api_url}/chat/completions", timeout=30,
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert chat.status_code == 503
+        assert httpx.get(f"{stack.base_url}/health").status_code == 200  # the process itself is alive
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "tritonserver exited" not in stack.log():
+            time.sleep(0.2)
+        assert "ERROR: tritonserver exited with code -9" in stack.log()
+    finally:
+        assert stack.stop(signal.SIGINT) == 0
+
+
+def test_a_taken_port_is_reported_before_starting(repository, tmp_path):
+    from stack import free_port
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "llmserve"), "serve", "--model-repository", str(repository),
+             "--port", str(free_port()), "--triton-grpc-port", str(taken)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {taken}" in result.stdout and "taken" in result.stdout

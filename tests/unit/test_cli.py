@@ -1,0 +1,45 @@
+"""The `llmserve` command line: help, configuration errors, refusing an unauthenticated public bind."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+LLMSERVE = str(Path(sys.executable).parent / "llmserve")
+
+
+def run(*args, env=None, timeout=60):
+    import os
+
+    return subprocess.run([LLMSERVE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_help_lists_the_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "prepare" in result.stdout and "serve" in result.stdout
+    serve_help = run("serve", "--help")
+    assert serve_help.returncode == 0 and "--port" in serve_help.stdout and "--model" in serve_help.stdout
+
+
+def test_invalid_environment_value_names_the_setting():
+    result = run("serve", env={"LLMSERVE_PORT": "eighty"})
+    assert result.returncode == 2
+    assert "port" in result.stderr and "LLMSERVE_PORT" in result.stderr
+
+
+def test_invalid_flag_value_names_the_setting():
+    result = run("serve", "--max-num-seqs", "0")
+    assert result.returncode == 2 and "max_num_seqs" in result.stderr
+
+
+def test_public_bind_without_auth_is_refused():
+    result = run("serve", "--host", "0.0.0.0")
+    assert result.returncode == 2
+    assert "refusing" in result.stdout and "--allow-unauthenticated-public-bind" in result.stdout
+
+
+def test_unknown_builtin_model_is_a_clear_error(tmp_path):
+    result = run("prepare", "--model", "builtin:gpt5", "--output", str(tmp_path))
+    assert result.returncode != 0
+    assert "unknown builtin model" in (result.stdout + result.stderr)

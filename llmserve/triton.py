@@ -182,7 +182,8 @@ class TritonProcess:
             if elapsed > timeout_s:
                 raise TritonError(f"Triton not ready after {timeout_s:.0f} s; models: {self.model_states()}")
             states = self.model_states()
-            report = ", ".join(f"{name} {state.lower()}" for name, state in sorted(states.items())) or "starting"
+            # Triton answers on HTTP only once every model has loaded; until then its own log shows the loading.
+            report = ", ".join(f"{name} {state.lower()}" for name, state in sorted(states.items())) or "loading models"
             if report != last_report or int(elapsed) % 10 == 0:
                 progress(f"[{elapsed:4.0f} s] waiting for Triton: {report}")
                 last_report = report

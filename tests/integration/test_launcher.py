@@ -6,14 +6,28 @@ import time
 
 import httpx
 from conftest import MODEL
-from stack import start_stack
+from stack import prepare_repository, start_stack
 
 
-def test_triton_death_turns_ready_to_503_and_the_launcher_says_so(repository, tmp_path):
+def chat(stack, model):
+    return httpx.post(f"{stack.api_url}/chat/completions", timeout=60,
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})  # fmt: skip
+
+
+def test_two_models_are_served_and_triton_death_turns_ready_to_503(checkpoint_dir, tmp_path):
     import os
 
+    repository = prepare_repository(tmp_path / "build", "--model", "builtin:smollm2",
+                                    "--model", f"second={checkpoint_dir}", "--max-num-seqs", "2")  # fmt: skip
     stack = start_stack(repository, tmp_path / "llmserve.log")
     try:
+        models = httpx.get(f"{stack.api_url}/models").json()["data"]
+        assert sorted(m["id"] for m in models) == [MODEL, "second"]
+        for model in (MODEL, "second"):  # each id routes to its own Triton model, warmed up at start
+            reply = chat(stack, model)
+            assert reply.status_code == 200 and reply.json()["model"] == model
+            assert reply.json()["usage"]["completion_tokens"] >= 1
+
         triton_pid = int(
             next(line for line in os.popen(f"pgrep -P {stack.process.pid} -f tritonserver")).strip()
         )
@@ -23,9 +37,7 @@ def test_triton_death_turns_ready_to_503_and_the_launcher_says_so(repository, tm
             time.sleep(0.2)
         ready = httpx.get(f"{stack.base_url}/ready")
         assert ready.status_code == 503 and "error" in ready.json()
-        chat = httpx.post(f"{stack.api_url}/chat/completions", timeout=30,
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-        assert chat.status_code == 503
+        assert chat(stack, MODEL).status_code == 503
         assert httpx.get(f"{stack.base_url}/health").status_code == 200  # the process itself is alive
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and "tritonserver exited" not in stack.log():

@@ -118,6 +118,9 @@ class TritonProcess:
             "--grpc-address=127.0.0.1",
             "--metrics-address=127.0.0.1",
             "--exit-on-error=true",
+            # The launcher stops Triton only after the front-end has drained, so nothing should be in flight;
+            # don't let a stuck unload hold shutdown for Triton's default 30 s.
+            "--exit-timeout-secs=10",
             "--strict-readiness=true",
             "--log-verbose=0",
         ]
@@ -189,7 +192,7 @@ class TritonProcess:
                 last_report = report
             time.sleep(1)
 
-    def stop(self, timeout_s: float = 30) -> int | None:
+    def stop(self, timeout_s: float = 20) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return self.exit_code()
         self.process.send_signal(signal.SIGTERM)

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatching
 log = logging.getLogger("llm.engine")
 
 CANCEL_POLL_INTERVAL_S = 0.05
+PAGE_SIZE = 256  # tokens per KV-cache block (transformers' default)
 
 
 class InvalidRequest(ValueError):
@@ -89,10 +90,12 @@ class Engine:
         )  # fmt: skip
         if not kv_cache_blocks and device == "cpu":
             # transformers sizes an automatic cache from *all* free memory, which on a CPU is the whole host's RAM.
-            kv_cache_blocks = max(16, 4 * max_num_seqs)  # 4 blocks of 256 tokens = 1,024 tokens per sequence
+            # Ours: 1,024 tokens per sequence on average, and at least one full-context sequence.
+            kv_cache_blocks = max(4 * max_num_seqs, -(-self.max_model_len // PAGE_SIZE))
         cb_config = ContinuousBatchingConfig(
             per_request_processors=True,
             max_requests_per_batch=max_num_seqs,
+            page_size=PAGE_SIZE,
             num_blocks=kv_cache_blocks or None,
             allow_block_sharing=True,
         )
@@ -141,6 +144,9 @@ class Engine:
         is_cancelled: Callable[[], bool],
     ) -> None:
         """Queue a request. `sink` is called from the dispatcher thread; its last call has a finish_reason."""
+        failure = self._manager.background_thread_status.fatal_error
+        if failure is not None:
+            raise RuntimeError(f"the generation loop has failed ({failure}); the model must be reloaded")
         self.validate(sampling)
         input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         if not input_ids:

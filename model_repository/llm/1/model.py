@@ -181,6 +181,9 @@ class TritonPythonModel:
             except (InvalidRequest, ValueError, TypeError) as exc:
                 error = pb_utils.TritonError(f"invalid request: {exc}")
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+            except Exception as exc:  # the engine is broken: answer this request rather than leave it hanging
+                error = pb_utils.TritonError(f"llm engine failure: {exc}")
+                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
             self._active_metric.set(self.engine.num_active)
         return None
 

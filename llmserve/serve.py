@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 from frontend_api.settings import Settings
-from llmserve.triton import TritonError, TritonProcess, find_triton
+from llmserve.triton import TritonError, TritonProcess, ensure_port_free, find_triton
 
 
 def say(message: str) -> None:
@@ -58,6 +57,11 @@ def run_serve(settings: Settings) -> int:
             "Use --host 127.0.0.1, or --allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
         return 2
     started = time.monotonic()
+    try:
+        ensure_port_free(settings.port, "127.0.0.1" if settings.host == "localhost" else settings.host, "the API")
+    except TritonError as exc:
+        say(str(exc))
+        return 1
     repository = settings.model_repository or _prepare_repository(settings, settings.home / "build")
     try:
         install = find_triton(settings.home)
@@ -75,7 +79,9 @@ def run_serve(settings: Settings) -> int:
         triton.start()
         triton.wait_ready(settings.triton_startup_timeout_s, progress=say)
         threading.Thread(target=_watch, args=(triton, stop_watching), daemon=True).start()
-        _serve_api(settings, started)
+        if not _serve_api(settings, started):
+            say(f"the API could not start on {settings.host}:{settings.port} (see uvicorn's message above)")
+            return 1
     except TritonError as exc:
         say(str(exc))
         return 1
@@ -89,7 +95,8 @@ def run_serve(settings: Settings) -> int:
     return 0
 
 
-def _serve_api(settings: Settings, started: float) -> None:
+def _serve_api(settings: Settings, started: float) -> bool:
+    """Run the front-end until it is stopped; False if it never started."""
     import uvicorn
 
     from frontend_api.app import create_app
@@ -110,6 +117,4 @@ def _serve_api(settings: Settings, started: float) -> None:
 
     threading.Thread(target=announce, daemon=True).start()
     server.run()
-    if not server.started:
-        raise SystemExit(f"llmserve: the front-end could not start on {settings.host}:{settings.port}")
-    sys.stdout.flush()
+    return server.started

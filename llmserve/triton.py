@@ -145,7 +145,7 @@ class TritonProcess:
 
     def start(self, log_file=None) -> None:
         for port in (self.http_port, self.grpc_port, self.metrics_port):
-            _ensure_port_free(port)
+            ensure_port_free(port)
         self.process = subprocess.Popen(
             self.command(), env=self.environment(), stdout=log_file, stderr=subprocess.STDOUT if log_file else None,
             preexec_fn=_die_with_parent,
@@ -203,15 +203,17 @@ class TritonProcess:
             return self.process.wait()
 
 
-def _ensure_port_free(port: int) -> None:
+def ensure_port_free(port: int, host: str = "127.0.0.1", what: str = "Triton") -> None:
+    """Fail before starting anything if a port we need is taken, naming it and the flag that moves it."""
     import socket
 
-    with socket.socket() as sock:
+    flags = {"Triton": "--triton-http-port/--triton-grpc-port/--triton-metrics-port", "the API": "--port"}
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             raise TritonError(
-                f"port {port} on 127.0.0.1 is taken (another llmserve or Triton?); stop it or choose other ports "
-                "with --triton-http-port/--triton-grpc-port/--triton-metrics-port"
+                f"port {port} on {host} is taken (another llmserve or Triton?); stop it or move {what} with "
+                f"{flags[what]}"
             ) from None

@@ -2,7 +2,10 @@
 
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 from conftest import MODEL
@@ -47,17 +50,13 @@ def test_two_models_are_served_and_triton_death_turns_ready_to_503(checkpoint_di
         assert stack.stop(signal.SIGINT) == 0
 
 
-def test_a_taken_port_is_reported_before_starting(repository, tmp_path):
+def test_a_taken_port_is_reported_before_starting(repository):
     from stack import free_port
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
-        import subprocess
-        import sys
-        from pathlib import Path
-
         result = subprocess.run(
             [str(Path(sys.executable).parent / "llmserve"), "serve", "--model-repository", str(repository),
              "--port", str(free_port()), "--triton-grpc-port", str(taken)],
@@ -65,3 +64,17 @@ def test_a_taken_port_is_reported_before_starting(repository, tmp_path):
         )  # fmt: skip
     assert result.returncode == 1
     assert f"port {taken}" in result.stdout and "taken" in result.stdout
+
+
+def test_a_taken_api_port_is_reported_before_starting_triton(repository):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "llmserve"), "serve", "--model-repository", str(repository),
+             "--port", str(taken)], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {taken}" in result.stdout and "--port" in result.stdout
+    assert "starting" not in result.stdout  # Triton was never started

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+MODEL = "SmolLM2-135M-Instruct"  # the id the embedded default is served under
 
 
 def free_port() -> int:

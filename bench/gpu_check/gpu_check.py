@@ -1,7 +1,14 @@
 """On the GPU: (1) the llm engine on CUDA matches HF generate greedily; (2) the llm Triton model on CUDA under
 concurrency (Triton gRPC direct). SmolLM2-135M's shape with random weights (the real weights cannot travel)."""
 
-import asyncio, json, os, shutil, statistics, sys, threading, time
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +57,7 @@ torch.cuda.empty_cache()
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.grpc.aio as aiogrpc  # noqa: E402
+
 from build_engines.prepare import EngineOptions, prepare  # noqa: E402
 from llmserve.triton import TritonProcess, find_triton  # noqa: E402
 
@@ -62,16 +70,20 @@ triton.wait_ready(300)
 prompt = " ".join(["word"] * 127)
 
 def tensor(name, value, dt, np_dt):
-    arr = np.array([[value]], dtype=np_dt); t = grpcclient.InferInput(name, list(arr.shape), dt); t.set_data_from_numpy(arr); return t
+    arr = np.array([[value]], dtype=np_dt)
+    t = grpcclient.InferInput(name, list(arr.shape), dt)
+    t.set_data_from_numpy(arr)
+    return t
 
 async def one(client, i, n):
     async def reqs():
         yield {"model_name": "gpu", "inputs": [tensor("text_input", prompt.encode(), "BYTES", np.object_),
                tensor("max_tokens", n, "INT32", np.int32), tensor("min_tokens", n, "INT32", np.int32),
                tensor("stream", True, "BOOL", np.bool_)]}
-    t0 = time.perf_counter(); first = None; count = 0
+    t0, first, count = time.perf_counter(), None, 0
     async for result, error in client.stream_infer(reqs()):
-        if error: raise RuntimeError(error)
+        if error:
+            raise RuntimeError(error)
         first = first or time.perf_counter() - t0
         count = int(result.as_numpy("num_output_tokens")[0][0])
     return count, first
@@ -91,7 +103,9 @@ try:
     asyncio.run(sweep(4, 16))  # warm-up
     results["triton_sweep"] = []
     for n in (1, 16, 64, 256):
-        r = asyncio.run(sweep(n)); print(r); results["triton_sweep"].append(r)
+        r = asyncio.run(sweep(n))
+        print(r)
+        results["triton_sweep"].append(r)
 finally:
     triton.stop()
 print(json.dumps(results, indent=2))

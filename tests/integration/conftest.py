@@ -8,8 +8,6 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from stack import prepare_repository, start_stack
 
-MODEL = "SmolLM2-135M-Instruct"
-
 
 @pytest.fixture(scope="session")
 def repository(checkpoint_dir, tmp_path_factory):

@@ -1,5 +1,6 @@
 """`llmserve serve` as a process: what happens when Triton dies, and when a port is taken."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -8,8 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import MODEL
-from stack import prepare_repository, start_stack
+from stack import MODEL, prepare_repository, start_stack
 
 
 def chat(stack, model):
@@ -18,8 +18,6 @@ def chat(stack, model):
 
 
 def test_two_models_are_served_and_triton_death_turns_ready_to_503(checkpoint_dir, tmp_path):
-    import os
-
     repository = prepare_repository(tmp_path / "build", "--model", "builtin:smollm2",
                                     "--model", f"second={checkpoint_dir}", "--max-num-seqs", "2")  # fmt: skip
     stack = start_stack(repository, tmp_path / "llmserve.log")
@@ -31,9 +29,7 @@ def test_two_models_are_served_and_triton_death_turns_ready_to_503(checkpoint_di
             assert reply.status_code == 200 and reply.json()["model"] == model
             assert reply.json()["usage"]["completion_tokens"] >= 1
 
-        triton_pid = int(
-            next(line for line in os.popen(f"pgrep -P {stack.process.pid} -f tritonserver")).strip()
-        )
+        triton_pid = int(subprocess.check_output(["pgrep", "-P", str(stack.process.pid), "-f", "tritonserver"]))
         os.kill(triton_pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and httpx.get(f"{stack.base_url}/ready").status_code != 503:

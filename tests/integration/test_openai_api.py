@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
-from conftest import MODEL
+from stack import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -173,7 +173,7 @@ async def test_client_disconnect_frees_the_engine(stack, aclient):
         max_tokens=2000, extra_body={"min_tokens": 2000}, stream=True,
     )  # fmt: skip
     received = 0
-    async for chunk in stream:
+    async for _ in stream:
         received += 1
         if received == 4:
             break

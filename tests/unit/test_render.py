@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from build_engines.prepare import TEMPLATES, EngineOptions, prepare
+from build_engines.prepare import EngineOptions, prepare
 from build_engines.render import TemplateError, fill
 
 # The engine contract (shared/DESIGN.md): name -> (Triton type, dims), excluding the batch dimension.

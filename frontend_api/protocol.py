@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 MAX_STOP_SEQUENCES = 16
 UINT64_MAX = 2**64 - 1
+INT32_MAX = 2**31 - 1  # the engine contract's INT32 inputs
 
 
 class OpenAIBaseModel(BaseModel):
@@ -47,8 +48,8 @@ class BaseGenerationRequest(OpenAIBaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # Extensions (vLLM / TensorRT-LLM names)
-    top_k: int | None = Field(None, ge=-1, description="-1 or 0 turns top-k sampling off.")
-    min_tokens: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0 turns top-k sampling off.")
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     repetition_penalty: float | None = Field(None, gt=0)
 
     @field_validator("n")

@@ -111,6 +111,11 @@ def test_unicode_round_trip(client, tokenizer):
         ({"max_tokens": 9000}, "max_tokens"),
         ({"seed": 42}, "seed"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"top_k": 2**40}, "top_k"),
+        ({"logprobs": True}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ],
 )
 def test_invalid_chat_fields_give_400_naming_the_field(stack, body, param):

@@ -10,12 +10,13 @@ PYTEST_ARGS ?=
 # torch 2.13.0 CPU lies in /opt/wheels on these machines; elsewhere pip takes it from PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install serve test prepare clean help
+.PHONY: install serve test lint prepare clean help
 
 help:
 	@echo "make serve   install, prepare the default model, start Triton + the OpenAI API on http://127.0.0.1:8000/v1"
 	@echo "             (ARGS='--port 9000 --model ID=DIR ...' or LLMSERVE_* variables; see README)"
 	@echo "make test    install, then run the whole test suite"
+	@echo "make lint    ruff over the code"
 	@echo "make clean   remove the virtual environment (converted models stay in ~/.cache/llmserve)"
 
 install: $(STAMP)
@@ -38,6 +39,9 @@ serve: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV)

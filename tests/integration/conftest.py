@@ -6,6 +6,7 @@ import signal
 
 import pytest
 from openai import AsyncOpenAI, OpenAI
+
 from stack import prepare_repository, start_stack
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from stack import MODEL, prepare_repository, start_stack
 
 

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
+
 from stack import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]

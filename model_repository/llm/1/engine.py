@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from text_stream import TextStream
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+
+from text_stream import TextStream
 
 log = logging.getLogger("llm.engine")
 

@@ -28,6 +28,8 @@ class EngineOptions:
 
 def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
     """Build `output/model_repository` (one `llm` model per spec) and `output/manifest.json`; return the repository."""
+    if options.device == "cuda":
+        check_cuda()
     specs = [ModelSpec.parse(text) for text in model_specs]
     duplicate = {s.id for s in specs if [t.id for t in specs].count(s.id) > 1}
     if duplicate:
@@ -59,6 +61,17 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
                       "max_model_len": max_model_len, **{k: getattr(options, k) for k in options.__dataclass_fields__}})  # fmt: skip
     write_manifest(output / MANIFEST, built)
     return repository
+
+
+def check_cuda() -> None:
+    """Fail here, with what to do, rather than later inside Triton's model load."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"--device cuda, but this environment's torch ({torch.__version__}) sees no CUDA GPU; install a CUDA "
+            "build of torch into the virtual environment (README: GPU) or serve with --device cpu"
+        )
 
 
 def write_manifest(path: Path, models: list[dict]) -> None:

@@ -43,3 +43,10 @@ def test_unknown_builtin_model_is_a_clear_error(tmp_path):
     result = run("prepare", "--model", "builtin:gpt5", "--output", str(tmp_path))
     assert result.returncode != 0
     assert "unknown builtin model" in (result.stdout + result.stderr)
+
+
+def test_cuda_without_a_cuda_torch_is_refused_before_triton_starts(tmp_path):
+    # Hide any GPU, so the check is exercised on every machine.
+    result = run("prepare", "--device", "cuda", "--output", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode != 0
+    assert "sees no CUDA GPU" in result.stderr + result.stdout and "--device cpu" in result.stderr + result.stdout

@@ -57,8 +57,10 @@ def run_serve(settings: Settings) -> int:
             "Use --host 127.0.0.1, or --allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
         return 2
     started = time.monotonic()
-    try:
+    try:  # before anything is prepared or started
         ensure_port_free(settings.port, "127.0.0.1" if settings.host == "localhost" else settings.host, "the API")
+        for port in (settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port):
+            ensure_port_free(port)
     except TritonError as exc:
         say(str(exc))
         return 1

@@ -144,8 +144,6 @@ class TritonProcess:
         return env
 
     def start(self, log_file=None) -> None:
-        for port in (self.http_port, self.grpc_port, self.metrics_port):
-            ensure_port_free(port)
         self.process = subprocess.Popen(
             self.command(), env=self.environment(), stdout=log_file, stderr=subprocess.STDOUT if log_file else None,
             preexec_fn=_die_with_parent,

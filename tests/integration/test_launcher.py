@@ -4,13 +4,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
+import pytest
 
-from stack import MODEL, prepare_repository, start_stack
+from stack import BIN, MODEL, free_port, prepare_repository, start_stack
 
 
 def chat(stack, model):
@@ -47,31 +46,17 @@ def test_two_models_are_served_and_triton_death_turns_ready_to_503(checkpoint_di
         assert stack.stop(signal.SIGINT) == 0
 
 
-def test_a_taken_port_is_reported_before_starting(repository):
-    from stack import free_port
-
+@pytest.mark.parametrize("flag, moved_by", [("--triton-grpc-port", "--triton-grpc-port"), ("--port", "--port")])
+def test_a_taken_port_is_reported_before_starting_triton(repository, flag, moved_by):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
+        ports = {"--port": str(free_port()), flag: str(taken)}
         result = subprocess.run(
-            [str(Path(sys.executable).parent / "llmserve"), "serve", "--model-repository", str(repository),
-             "--port", str(free_port()), "--triton-grpc-port", str(taken)],
+            [str(BIN / "llmserve"), "serve", "--model-repository", str(repository), *(x for kv in ports.items() for x in kv)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 1
-    assert f"port {taken}" in result.stdout and "taken" in result.stdout
-
-
-def test_a_taken_api_port_is_reported_before_starting_triton(repository):
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        taken = blocker.getsockname()[1]
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "llmserve"), "serve", "--model-repository", str(repository),
-             "--port", str(taken)], capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    assert result.returncode == 1
-    assert f"port {taken}" in result.stdout and "--port" in result.stdout
+    assert f"port {taken}" in result.stdout and "taken" in result.stdout and moved_by in result.stdout
     assert "starting" not in result.stdout  # Triton was never started

@@ -6,6 +6,7 @@ import json
 import platform
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +32,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
     if options.device == "cuda":
         check_cuda()
     specs = [ModelSpec.parse(text) for text in model_specs]
-    duplicate = {s.id for s in specs if [t.id for t in specs].count(s.id) > 1}
+    duplicate = {model_id for model_id, count in Counter(s.id for s in specs).items() if count > 1}
     if duplicate:
         raise ValueError(f"model ids must be unique, {sorted(duplicate)} appear twice; name them with ID=DIR")
     repository = output / "model_repository"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 BIN = Path(sys.executable).parent
 MODEL = "SmolLM2-135M-Instruct"  # the id the embedded default is served under
@@ -45,12 +46,12 @@ class Stack:
     def triton_metric(self, name: str, **labels: str) -> float:
         """Sum of a Triton metric's samples matching the labels (0 if absent)."""
         text = httpx.get(f"http://127.0.0.1:{self.triton_metrics_port}/metrics", timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                    total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
         if self.process.poll() is None:

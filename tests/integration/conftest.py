@@ -21,7 +21,7 @@ def stack(repository, tmp_path_factory):
     yield stack
     code = stack.stop(signal.SIGTERM)
     assert code == 0, f"llmserve serve exited with {code} on SIGTERM:\n{stack.log()[-3000:]}"
-    assert "stopped (tritonserver exit code 0)" in stack.log()
+    assert "stopped (tritonserver exit code 0)" in stack.log(), f"Triton did not stop cleanly:\n{stack.log()[-3000:]}"
 
 
 @pytest.fixture(scope="session")

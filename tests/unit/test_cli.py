@@ -1,5 +1,6 @@
 """The `llmserve` command line: help, configuration errors, refusing an unauthenticated public bind."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,6 @@ LLMSERVE = str(Path(sys.executable).parent / "llmserve")
 
 
 def run(*args, env=None, timeout=60):
-    import os
-
     return subprocess.run([LLMSERVE, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})  # fmt: skip
 

@@ -234,7 +234,7 @@ class Engine:
         elif finished:
             self._finish(output.request_id, "stop" if hit_eos else "length", text + request.stream.finish())
         elif text:
-            request.sink(Update(text))
+            request.sink(Update(text, None, None, request.num_input_tokens, request.num_output_tokens))
 
     def _poll_cancellations(self) -> None:
         with self._lock:

@@ -215,7 +215,8 @@ class TritonEngine:
                     result, error = await responses.__anext__()
                 except StopAsyncIteration:
                     return
-                if error is not None:
+                if error is not None:  # an in-band error is the request's final response
+                    await self._drain(responses)
                     raise _infer_error(error.message() or str(error))
                 chunk, final = parse_result(result)
                 yield chunk
@@ -230,7 +231,8 @@ class TritonEngine:
 
     @staticmethod
     async def _drain(responses: Any) -> None:
-        """Let the stream end with OK after the final response, so a finished request is not reported cancelled."""
+        """Let Triton end the stream after the final response. Cancelling a stream whose request has just finished
+        can keep Triton 2.51 from unloading the model at shutdown (it then waits out its exit timeout)."""
         try:
             await asyncio.wait_for(responses.__anext__(), _DRAIN_TIMEOUT_S)
         except (StopAsyncIteration, asyncio.TimeoutError, grpc.RpcError):

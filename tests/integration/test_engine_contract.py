@@ -43,20 +43,21 @@ async def run(stack, tensors, stop_after=None):
     async def requests():
         yield {"model_name": MODEL, "inputs": tensors}
 
-    responses, error = [], None
+    responses, failure = [], None
     try:
         stream = client.stream_infer(requests())
         # Read until Triton ends the stream (it does after the final response, since we half-closed).
         async for result, error in stream:
-            if error is not None:
-                break
+            if error is not None:  # the final response; keep reading until Triton ends the stream
+                failure = error
+                continue
             responses.append(result)
             if stop_after and len(responses) >= stop_after:
                 stream.cancel()
                 break
     finally:
         await client.close()
-    return responses, error
+    return responses, failure
 
 
 def text(responses):

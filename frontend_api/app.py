@@ -15,6 +15,7 @@ from frontend_api.errors import install_error_handlers
 from frontend_api.middleware import BodySizeLimitMiddleware
 from frontend_api.routers import chat, completions, health, models
 from frontend_api.settings import Settings, get_settings
+from frontend_api.storage.database import Database
 from frontend_api.tokenization import Tokenizers
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = app.state.database = Database(settings.database_url)
+        await database.migrate()
         owned: Engine | None = None
         if app.state.engine is None:
             from frontend_api.engine.triton import TritonEngine  # needs the running loop for its gRPC channel
@@ -39,11 +42,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if owned is not None:
                 app.state.engine = None
                 await owned.close()
+            await database.close()
             app.state.tokenizers.close()
 
     app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.database = None  # the lifespan opens it
     app.state.tokenizers = Tokenizers()
     app.state.started_at = int(time.time())
 

@@ -9,6 +9,7 @@ from frontend_api.serving import OpenAIServing
 from frontend_api.serving_chat import OpenAIServingChat
 from frontend_api.serving_completions import OpenAIServingCompletion
 from frontend_api.settings import Settings
+from frontend_api.storage.database import Database
 from frontend_api.tokenization import Tokenizers
 
 
@@ -23,12 +24,17 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
 def get_tokenizers(request: Request) -> Tokenizers:
     return request.app.state.tokenizers
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
 
 

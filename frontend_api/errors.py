@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frontend_api.engine.protocol import EngineError, EngineUnavailable
 from frontend_api.protocol import ErrorDetail, ErrorResponse
+from frontend_api.storage.database import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         type: str | None = None,  # noqa: A002 - the OpenAI field name
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -39,6 +41,7 @@ class OpenAIError(Exception):
         self.param = param
         self.type = type or error_type(status)
         self.code = code
+        self.headers = headers
 
 
 def error_type(status: int) -> str:
@@ -96,7 +99,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 async def _openai_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenAIError)
-    return error_response(exc.status, exc.message, exc.param, exc.type, exc.code)
+    return error_response(exc.status, exc.message, exc.param, exc.type, exc.code, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -119,7 +122,14 @@ async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(engine_error_body(exc), status_code=exc.status, headers=headers)
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DatabaseUnavailable)
+    return error_response(503, "The session store is unavailable; retry shortly. Chat without session_id still "
+                          "works.", code="database_unavailable", headers={"Retry-After": "5"})  # fmt: skip
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

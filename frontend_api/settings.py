@@ -1,15 +1,24 @@
-"""All configuration in one place. Environment variables are `LLMSERVE_<FIELD>`; CLI flags override them."""
+"""All configuration in one place.
+
+Precedence, highest first: CLI flags (init arguments), environment (`LLMSERVE_<FIELD>`, plus the conventional
+`DATABASE_URL` and `REDIS_URL`), the TOML file given by `--config` or `LLMSERVE_CONFIG`, then the defaults here.
+An unknown key or an invalid value stops start-up with a message naming the key.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import tomllib
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+CONFIG_ENV = "LLMSERVE_CONFIG"
+SECRET_FIELDS = ("database_url", "redis_url")  # masked by `llmserve config show`
 
 
 def default_home() -> Path:
@@ -17,16 +26,25 @@ def default_home() -> Path:
     return Path(cache) / "llmserve"
 
 
+def _env_alias(field: str, conventional: str) -> AliasChoices:
+    """A field also read from a conventional, unprefixed variable (DATABASE_URL, REDIS_URL)."""
+    return AliasChoices(field, f"LLMSERVE_{field.upper()}", conventional)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid", validate_default=True, env_ignore_empty=True,
+                                      populate_by_name=True)  # fmt: skip
 
     # Front-end (the public API)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    auth: bool = Field(False, description="Require an API key (`llmserve keys create`) on every /v1 route.")
     allow_unauthenticated_public_bind: bool = Field(
-        False, description="Serve on a non-loopback address although there is no authentication."
+        False, description="Serve on a non-loopback address although authentication is off."
     )
+    cors_origins: list[str] = Field([], description="Origins allowed by CORS; empty (the default) allows none.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str | None = Field(None, description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
@@ -48,11 +66,38 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
     kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
 
-    # Request handling
+    # Storage: sessions, messages and API keys. SQLite file under `home` unless DATABASE_URL says otherwise.
+    database_url: str | None = Field(None, validation_alias=_env_alias("database_url", "DATABASE_URL"))
+    session_history_messages: int = Field(20, ge=1, le=1000, description="Stored messages prepended at most.")
+
+    # Limits. rpm/tpm/streams are per API key (keys may carry their own), per client address when auth is off.
+    redis_url: str | None = Field(None, validation_alias=_env_alias("redis_url", "REDIS_URL"),
+                                  description="Share rate-limit counters between front-end processes.")  # fmt: skip
+    rate_limit_rpm: int | None = Field(None, ge=1, description="Requests per minute; unset is unlimited.")
+    rate_limit_tpm: int | None = Field(None, ge=1, description="Prompt + completion tokens per minute.")
+    max_streams_per_key: int | None = Field(None, ge=1, description="Concurrent generations per key.")
+    max_in_flight: int = Field(512, ge=1, description="Concurrent generations in this process; more get 503.")
     max_request_bytes: int = Field(1_000_000, ge=1024)
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Longest prompt accepted; unset is the context.")
+    max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int | None = Field(
         None, ge=1, description="max_tokens when a request sets none; unset means the rest of the context."
     )
+
+    # WebSocket chat
+    ws_keepalive_s: float = Field(20, gt=0, description="Server ping interval on /v1/chat/ws.")
+    ws_auth_timeout_s: float = Field(10, gt=0, description="Time a WebSocket client has to authenticate.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
     @field_validator("host")
     @classmethod
@@ -64,10 +109,35 @@ class Settings(BaseSettings):
                 raise ValueError(f"host must be an IP address or 'localhost', got {value!r}") from exc
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        """Accept the usual spellings and pick the async drivers we ship (aiosqlite, psycopg 3)."""
+        if not value:  # an empty DATABASE_URL means the default
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        drivers = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+                   "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+                   "postgresql+psycopg": "postgresql+psycopg"}  # fmt: skip
+        if scheme not in drivers:
+            raise ValueError(f"must be a sqlite:/// or postgresql:// URL, got scheme {scheme!r}")
+        return drivers[scheme] + value[len(scheme) :]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @model_validator(mode="after")
-    def _default_triton_url(self) -> Settings:
+    def _derived_defaults(self) -> Settings:
         if self.triton_grpc_url is None:
             self.triton_grpc_url = f"127.0.0.1:{self.triton_grpc_port}"
+        if self.database_url is None:
+            self.database_url = f"sqlite+aiosqlite:///{self.home / 'llmserve.db'}"
         return self
 
     @property
@@ -75,6 +145,44 @@ class Settings(BaseSettings):
         return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
 
 
-@lru_cache
+class ConfigFileError(ValueError):
+    pass
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the TOML file (`config_file`, else $LLMSERVE_CONFIG), the environment and `overrides`."""
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if not path:
+        return Settings(**overrides)
+    path = Path(path)
+    try:
+        tomllib.loads(path.read_text())  # fail here with a clear message rather than deep in pydantic-settings
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"the config file {path} is not valid TOML: {exc}") from None
+    configured = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    return configured(**overrides)
+
+
+def mask_url(url: str | None) -> str | None:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with secrets masked, for `llmserve config show` and logs."""
+    values = settings.model_dump(mode="json")
+    for name in SECRET_FIELDS:
+        values[name] = mask_url(values[name])
+    return values
+
+
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

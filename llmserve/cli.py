@@ -1,4 +1,5 @@
-"""`llmserve prepare | serve`. Flags override `LLMSERVE_*` environment variables, which override defaults."""
+"""`llmserve prepare | serve | keys | config`. Flags override the environment (`LLMSERVE_*`), which overrides the
+config file (`--config`, TOML), which overrides the defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from frontend_api.settings import Settings
+from frontend_api.settings import ConfigFileError, Settings, load_settings
 
 # flag -> Settings field, for the flags both subcommands share
 MODEL_FLAGS = {
@@ -15,7 +16,7 @@ MODEL_FLAGS = {
     "max_num_seqs": "max_num_seqs", "kv_cache_blocks": "kv_cache_blocks", "home": "home",
 }  # fmt: skip
 SERVE_FLAGS = {
-    "host": "host", "port": "port", "model_repository": "model_repository",
+    "host": "host", "port": "port", "model_repository": "model_repository", "auth": "auth",
     "triton_http_port": "triton_http_port", "triton_grpc_port": "triton_grpc_port",
     "triton_metrics_port": "triton_metrics_port",
     "allow_unauthenticated_public_bind": "allow_unauthenticated_public_bind", "log_level": "log_level",
@@ -34,8 +35,22 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                                        "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
 
 
+def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (in the configured database)")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    create.add_argument("--name", required=True, help="a unique name (shown in logs and metrics instead of the key)")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: the server's rate_limit_rpm)")
+    create.add_argument("--tpm", type=int, help="prompt + completion tokens per minute (default: rate_limit_tpm)")
+    create.add_argument("--max-streams", type=int, help="concurrent generations (default: max_streams_per_key)")
+    actions.add_parser("list", help="list keys (names, prefixes, limits, status; never the keys)")
+    revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, on every replica")
+    revoke.add_argument("--name", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="OpenAI-compatible LLM serving on Triton.")
+    parser.add_argument("--config", metavar="FILE.toml", help="configuration file (or LLMSERVE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prepare = sub.add_parser("prepare", help="convert/verify checkpoints and render the Triton model repository")
@@ -46,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(serve)
     serve.add_argument("--host", help="front-end address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
+    serve.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
     serve.add_argument("--model-repository", help="serve this rendered repository as is (skips prepare)")
     serve.add_argument("--triton-http-port", type=int, help="internal Triton HTTP port (default 8100)")
     serve.add_argument("--triton-grpc-port", type=int, help="internal Triton gRPC port (default 8101)")
@@ -53,29 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
                        help="allow a non-loopback --host although authentication is off")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    _add_keys_commands(sub)
+    config = sub.add_parser("config", help="inspect the configuration")
+    config.add_subparsers(dest="config_command", required=True).add_parser(
+        "show", help="print the effective configuration (all sources merged, secrets masked)")  # fmt: skip
     return parser
 
 
 def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
     overrides = {field: getattr(args, flag) for flag, field in flags.items()
                  if getattr(args, flag, None) is not None}  # fmt: skip
-    return Settings(**overrides)
+    return load_settings(args.config, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "prepare":
-            settings = settings_from(args, MODEL_FLAGS)
             from llmserve.serve import run_prepare
 
-            return run_prepare(settings, args.output)
-        settings = settings_from(args, MODEL_FLAGS | SERVE_FLAGS)
-        from llmserve.serve import run_serve
+            return run_prepare(settings_from(args, MODEL_FLAGS), args.output)
+        if args.command == "serve":
+            from llmserve.serve import run_serve
 
-        return run_serve(settings)
+            return run_serve(settings_from(args, MODEL_FLAGS | SERVE_FLAGS))
+        from llmserve.admin import run_config_show, run_keys
+
+        if args.command == "keys":
+            return run_keys(settings_from(args, {}), args)
+        return run_config_show(settings_from(args, {}))
+    except ConfigFileError as exc:
+        print(f"llmserve: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"]) or "settings"
-            print(f"llmserve: invalid setting {field} (LLMSERVE_{field.upper()}): {error['msg']}", file=sys.stderr)
+            print(f"llmserve: invalid setting {field} (LLMSERVE_{field.upper()}, or `{field}` in the config file): "
+                  f"{error['msg']}", file=sys.stderr)  # fmt: skip
         return 2

@@ -52,9 +52,10 @@ def _raise_on_sigterm(signum, frame):
 
 
 def run_serve(settings: Settings) -> int:
-    if not settings.host_is_loopback and not settings.allow_unauthenticated_public_bind:
+    if not settings.auth and not settings.host_is_loopback and not settings.allow_unauthenticated_public_bind:
         say(f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
-            "Use --host 127.0.0.1, or --allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
+            "Turn authentication on (--auth, after `llmserve keys create`), use --host 127.0.0.1, or pass "
+            "--allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
         return 2
     started = time.monotonic()
     try:  # before anything is prepared or started

@@ -1,0 +1,67 @@
+"""`llmserve keys ...` and `llmserve config show`: administration against the configured database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+from frontend_api.settings import Settings, public_view
+from frontend_api.storage.database import Database, DatabaseUnavailable
+from frontend_api.storage.keys import ApiKeyError, create_key, list_keys, revoke_key
+
+
+def _when(timestamp: int | None) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC") if timestamp else "-"
+
+
+def _limit(value: int | None) -> str:
+    return "default" if value is None else str(value)
+
+
+async def _keys(settings: Settings, action: str, args) -> int:
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        if action == "create":
+            created = await create_key(db, args.name, args.rpm, args.tpm, args.max_streams)
+            print(f"Created key {created.record.name!r}. This is the only time it is shown; store it now:\n")
+            print(f"    {created.key}\n")
+            print("Clients send it as `Authorization: Bearer <key>`; serve with --auth (or auth = true).")
+        elif action == "list":
+            rows = await list_keys(db)
+            print(f"{'NAME':24} {'PREFIX':14} {'RPM':>8} {'TPM':>9} {'STREAMS':>8}  {'CREATED':20}  STATUS")
+            for key in rows:
+                status = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+                print(f"{key.name:24} {key.prefix + '…':14} {_limit(key.rpm):>8} {_limit(key.tpm):>9} "
+                      f"{_limit(key.max_streams):>8}  {_when(key.created_at):20}  {status}")  # fmt: skip
+            if not rows:
+                print("(no keys; create one with `llmserve keys create --name NAME`)")
+        else:
+            revoked = await revoke_key(db, args.name)
+            print(f"Revoked key {revoked.name!r}: requests with it fail from now on, on every replica.")
+        return 0
+    except ApiKeyError as exc:
+        print(f"llmserve keys {action}: {exc}")
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"llmserve keys {action}: cannot reach the database ({exc}). Check DATABASE_URL / database_url.")
+        return 1
+    finally:
+        await db.close()
+
+
+def run_keys(settings: Settings, args) -> int:
+    return asyncio.run(_keys(settings, args.keys_command, args))
+
+
+def _toml_value(value) -> str:
+    return json.dumps(value, ensure_ascii=False)  # JSON strings, numbers, booleans and lists are valid TOML
+
+
+def run_config_show(settings: Settings) -> int:
+    print("# effective llmserve configuration (flags > LLMSERVE_* / DATABASE_URL / REDIS_URL > config file "
+          "> defaults); secrets masked")  # fmt: skip
+    for name, value in public_view(settings).items():
+        print(f"# {name} = (unset)" if value is None else f"{name} = {_toml_value(value)}")
+    return 0

@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from frontend_api.auth import authenticate
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
 from frontend_api.middleware import BodySizeLimitMiddleware
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for router in (health.router, models.router, chat.router, completions.router):
-        app.include_router(router)
+    app.include_router(health.router)
+    for router in (models.router, chat.router, completions.router):  # the API: authenticated when auth is on
+        app.include_router(router, dependencies=[Depends(authenticate)])
     return app

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from frontend_api.auth import PrincipalDep
 from frontend_api.engine.protocol import Engine, EngineUnavailable
 from frontend_api.serving import OpenAIServing
 from frontend_api.serving_chat import OpenAIServingChat
@@ -38,18 +39,22 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
 
 
-def get_serving(engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep) -> OpenAIServing:
-    return OpenAIServing(engine, tokenizers, settings)
+def get_serving(
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
+) -> OpenAIServing:
+    return OpenAIServing(engine, tokenizers, settings, principal)
 
 
-def get_chat_serving(engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep) -> OpenAIServingChat:
-    return OpenAIServingChat(engine, tokenizers, settings)
+def get_chat_serving(
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
+) -> OpenAIServingChat:
+    return OpenAIServingChat(engine, tokenizers, settings, principal)
 
 
 def get_completion_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
 ) -> OpenAIServingCompletion:
-    return OpenAIServingCompletion(engine, tokenizers, settings)
+    return OpenAIServingCompletion(engine, tokenizers, settings, principal)
 
 
 def get_started_at(request: Request) -> int:

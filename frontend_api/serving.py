@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from frontend_api.auth import Principal
 from frontend_api.engine.protocol import Engine, EngineModel, GenerationChunk, GenerationRequest, SamplingParams
 from frontend_api.errors import OpenAIError, model_not_found
 from frontend_api.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
@@ -83,10 +84,11 @@ def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> Sampling
 
 
 class OpenAIServing:
-    def __init__(self, engine: Engine, tokenizers: Tokenizers, settings: Settings):
+    def __init__(self, engine: Engine, tokenizers: Tokenizers, settings: Settings, principal: Principal):
         self.engine = engine
         self.tokenizers = tokenizers
         self.settings = settings
+        self.principal = principal  # who asks: limits, session ownership, per-key metrics
 
     async def resolve_model(self, model_id: str) -> EngineModel:
         for model in await self.engine.list_models():

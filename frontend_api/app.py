@@ -14,7 +14,7 @@ from frontend_api.auth import authenticate
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
 from frontend_api.middleware import BodySizeLimitMiddleware
-from frontend_api.routers import chat, completions, health, models
+from frontend_api.routers import chat, chat_ws, completions, health, models, sessions
 from frontend_api.settings import Settings, get_settings
 from frontend_api.storage.database import Database
 from frontend_api.tokenization import Tokenizers
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(health.router)
-    for router in (models.router, chat.router, completions.router):  # the API: authenticated when auth is on
+    app.include_router(chat_ws.router)  # authenticates itself: browsers cannot send headers on a WebSocket
+    for router in (models.router, chat.router, completions.router, sessions.router):  # the API: authenticated when auth is on
         app.include_router(router, dependencies=[Depends(authenticate)])
     return app

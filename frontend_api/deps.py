@@ -11,6 +11,7 @@ from frontend_api.serving_chat import OpenAIServingChat
 from frontend_api.serving_completions import OpenAIServingCompletion
 from frontend_api.settings import Settings
 from frontend_api.storage.database import Database
+from frontend_api.storage.sessions import SessionStore
 from frontend_api.tokenization import Tokenizers
 
 
@@ -29,6 +30,10 @@ def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
+def get_session_store(request: Request) -> SessionStore:
+    return SessionStore(request.app.state.database)
+
+
 def get_tokenizers(request: Request) -> Tokenizers:
     return request.app.state.tokenizers
 
@@ -36,6 +41,7 @@ def get_tokenizers(request: Request) -> Tokenizers:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
+SessionStoreDep = Annotated[SessionStore, Depends(get_session_store)]
 TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
 
 
@@ -46,9 +52,9 @@ def get_serving(
 
 
 def get_chat_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep, store: SessionStoreDep
 ) -> OpenAIServingChat:
-    return OpenAIServingChat(engine, tokenizers, settings, principal)
+    return OpenAIServingChat(engine, tokenizers, settings, principal, store)
 
 
 def get_completion_serving(

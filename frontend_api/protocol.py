@@ -118,6 +118,8 @@ class ChatCompletionRequest(BaseGenerationRequest):
     top_logprobs: int | None = None
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
+    # Extension: chat inside a stored session (its history is prepended, the turn is stored).
+    session_id: str | None = Field(None, min_length=1, max_length=40)
 
     @field_validator("logprobs")
     @classmethod
@@ -210,6 +212,7 @@ class ChatCompletion(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: Usage
+    session_id: str | None = Field(None, exclude_if=lambda value: value is None)  # extension, with session_id
 
 
 class DeltaMessage(OpenAIBaseModel):
@@ -236,6 +239,7 @@ class ChatCompletionChunk(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChunkChoice]
     usage: Usage | None = None
+    session_id: str | None = Field(None, exclude_if=lambda value: value is None)  # extension, with session_id
 
 
 class CompletionChoice(OpenAIBaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+_alembic_lock = threading.Lock()  # Alembic's `context` is a module global: one migration per process at a time
 
 
 class DatabaseUnavailable(Exception):
@@ -64,8 +67,17 @@ class Database:
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     def migrate_sync(self) -> None:
-        """Bring the schema to the latest revision (idempotent; concurrent callers serialize, see env.py)."""
-        command.upgrade(alembic_config(sync_url(self.url)), "head")
+        """Bring the schema to the latest revision. Idempotent; concurrent callers take turns: PostgreSQL under an
+        advisory lock (migrations/env.py), a SQLite file under a lock file beside it."""
+        config = alembic_config(sync_url(self.url))
+        database = make_url(self.url).database
+        with _alembic_lock:
+            if not self.is_sqlite or not database or database == ":memory:":
+                command.upgrade(config, "head")
+                return
+            with open(f"{database}.migrate-lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                command.upgrade(config, "head")
 
     async def migrate(self) -> None:
         try:

@@ -1,0 +1,186 @@
+"""One WebSocket chat connection (protocol in frontend_api/ws_protocol.py): authenticate, then read frames
+while at most one generation runs; `stop` cancels it, which closes the engine stream and frees the slot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import aclosing
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from frontend_api.auth import Principal, anonymous, bearer_token, principal_for_key
+from frontend_api.engine.protocol import EngineError, EngineUnavailable
+from frontend_api.errors import OpenAIError, describe_validation_errors
+from frontend_api.protocol import ChatCompletionRequest
+from frontend_api.serving_chat import ChatRun, OpenAIServingChat
+from frontend_api.settings import Settings
+from frontend_api.storage.database import DatabaseUnavailable
+from frontend_api.storage.models import SessionCreate
+from frontend_api.storage.sessions import SessionStore
+from frontend_api.ws_protocol import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
+
+POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication
+SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
+
+
+async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Principal | None:
+    """The caller, from the Authorization header or (browsers cannot set headers) a first `auth` frame; the key
+    never goes in the URL. None after telling the client why and closing."""
+    if not settings.auth:
+        return anonymous(websocket, settings)
+    token = bearer_token(websocket)
+    try:
+        if token is None:
+            text = await asyncio.wait_for(websocket.receive_text(), settings.ws_auth_timeout_s)
+            token = AuthFrame.model_validate_json(text).api_key
+        return await principal_for_key(websocket.app.state.database, settings, token)
+    except WebSocketDisconnect:
+        return None
+    except TimeoutError:
+        failure = error_frame("auth_timeout", f"Authenticate within {settings.ws_auth_timeout_s:g} s: send "
+                              '{"type": "auth", "api_key": "..."} first.')  # fmt: skip
+    except (ValidationError, KeyError):  # KeyError: a binary frame
+        failure = error_frame("missing_api_key", 'The first frame must be {"type": "auth", "api_key": "..."} '
+                              "(or send an Authorization: Bearer header).")  # fmt: skip
+    except OpenAIError as exc:
+        failure = error_frame(exc.code or "invalid_api_key", exc.message)
+    except DatabaseUnavailable:
+        failure = error_frame("database_unavailable", "The key store is unavailable; retry shortly.")
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await websocket.send_json(failure)
+        await websocket.close(POLICY_VIOLATION)
+    return None
+
+
+class ChatSocket:
+    def __init__(self, websocket: WebSocket, principal: Principal):
+        state = websocket.app.state
+        self.websocket = websocket
+        self.principal = principal
+        self.settings: Settings = state.settings
+        self.sessions = SessionStore(state.database)
+        self.serving = OpenAIServingChat(state.engine, state.tokenizers, state.settings, principal, self.sessions)
+        self.generation: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.websocket.application_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client is gone: nothing to tell
+                await self.websocket.send_json(frame)
+
+    async def run(self) -> None:
+        await self.send({"type": "ready", "protocol": PROTOCOL_VERSION})
+        keepalive = asyncio.create_task(self._keepalive())
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                await self._handle(message.get("text"))
+        except WebSocketDisconnect:
+            return
+        finally:
+            keepalive.cancel()
+            if self.generation is not None:
+                self.generation.cancel()
+                await asyncio.gather(self.generation, return_exceptions=True)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ws_keepalive_s)
+            await self.send({"type": "ping"})
+
+    @property
+    def generating(self) -> bool:
+        return self.generation is not None and not self.generation.done()
+
+    async def _handle(self, text: str | None) -> None:
+        if text is None:
+            await self.send(error_frame("invalid_message", "Send JSON text frames; binary frames are not supported."))
+            return
+        try:
+            frame = ClientFrame.validate_json(text)
+        except ValidationError as exc:
+            message, param = describe_validation_errors(exc.errors())
+            await self.send(error_frame("invalid_message", message, param))
+            return
+        if frame.type == "ping":
+            await self.send({"type": "pong"})
+        elif frame.type == "stop":
+            if self.generating:
+                self.generation.cancel()
+        elif frame.type == "auth":
+            await self.send(error_frame("invalid_message", "Already authenticated.", "type"))
+        elif self.generating:
+            await self.send(error_frame("busy", "A reply is being generated; wait for it or send {\"type\": \"stop\"}."))
+        else:
+            self.generation = asyncio.create_task(self._chat(frame))
+
+    async def _chat(self, frame: ChatFrame) -> None:
+        received = time.monotonic()
+        try:
+            run = await self.serving.start_chat(await self._request(frame))
+            await self._stream(run, received)
+        except OpenAIError as exc:
+            await self.send(error_frame(exc.code or exc.type, exc.message, exc.param))
+        except EngineUnavailable as exc:
+            await self.send(error_frame("engine_unavailable", exc.message))
+        except EngineError as exc:
+            await self.send(error_frame("engine_error", exc.message, exc.param))
+        except DatabaseUnavailable:
+            await self.send(error_frame("database_unavailable", "The session store is unavailable; retry shortly."))
+        except asyncio.CancelledError:  # stopped before the engine answered; nothing was generated
+            asyncio.current_task().uncancel()
+            await self.send({"type": "done", "finish_reason": "cancelled", "usage": None, "session_id": frame.session_id,
+                             "stats": None})  # fmt: skip
+
+    async def _request(self, frame: ChatFrame) -> ChatCompletionRequest:
+        settings = frame.settings
+        if frame.session_id is not None:
+            session = await self.sessions.get(self.principal.key_id, frame.session_id)
+        else:
+            session = await self.sessions.create(self.principal.key_id, SessionCreate(
+                title=frame.content[:60], model=settings.model, system_prompt=settings.system_prompt))  # fmt: skip
+        model = settings.model or session.model or await self._default_model()
+        messages = [{"role": "user", "content": frame.content}]
+        if settings.system_prompt and frame.session_id is not None:  # a new session stores it as its prompt
+            messages.insert(0, {"role": "system", "content": settings.system_prompt})
+        sampling = {name: getattr(settings, name) for name in SAMPLING_SETTINGS if getattr(settings, name) is not None}
+        return ChatCompletionRequest.model_validate(
+            {"model": model, "messages": messages, "stream": True, "session_id": session.id, **sampling}
+        )
+
+    async def _default_model(self) -> str:
+        models = await self.serving.engine.list_models()
+        if not models:
+            raise EngineUnavailable("No model is being served yet.")
+        return models[0].id
+
+    async def _stream(self, run: ChatRun, received: float) -> None:
+        first: float | None = None
+        finish_reason = "cancelled"
+        try:
+            async with aclosing(run.deltas()) as deltas:
+                async for text in deltas:
+                    first = first or time.monotonic()
+                    await self.send({"type": "delta", "content": text})
+            finish_reason = run.finish_reason or "stop"
+        except asyncio.CancelledError:  # {"type": "stop"}: deltas() closed the engine stream and stored the turn
+            asyncio.current_task().uncancel()
+        ended = time.monotonic()
+        tally = run.tally
+        completion = run.usage.completion_tokens if run.usage else (tally.num_output_tokens or 0)
+        usage = run.usage.model_dump() if run.usage else {
+            "prompt_tokens": run.prepared.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": run.prepared.prompt_tokens + completion}  # fmt: skip
+        decode_s = ended - first if first else 0.0
+        stats = {"ttft_ms": round((first - received) * 1000, 1) if first else None,
+                 "tokens_per_second": round(completion / decode_s, 2) if decode_s > 0 else None}  # fmt: skip
+        await self.send({"type": "done", "finish_reason": finish_reason, "usage": usage, "session_id": run.session_id,
+                         "stats": stats})  # fmt: skip

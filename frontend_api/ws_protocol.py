@@ -1,0 +1,69 @@
+"""The WebSocket chat protocol (/v1/chat/ws), as JSON text frames. Documented in the README.
+
+client -> server
+  {"type": "auth", "api_key": "..."}                    first frame, when auth is on and no Authorization header
+  {"type": "chat", "content": "...", "session_id"?: "sess_...", "settings"?: {...}}
+  {"type": "stop"}                                      cancel the running generation (frees the engine slot)
+  {"type": "ping"}                                      answered with {"type": "pong"}
+server -> client
+  {"type": "ready", "protocol": 1}                      after authentication
+  {"type": "delta", "content": "..."}                   streamed text
+  {"type": "done", "finish_reason", "usage", "session_id", "stats": {"ttft_ms", "tokens_per_second"}}
+  {"type": "error", "code", "message", "param"?}        the connection stays open unless the code says auth
+  {"type": "ping"}                                      keepalive every ws_keepalive_s; no answer needed
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+MAX_CONTENT_CHARS = 200_000
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ChatSettings(_Frame):
+    """Per-message generation settings (a session's stored settings fill the rest)."""
+
+    model: str | None = Field(None, min_length=1)
+    system_prompt: str | None = Field(None, max_length=100_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+
+class AuthFrame(_Frame):
+    type: Literal["auth"]
+    api_key: str = Field(min_length=1, max_length=512)
+
+
+class ChatFrame(_Frame):
+    type: Literal["chat"]
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    session_id: str | None = Field(None, min_length=1, max_length=40)
+    settings: ChatSettings = Field(default_factory=ChatSettings)
+
+
+class StopFrame(_Frame):
+    type: Literal["stop"]
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+
+
+ClientFrame = TypeAdapter(Annotated[AuthFrame | ChatFrame | StopFrame | PingFrame, Field(discriminator="type")])
+
+
+def error_frame(code: str, message: str, param: str | None = None) -> dict[str, str]:
+    frame = {"type": "error", "code": code, "message": message}
+    if param:
+        frame["param"] = param
+    return frame

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,32 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_DIR = REPO / "model_repository" / "llm" / "1"
 ARTIFACTS = REPO / "test-artifacts"
+POSTGRES_ADMIN_URL = os.environ.get("LLMSERVE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A factory of fresh PostgreSQL databases (context managers yielding a URL; dropped on exit). The local
+    server (127.0.0.1:5432, trust auth) is required: unreachable is a failure, not a skip."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is needed by these tests ({POSTGRES_ADMIN_URL}; set LLMSERVE_TEST_POSTGRES "
+                    f"to another server): {exc}")  # fmt: skip
+
+    @contextmanager
+    def fresh() -> Iterator[str]:
+        name = f"llmserve_test_{uuid.uuid4().hex[:12]}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    with admin:
+        yield fresh
 
 
 @pytest.fixture(scope="session")

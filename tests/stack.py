@@ -64,7 +64,8 @@ def prepare_repository(output: Path, *extra: str) -> Path:
     return output / "model_repository"
 
 
-def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300) -> Stack:
+def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300, env: dict[str, str] | None = None) -> Stack:
+    """`llmserve serve` on free ports; its database is a SQLite file beside the log unless `env` says otherwise."""
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     command = [
         str(BIN / "llmserve"), "serve", "--model-repository", str(repository), "--port", str(port),
@@ -72,7 +73,8 @@ def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300) ->
         "--triton-metrics-port", str(metrics_port), "--log-level", "warning",
     ]  # fmt: skip
     log = log_path.open("w")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = {"PYTHONUNBUFFERED": "1", "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'llmserve.db'}",
+           **os.environ, **(env or {})}  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, grpc_port, metrics_port)
     try:
@@ -95,3 +97,55 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"stack not ready after {timeout} s:\n{stack.log()[-4000:]}")
+
+
+@dataclass
+class Frontend:
+    """An extra front-end process (uvicorn + create_app) in front of a running stack's Triton."""
+
+    process: subprocess.Popen
+    log_path: Path
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/chat/ws"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def start_frontend(stack: Stack, log_path: Path, env: dict[str, str], timeout: float = 60) -> Frontend:
+    """`env` holds the settings (LLMSERVE_*, DATABASE_URL, REDIS_URL); Triton is the stack's."""
+    port = free_port()
+    command = [str(BIN / "python"), "-m", "uvicorn", "--factory", "frontend_api.app:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "LLMSERVE_TRITON_GRPC_URL": f"127.0.0.1:{stack.triton_grpc_port}",
+                "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'frontend.db'}", **env}  # fmt: skip
+    frontend = Frontend(subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=full_env),
+                        log_path, port)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if frontend.process.poll() is not None:
+            raise RuntimeError(f"front-end exited with {frontend.process.returncode}:\n{frontend.log()[-4000:]}")
+        try:
+            if httpx.get(f"{frontend.base_url}/ready", timeout=2).status_code == 200:
+                return frontend
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    frontend.stop()
+    raise RuntimeError(f"front-end not ready after {timeout} s:\n{frontend.log()[-4000:]}")

@@ -51,11 +51,19 @@ def _raise_on_sigterm(signum, frame):
     raise SystemExit(0)
 
 
-def run_serve(settings: Settings) -> int:
-    if not settings.auth and not settings.host_is_loopback and not settings.allow_unauthenticated_public_bind:
-        say(f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
+def bind_refusal(settings: Settings) -> str | None:
+    """Why the API may not listen where it was asked to, if it may not: without authentication, only loopback."""
+    if settings.auth or settings.host_is_loopback or settings.allow_unauthenticated_public_bind:
+        return None
+    return (f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
             "Turn authentication on (--auth, after `llmserve keys create`), use --host 127.0.0.1, or pass "
             "--allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
+
+
+def run_serve(settings: Settings) -> int:
+    refusal = bind_refusal(settings)
+    if refusal:
+        say(refusal)
         return 2
     started = time.monotonic()
     try:  # before anything is prepared or started

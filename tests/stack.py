@@ -64,12 +64,12 @@ def prepare_repository(output: Path, *extra: str) -> Path:
     return output / "model_repository"
 
 
-def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300) -> Stack:
+def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300, log_level: str = "info") -> Stack:
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     command = [
         str(BIN / "llmserve"), "serve", "--model-repository", str(repository), "--port", str(port),
         "--triton-http-port", str(http_port), "--triton-grpc-port", str(grpc_port),
-        "--triton-metrics-port", str(metrics_port), "--log-level", "warning",
+        "--triton-metrics-port", str(metrics_port), "--log-level", log_level,  # info: the JSON access lines
     ]  # fmt: skip
     log = log_path.open("w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -69,7 +69,7 @@ class ObservabilityMiddleware:
     def _record(self, scope: Scope, context: RequestContext, status: int | None) -> None:
         elapsed = time.perf_counter() - context.started
         route = scope.get("route")
-        template = getattr(route, "path", None) or UNMATCHED
+        template = getattr(route, "path_format", None) or UNMATCHED  # "/v1/models/{model_id}", without ":path"
         method = scope.get("method", "WEBSOCKET")
         if status is None:  # a WebSocket closed before it was accepted: uvicorn answers 403
             status = 403

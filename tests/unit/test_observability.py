@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 
+import pynvml
 import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from frontend_api.observability.generation import GenerationTimer
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
+from frontend_api.observability.system import SystemProbe
 from frontend_api.protocol import Usage
 
 
@@ -184,3 +186,43 @@ def test_json_log_lines_carry_the_request_id(capsys):
     assert lines[0]["request_id"] == "req-42" and lines[0]["route"] == "/x" and lines[0]["level"] == "WARNING"
     assert lines[0]["logger"] == "test" and lines[0]["message"] == "inside" and "time" in lines[0]
     assert "request_id" not in lines[1]
+
+
+def test_system_probe_without_nvml_says_why():
+    figures = SystemProbe().snapshot()  # the real library: no NVIDIA driver on these machines
+    assert figures["gpus"] == [] and figures["gpu_error"].startswith("NVML is not available")
+    assert figures["memory"]["process_rss_bytes"] > 0 and figures["cpu"]["count"] >= 1
+
+
+def test_system_probe_reads_each_gpu(monkeypatch):
+    """A fake NVML (named so): the GPU branch cannot run here, there is no driver."""
+    from types import SimpleNamespace
+
+    fake = {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 2,
+            "nvmlDeviceGetHandleByIndex": lambda i: i, "nvmlDeviceGetName": lambda h: b"Fake H200",
+            "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(total=141 << 30, used=(h + 1) << 30),
+            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=40 + h),
+            "nvmlDeviceGetTemperature": lambda h, sensor: 50}  # fmt: skip
+    for name, function in fake.items():
+        monkeypatch.setattr(pynvml, name, function)
+    probe = SystemProbe()
+    figures = probe.snapshot()
+    probe.close()
+    assert figures["gpu_error"] is None
+    assert figures["gpus"][1] == {"index": 1, "name": "Fake H200", "memory_total_bytes": 141 << 30,
+                                  "memory_used_bytes": 2 << 30, "utilization_percent": 41, "temperature_c": 50}  # fmt: skip
+
+
+def test_the_readme_documents_every_metric_with_its_labels():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = {}
+    for name, labels in re.findall(r"^\| `(llmserve_\w+)` \| \w+ \| ([^|]*) \|", readme, flags=re.M):
+        documented[name] = sorted(re.findall(r"`(\w+)`", labels))
+    exposed = {}
+    for metric in Metrics().registry._names_to_collectors.values():
+        suffix = "_total" if metric._type == "counter" else ""
+        exposed[metric._name + suffix] = sorted(metric._labelnames)
+    assert documented == exposed

@@ -3,8 +3,9 @@ without an NVIDIA driver the list is empty and `gpu_error` says why."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -12,17 +13,26 @@ import pynvml
 
 
 class SystemProbe:
+    """Reads everything in one thread of its own: NVML calls block, and psutil.cpu_percent(None), which measures
+    since the previous call, keeps that previous reading per thread."""
+
     def __init__(self) -> None:
         self.process = psutil.Process()
-        # cpu_percent(None) measures since the previous call: prime both counters now, at start-up.
-        psutil.cpu_percent(None)
-        self.process.cpu_percent(None)
-        self._nvml_lock = threading.Lock()
         self._nvml_error: str | None = None
         self._nvml_ready = False
+        self._closed = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="system-probe")
+        self._thread.submit(self._prime_cpu_percent).result()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Blocking (NVML calls): run it in a thread."""
+    def _prime_cpu_percent(self) -> None:
+        psutil.cpu_percent(None)
+        self.process.cpu_percent(None)
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self.read)
+
+    def read(self) -> dict[str, Any]:
+        """Blocking; only from the probe's thread (snapshot())."""
         memory = psutil.virtual_memory()
         gpus, gpu_error = self._gpus()
         return {
@@ -40,14 +50,13 @@ class SystemProbe:
         }  # fmt: skip
 
     def _init_nvml(self) -> bool:
-        with self._nvml_lock:
-            if not self._nvml_ready and self._nvml_error is None:
-                try:
-                    pynvml.nvmlInit()
-                    self._nvml_ready = True
-                except pynvml.NVMLError as exc:  # no library or no driver: a CPU host, say so once
-                    self._nvml_error = f"NVML is not available: {exc}"
-            return self._nvml_ready
+        if not self._nvml_ready and self._nvml_error is None:
+            try:
+                pynvml.nvmlInit()
+                self._nvml_ready = True
+            except pynvml.NVMLError as exc:  # no library or no driver: a CPU host, say so once
+                self._nvml_error = f"NVML is not available: {exc}"
+        return self._nvml_ready
 
     def _gpus(self) -> tuple[list[dict[str, Any]], str | None]:
         if not self._init_nvml():
@@ -58,10 +67,16 @@ class SystemProbe:
             return [], f"NVML query failed: {exc}"
 
     def close(self) -> None:
-        with self._nvml_lock:
-            if self._nvml_ready:
-                pynvml.nvmlShutdown()
-                self._nvml_ready = False
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.submit(self._shutdown_nvml).result()
+        self._thread.shutdown()
+
+    def _shutdown_nvml(self) -> None:
+        if self._nvml_ready:
+            pynvml.nvmlShutdown()
+            self._nvml_ready = False
 
 
 def gpu_figures(index: int) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """GET /v1/system: the front-end host's CPU, memory and GPUs, uptime and version (authenticated like /v1)."""
 
-import asyncio
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -19,6 +18,6 @@ def _version() -> str:
 
 @router.get("/v1/system")
 async def system(request: Request) -> dict[str, Any]:
-    figures = await asyncio.to_thread(request.app.state.system_probe.snapshot)
+    figures = await request.app.state.system_probe.snapshot()
     return {"object": "system", "version": _version(), "uptime_s": int(time.time()) - request.app.state.started_at,
             **figures}  # fmt: skip

@@ -188,13 +188,17 @@ def test_json_log_lines_carry_the_request_id(capsys):
     assert "request_id" not in lines[1]
 
 
-def test_system_probe_without_nvml_says_why():
-    figures = SystemProbe().snapshot()  # the real library: no NVIDIA driver on these machines
+async def test_system_probe_without_nvml_says_why():
+    probe = SystemProbe()
+    sum(i * i for i in range(3_000_000))  # some CPU time for this process
+    figures = await probe.snapshot()  # the real library: no NVIDIA driver on these machines
+    probe.close()
+    assert figures["cpu"]["process_percent"] > 0 and figures["cpu"]["percent"] > 0  # measured since start-up
     assert figures["gpus"] == [] and figures["gpu_error"].startswith("NVML is not available")
     assert figures["memory"]["process_rss_bytes"] > 0 and figures["cpu"]["count"] >= 1
 
 
-def test_system_probe_reads_each_gpu(monkeypatch):
+async def test_system_probe_reads_each_gpu(monkeypatch):
     """A fake NVML (named so): the GPU branch cannot run here, there is no driver."""
     from types import SimpleNamespace
 
@@ -206,7 +210,7 @@ def test_system_probe_reads_each_gpu(monkeypatch):
     for name, function in fake.items():
         monkeypatch.setattr(pynvml, name, function)
     probe = SystemProbe()
-    figures = probe.snapshot()
+    figures = await probe.snapshot()
     probe.close()
     assert figures["gpu_error"] is None
     assert figures["gpus"][1] == {"index": 1, "name": "Fake H200", "memory_total_bytes": 141 << 30,

@@ -188,13 +188,16 @@ def test_json_log_lines_carry_the_request_id(capsys):
     assert "request_id" not in lines[1]
 
 
-async def test_system_probe_without_nvml_says_why():
+async def test_system_probe_reads_the_host_and_says_why_without_gpus():
     probe = SystemProbe()
     sum(i * i for i in range(3_000_000))  # some CPU time for this process
     figures = await probe.snapshot()  # the real library: no NVIDIA driver on these machines
     probe.close()
     assert figures["cpu"]["process_percent"] > 0 and figures["cpu"]["percent"] > 0  # measured since start-up
-    assert figures["gpus"] == [] and figures["gpu_error"].startswith("NVML is not available")
+    if figures["gpus"]:  # a host with an NVIDIA driver
+        assert figures["gpu_error"] is None
+    else:  # these machines
+        assert figures["gpu_error"].startswith("NVML is not available")
     assert figures["memory"]["process_rss_bytes"] > 0 and figures["cpu"]["count"] >= 1
 
 

@@ -14,7 +14,11 @@ from frontend_api.auth import authenticate
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
 from frontend_api.middleware import BodySizeLimitMiddleware
-from frontend_api.routers import chat, chat_ws, completions, health, models, sessions
+from frontend_api.observability.logging import configure_logging
+from frontend_api.observability.metrics import Metrics
+from frontend_api.observability.middleware import ObservabilityMiddleware
+from frontend_api.observability.system import SystemProbe
+from frontend_api.routers import chat, chat_ws, completions, health, metrics, models, sessions, system
 from frontend_api.settings import Settings, get_settings
 from frontend_api.storage.database import Database
 from frontend_api.tokenization import Tokenizers
@@ -26,6 +30,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the app. Without `engine`, the lifespan connects a TritonEngine to `settings.triton_grpc_url` and
     closes it on shutdown; a given engine is used as is and left open (its owner closes it)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +50,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 await owned.close()
             await database.close()
             app.state.tokenizers.close()
+            app.state.system_probe.close()
 
     app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan)
     app.state.settings = settings
@@ -52,11 +58,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.database = None  # the lifespan opens it
     app.state.tokenizers = Tokenizers()
     app.state.started_at = int(time.time())
+    app.state.metrics = Metrics()
+    app.state.system_probe = SystemProbe()
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every response
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(chat_ws.router)  # authenticates itself: browsers cannot send headers on a WebSocket
-    for router in (models.router, chat.router, completions.router, sessions.router):  # the API: authenticated when auth is on
+    # The API: authenticated when auth is on.
+    for router in (models.router, chat.router, completions.router, sessions.router, system.router):
         app.include_router(router, dependencies=[Depends(authenticate)])
     return app

@@ -187,10 +187,28 @@ class CompletionRequest(BaseGenerationRequest):
 # --------------------------------------------------------------------------------------------- responses
 
 
+class GenerationStats(OpenAIBaseModel):
+    """Our extension of `usage` (README, "Metrics and logs"): where the time of this response went."""
+
+    ttft_ms: float = Field(description="Request arrival to the first generated token.")
+    prefill_ms: float = Field(description="Request sent to the engine to the first token: engine queue + prefill.")
+    decode_ms: float = Field(description="First token to the last token.")
+    e2e_ms: float = Field(description="Request arrival to the last token.")
+    tokens_per_second: float | None = Field(description="(completion_tokens - 1) / decode time; null for 1 token.")
+
+
 class Usage(OpenAIBaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    stats: GenerationStats | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_stats(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("stats") is None:
+            data.pop("stats", None)
+        return data
 
 
 class AssistantMessage(OpenAIBaseModel):

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from frontend_api.auth import Principal
 from frontend_api.engine.protocol import Engine, EngineModel, GenerationChunk, GenerationRequest, SamplingParams
 from frontend_api.errors import OpenAIError, model_not_found
+from frontend_api.observability.generation import GenerationTimer
 from frontend_api.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
 from frontend_api.settings import Settings
 from frontend_api.tokenization import Tokenizers
@@ -44,6 +45,7 @@ class Prepared:
     prompt_tokens: int
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    timer: GenerationTimer | None = None  # set by start(): metrics and usage.stats
 
 
 @dataclass
@@ -151,7 +153,9 @@ class OpenAIServing:
     async def start(self, prepared: Prepared) -> EngineStream:
         """Send the request and wait for the engine's first response, so that a request the engine rejects is
         answered with an HTTP error status instead of an error inside a 200 event stream."""
-        chunks = self.engine.generate(prepared.engine_request)
+        timer = prepared.timer = GenerationTimer(prepared.model.id, self.principal.name,
+                                                 prepared.engine_request.params.max_tokens, prepared.prompt_tokens)
+        chunks = timer.watch(self.engine.generate(prepared.engine_request))
         try:
             first: GenerationChunk | None = await anext(chunks)
         except StopAsyncIteration:
@@ -181,6 +185,7 @@ class OpenAIServing:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            stats=prepared.timer.stats(completion_tokens) if prepared.timer else None,
         )
         return reason, usage
 

@@ -115,6 +115,7 @@ def _serve_api(settings: Settings, started: float) -> bool:
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=30, server_header=False,
+        log_config=None, access_log=False,  # create_app set up logging; its middleware writes the access lines
     )  # fmt: skip
     server = uvicorn.Server(config)
     base = f"http://{settings.host}:{settings.port}/v1"

@@ -64,13 +64,16 @@ def prepare_repository(output: Path, *extra: str) -> Path:
     return output / "model_repository"
 
 
-def start_stack(repository: Path, log_path: Path, ready_timeout: float = 300, env: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    repository: Path, log_path: Path, ready_timeout: float = 300, env: dict[str, str] | None = None,
+    log_level: str = "info",
+) -> Stack:
     """`llmserve serve` on free ports; its database is a SQLite file beside the log unless `env` says otherwise."""
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     command = [
         str(BIN / "llmserve"), "serve", "--model-repository", str(repository), "--port", str(port),
         "--triton-http-port", str(http_port), "--triton-grpc-port", str(grpc_port),
-        "--triton-metrics-port", str(metrics_port), "--log-level", "warning",
+        "--triton-metrics-port", str(metrics_port), "--log-level", log_level,  # info: the JSON access lines
     ]  # fmt: skip
     log = log_path.open("w")
     env = {"PYTHONUNBUFFERED": "1", "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'llmserve.db'}",

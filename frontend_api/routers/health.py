@@ -1,7 +1,9 @@
+import asyncio
+
 from fastapi import APIRouter
 
-from frontend_api.deps import EngineDep
-from frontend_api.engine.protocol import EngineUnavailable
+from frontend_api.deps import DatabaseDep, EngineDep
+from frontend_api.errors import OpenAIError
 from frontend_api.protocol import ErrorResponse
 
 router = APIRouter(tags=["health"])
@@ -14,8 +16,11 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"model": ErrorResponse}})
-async def ready(engine: EngineDep) -> dict[str, str]:
-    """Readiness: the inference server is up and serves at least one model."""
-    if not await engine.ready():
-        raise EngineUnavailable("The inference server is not ready.")
-    return {"status": "ready"}
+async def ready(engine: EngineDep, database: DatabaseDep) -> dict[str, str]:
+    """Readiness: the inference server is up and serves at least one model, and the database answers."""
+    engine_ready, database_ready = await asyncio.gather(engine.ready(), database.ping())
+    if not (engine_ready and database_ready):
+        problems = [*([] if engine_ready else ["the inference server is not ready"]),
+                    *([] if database_ready else ["the database does not answer"])]  # fmt: skip
+        raise OpenAIError(503, f"Not ready: {' and '.join(problems)}.", code="not_ready", headers={"Retry-After": "1"})
+    return {"status": "ready", "engine": "ready", "database": "ready"}

@@ -55,7 +55,9 @@ def test_streamed_chat_equals_non_streamed_at_temperature_zero(client):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3, "tokens must arrive one by one"
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [whole.choices[0].finish_reason]
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")  # usage.stats (timings) differ between runs
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump(include=set(tokens)) == whole.usage.model_dump(
+        include=set(tokens))  # fmt: skip
     assert len({c.id for c in chunks}) == 1
 
 

@@ -1,0 +1,1 @@
+"""Metrics (Prometheus), structured logs with request ids, per-generation timings and system figures."""

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from frontend_api.auth import authenticate
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
+from frontend_api.limits import Limiter
 from frontend_api.middleware import BodySizeLimitMiddleware
 from frontend_api.routers import chat, completions, health, models
 from frontend_api.settings import Settings, get_settings
@@ -31,6 +33,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = app.state.database = Database(settings.database_url)
         await database.migrate()
+        limiter = app.state.limiter = Limiter(settings)
+        logger.info("rate limits kept in %s", limiter.backend)
         owned: Engine | None = None
         if app.state.engine is None:
             from frontend_api.engine.triton import TritonEngine  # needs the running loop for its gRPC channel
@@ -44,17 +48,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 app.state.engine = None
                 await owned.close()
             await database.close()
+            await limiter.close()
             app.state.tokenizers.close()
 
     app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.database = None  # the lifespan opens it
+    app.state.limiter = None  # the lifespan creates it
     app.state.tokenizers = Tokenizers()
     app.state.started_at = int(time.time())
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # closed by default: no CORS headers at all, so browsers keep other origins out
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"], max_age=600)  # fmt: skip
     app.include_router(health.router)
     for router in (models.router, chat.router, completions.router):  # the API: authenticated when auth is on
         app.include_router(router, dependencies=[Depends(authenticate)])

@@ -39,18 +39,19 @@ UNCAPPED = 2**52  # "limit" for charges that must always land (exact in Redis' L
 
 
 def seconds_until_room(window: tuple[int, float, int, float], limit: int, cost: int, expiry: int) -> float:
-    """When a sliding-window counter will have room for `cost` more, from the storage's
-    (previous_count, previous_ttl, current_count, current_ttl). The weighted count
-    previous * previous_ttl / expiry + current falls while the current window runs (previous_ttl shrinks), then
-    the current count becomes the previous one and decays in turn."""
+    """When a sliding-window counter will admit `cost` more, from the storage's
+    (previous_count, previous_ttl, current_count, current_ttl). `limits` admits while
+    floor(weighted) + cost <= limit, i.e. weighted < limit - cost + 1, where
+    weighted = previous * previous_ttl / expiry + current: it falls while the current window runs (previous_ttl
+    shrinks), then the current count becomes the previous one and decays in turn."""
     previous, previous_ttl, current, current_ttl = window
-    room_left_by_current = limit - cost - current
-    if room_left_by_current >= 0:  # enough once enough of the previous window's weight has gone
+    below = limit - cost + 1
+    if current < below:  # enough once enough of the previous window's weight has gone
         if previous == 0:
             return 0.0
-        return max(0.0, previous_ttl - room_left_by_current * expiry / previous)
+        return max(0.0, previous_ttl - (below - current) * expiry / previous)
     window_ends_in = max(0.0, current_ttl - expiry)
-    return window_ends_in + expiry * (1 - (limit - cost) / current)
+    return window_ends_in + expiry * (1 - below / current)
 
 
 @dataclass

@@ -58,13 +58,15 @@ async def redis_prefix():
     "window, limit, cost, expected",
     [
         ((0, 0.0, 0, 0.0), 10, 1, 0.0),  # empty: room now
-        ((0, 0.0, 10, 90.0), 10, 1, 30.0 + 60 * (1 - 9 / 10)),  # full current window: wait for it to end, then decay
-        ((10, 30.0, 0, 90.0), 10, 1, 30.0 - 9 * 60 / 10),  # previous window's weight decays within this window
-        ((10, 30.0, 5, 90.0), 10, 6, 30.0 + 60 * (1 - 4 / 5)),  # current alone leaves no room for 6
+        ((0, 0.0, 10, 90.0), 10, 1, 30.0),  # full current window: room as soon as it ends (9.99 floors to 9)
+        ((10, 30.0, 0, 90.0), 10, 1, 0.0),  # the previous window weighs 5: room now
+        ((30, 30.0, 0, 90.0), 10, 1, 10.0),  # it weighs 15, and falls below 10 after 10 s
+        ((0, 0.0, 20, 90.0), 10, 1, 30.0 + 30.0),  # over budget (completion tokens): decays past the window end
+        ((10, 30.0, 5, 90.0), 10, 6, 30.0),  # the current window's 5 alone leave no room for 6
     ],
 )
 def test_seconds_until_room(window, limit, cost, expected):
-    assert seconds_until_room(window, limit, cost, 60) == pytest.approx(max(0.0, expected))
+    assert seconds_until_room(window, limit, cost, 60) == pytest.approx(expected)
 
 
 async def test_rpm_admits_the_limit_then_429_with_retry_after():

@@ -177,13 +177,7 @@ class OpenAIServing:
         engine rejects is answered with an HTTP error status instead of an error inside a 200 event stream.
         The returned stream must be closed; closing it releases the admission."""
         admission = await self.admit(prepared)
-        try:
-            chunks = self.engine.generate(prepared.engine_request)
-        except BaseException:
-            if admission is not None:
-                await admission.finish(0)
-            raise
-        stream = EngineStream(None, chunks, admission)
+        stream = EngineStream(None, self.engine.generate(prepared.engine_request), admission)
         try:
             await stream.receive_first()
         except BaseException:

@@ -176,7 +176,7 @@ def tpm_case(start_frontend_with, tokenizer) -> tuple[Server, int, int]:
     return server, prompt_tokens, tpm
 
 
-def test_tpm_counts_prompt_and_completion_tokens(tpm_case, tokenizer):
+def test_tpm_counts_prompt_and_completion_tokens(tpm_case):
     server, prompt_tokens, tpm = tpm_case
     http = client_from("127.0.0.2")
     body = {"model": MODEL, "prompt": "The quick brown fox jumps over the lazy dog. " * 3, "max_tokens": 10,

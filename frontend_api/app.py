@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from frontend_api.auth import authenticate
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
+from frontend_api.limits import Limiter
 from frontend_api.middleware import BodySizeLimitMiddleware
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = app.state.database = Database(settings.database_url)
         await database.migrate()
+        limiter = app.state.limiter = Limiter(settings, on_refused=app.state.metrics.rate_limited)
+        logger.info("rate limits kept in %s", limiter.backend)
         owned: Engine | None = None
         if app.state.engine is None:
             from frontend_api.engine.triton import TritonEngine  # needs the running loop for its gRPC channel
@@ -49,6 +53,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 app.state.engine = None
                 await owned.close()
             await database.close()
+            await limiter.close()
             app.state.tokenizers.close()
             app.state.system_probe.close()
 
@@ -56,6 +61,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.database = None  # the lifespan opens it
+    app.state.limiter = None  # the lifespan creates it
     app.state.tokenizers = Tokenizers()
     app.state.started_at = int(time.time())
     app.state.metrics = Metrics()
@@ -63,6 +69,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # closed by default: no CORS headers at all, so browsers keep other origins out
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After", "X-Request-ID"], max_age=600)  # fmt: skip
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every response
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 
 from frontend_api.auth import PrincipalDep
 from frontend_api.engine.protocol import Engine, EngineUnavailable
+from frontend_api.limits import Limiter
 from frontend_api.serving import OpenAIServing
 from frontend_api.serving_chat import OpenAIServingChat
 from frontend_api.serving_completions import OpenAIServingCompletion
@@ -38,29 +39,37 @@ def get_tokenizers(request: Request) -> Tokenizers:
     return request.app.state.tokenizers
 
 
+def get_limiter(request: Request) -> Limiter:
+    return request.app.state.limiter
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionStoreDep = Annotated[SessionStore, Depends(get_session_store)]
 TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
+LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 
 
 def get_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
+    limiter: LimiterDep,
 ) -> OpenAIServing:
-    return OpenAIServing(engine, tokenizers, settings, principal)
+    return OpenAIServing(engine, tokenizers, settings, principal, limiter)
 
 
 def get_chat_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep, store: SessionStoreDep
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
+    limiter: LimiterDep, store: SessionStoreDep,
 ) -> OpenAIServingChat:
-    return OpenAIServingChat(engine, tokenizers, settings, principal, store)
+    return OpenAIServingChat(engine, tokenizers, settings, principal, limiter, store)
 
 
 def get_completion_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep
+    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
+    limiter: LimiterDep,
 ) -> OpenAIServingCompletion:
-    return OpenAIServingCompletion(engine, tokenizers, settings, principal)
+    return OpenAIServingCompletion(engine, tokenizers, settings, principal, limiter)
 
 
 def get_started_at(request: Request) -> int:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from frontend_api.auth import Principal
 from frontend_api.engine.protocol import Engine, EngineModel, GenerationChunk, GenerationRequest, SamplingParams
 from frontend_api.errors import OpenAIError, model_not_found
+from frontend_api.limits import Admission, Limiter
 from frontend_api.observability.generation import GenerationTimer
 from frontend_api.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
 from frontend_api.settings import Settings
@@ -86,11 +87,19 @@ def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> Sampling
 
 
 class OpenAIServing:
-    def __init__(self, engine: Engine, tokenizers: Tokenizers, settings: Settings, principal: Principal):
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizers: Tokenizers,
+        settings: Settings,
+        principal: Principal,
+        limiter: Limiter | None = None,  # None: nothing is limited (tests of the serving logic alone)
+    ):
         self.engine = engine
         self.tokenizers = tokenizers
         self.settings = settings
         self.principal = principal  # who asks: limits, session ownership, per-key metrics
+        self.limiter = limiter
 
     async def resolve_model(self, model_id: str) -> EngineModel:
         for model in await self.engine.list_models():
@@ -102,6 +111,10 @@ class OpenAIServing:
         """The completion budget; `names` = (max-tokens field, prompt field) for error messages."""
         tokens_param, prompt_param = names
         limit = model.max_model_len
+        cap = self.settings.max_tokens_limit
+        if requested is not None and cap is not None and requested > cap:
+            raise OpenAIError(400, f"{tokens_param} is {requested}, more than this server's limit of {cap}.",
+                              param=tokens_param, code="max_tokens_exceeded")  # fmt: skip
         if requested is not None:
             if prompt_tokens + requested > limit:
                 raise OpenAIError(
@@ -123,7 +136,7 @@ class OpenAIServing:
                 code="context_length_exceeded",
             )
         default = self.settings.default_max_tokens
-        return min(default, room) if default else room
+        return min(default or room, room, cap or room)
 
     async def prepare(
         self,
@@ -135,6 +148,10 @@ class OpenAIServing:
         id_prefix: str,
     ) -> Prepared:
         prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
+        longest = self.settings.max_prompt_tokens
+        if longest is not None and prompt_tokens > longest:
+            raise OpenAIError(400, f"The {names[1]} has {prompt_tokens} tokens, more than this server's limit of "
+                              f"{longest}. Please shorten it.", param=names[1], code="prompt_too_long")  # fmt: skip
         max_tokens = self.max_tokens(model, prompt_tokens, requested_max_tokens, names)
         if request.min_tokens is not None and request.min_tokens > max_tokens:
             raise OpenAIError(
@@ -150,20 +167,27 @@ class OpenAIServing:
         )
         return Prepared(model=model, engine_request=engine_request, prompt_tokens=prompt_tokens, id=request_id)
 
+    async def admit(self, prepared: Prepared) -> Admission | None:
+        """Apply the limits (frontend_api/limits.py) to a generation about to start: raises 429/503, or returns the
+        admission that the generation's EngineStream finishes when it closes."""
+        if self.limiter is None:
+            return None
+        return await self.limiter.admit(self.principal, prepared.prompt_tokens)
+
     async def start(self, prepared: Prepared) -> EngineStream:
-        """Send the request and wait for the engine's first response, so that a request the engine rejects is
-        answered with an HTTP error status instead of an error inside a 200 event stream."""
+        """Admit the request (limits), send it and wait for the engine's first response, so that a request the
+        engine rejects is answered with an HTTP error status instead of an error inside a 200 event stream.
+        The returned stream must be closed; closing it releases the admission. The timer records the metrics."""
+        admission = await self.admit(prepared)
         timer = prepared.timer = GenerationTimer(prepared.model.id, self.principal.name,
                                                  prepared.engine_request.params.max_tokens, prepared.prompt_tokens)
-        chunks = timer.watch(self.engine.generate(prepared.engine_request))
+        stream = EngineStream(None, timer.watch(self.engine.generate(prepared.engine_request)), admission)
         try:
-            first: GenerationChunk | None = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
+            await stream.receive_first()
         except BaseException:
-            await _close(chunks)
+            await stream.aclose()
             raise
-        return EngineStream(first, chunks)
+        return stream
 
     async def collect(self, chunks: EngineStream) -> Tally:
         tally = Tally()
@@ -209,11 +233,27 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
 
 class EngineStream:
     """The engine's chunks, the first one already received. Always closed (`async with aclosing(...)`): closing
-    it closes the engine generator, which cancels the request in the engine."""
+    it closes the engine generator, which cancels the request in the engine, and finishes the admission
+    (frees the generation's slots and charges its completion tokens)."""
 
-    def __init__(self, first: GenerationChunk | None, rest: AsyncIterator[GenerationChunk]):
+    def __init__(
+        self, first: GenerationChunk | None, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None
+    ):
         self._first = first
         self._rest = rest
+        self._admission = admission
+        self.num_output_tokens = 0  # the engine's count so far (it reports it on every response)
+
+    async def receive_first(self) -> None:
+        try:
+            self._first = self._seen(await anext(self._rest))
+        except StopAsyncIteration:
+            self._first = None
+
+    def _seen(self, chunk: GenerationChunk) -> GenerationChunk:
+        if chunk.num_output_tokens is not None:
+            self.num_output_tokens = chunk.num_output_tokens
+        return chunk
 
     def __aiter__(self) -> EngineStream:
         return self
@@ -222,8 +262,18 @@ class EngineStream:
         if self._first is not None:
             chunk, self._first = self._first, None
             return chunk
-        return await anext(self._rest)
+        return self._seen(await anext(self._rest))
 
     async def aclose(self) -> None:
         self._first = None
-        await _close(self._rest)
+        try:
+            await _close(self._rest)
+        finally:
+            if self._admission is not None:
+                await self._admission.finish(self.num_output_tokens)
+
+    def __del__(self) -> None:
+        # Safety net: a streaming response whose body generator never started (the client left first) drops
+        # this stream unclosed. Free its slots now; the engine generator is closed by asyncio's finalizer.
+        if self._admission is not None:
+            self._admission.release_slots()

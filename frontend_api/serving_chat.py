@@ -9,6 +9,7 @@ from contextlib import aclosing
 from frontend_api.auth import Principal
 from frontend_api.engine.protocol import Engine, EngineError
 from frontend_api.errors import engine_error_body
+from frontend_api.limits import Limiter
 from frontend_api.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -67,9 +68,15 @@ class ChatRun:
 
 class OpenAIServingChat(OpenAIServing):
     def __init__(
-        self, engine: Engine, tokenizers: Tokenizers, settings: Settings, principal: Principal, sessions: SessionStore
+        self,
+        engine: Engine,
+        tokenizers: Tokenizers,
+        settings: Settings,
+        principal: Principal,
+        limiter: Limiter | None,
+        sessions: SessionStore,
     ):
-        super().__init__(engine, tokenizers, settings, principal)
+        super().__init__(engine, tokenizers, settings, principal, limiter)
         self.sessions = sessions
 
     async def start_chat(self, request: ChatCompletionRequest) -> ChatRun:

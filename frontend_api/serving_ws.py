@@ -63,7 +63,8 @@ class ChatSocket:
         self.principal = principal
         self.settings: Settings = state.settings
         self.sessions = SessionStore(state.database)
-        self.serving = OpenAIServingChat(state.engine, state.tokenizers, state.settings, principal, self.sessions)
+        self.serving = OpenAIServingChat(state.engine, state.tokenizers, state.settings, principal, state.limiter,
+                                         self.sessions)  # fmt: skip
         self.generation: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 

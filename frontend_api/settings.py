@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     # Limits. rpm/tpm/streams are per API key (keys may carry their own), per client address when auth is off.
     redis_url: str | None = Field(None, validation_alias=_env_alias("redis_url", "REDIS_URL"),
                                   description="Share rate-limit counters between front-end processes.")  # fmt: skip
+    redis_key_prefix: str = Field("llmserve", min_length=1, description="Prefix of the rate-limit keys in Redis.")
     rate_limit_rpm: int | None = Field(None, ge=1, description="Requests per minute; unset is unlimited.")
     rate_limit_tpm: int | None = Field(None, ge=1, description="Prompt + completion tokens per minute.")
-    max_streams_per_key: int | None = Field(None, ge=1, description="Concurrent generations per key.")
+    max_streams_per_key: int | None = Field(None, ge=1, description="Concurrent generations per key in this process.")
     max_in_flight: int = Field(512, ge=1, description="Concurrent generations in this process; more get 503.")
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_prompt_tokens: int | None = Field(None, ge=1, description="Longest prompt accepted; unset is the context.")
@@ -132,8 +133,20 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/")):
+                raise ValueError(f"each origin must be '*' or scheme://host[:port] (no path), got {origin!r}")
+        return [origin.rstrip("/") for origin in value]
+
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
+        if self.default_max_tokens and self.max_tokens_limit and self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
+                             f"({self.max_tokens_limit})")  # fmt: skip
         if self.triton_grpc_url is None:
             self.triton_grpc_url = f"127.0.0.1:{self.triton_grpc_port}"
         if self.database_url is None:

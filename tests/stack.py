@@ -1,4 +1,5 @@
-"""Start and stop a real stack (`llmserve serve`: Triton + the front-end) for tests, on free ports."""
+"""Start and stop a real stack (`llmserve serve`: Triton + the front-end) for tests, on free ports; and extra
+front-end processes against a running stack's Triton."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +27,12 @@ def free_port() -> int:
 
 
 @dataclass
-class Stack:
+class Server:
+    """A process serving the API on 127.0.0.1:port, its output in log_path."""
+
     process: subprocess.Popen
     log_path: Path
     port: int
-    triton_grpc_port: int
-    triton_metrics_port: int
 
     @property
     def base_url(self) -> str:
@@ -40,8 +42,23 @@ class Stack:
     def api_url(self) -> str:
         return f"{self.base_url}/v1"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/chat/ws"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+@dataclass
+class Stack(Server):
+    triton_grpc_port: int
+    triton_metrics_port: int
 
     def triton_metric(self, name: str, **labels: str) -> float:
         """Sum of a Triton metric's samples matching the labels (0 if absent)."""
@@ -52,11 +69,6 @@ class Stack:
             for sample in family.samples
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
         )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
 
 
 def prepare_repository(output: Path, *extra: str) -> Path:
@@ -88,11 +100,29 @@ def start_stack(
     return stack
 
 
-def _wait_ready(stack: Stack, timeout: float) -> None:
+def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60) -> Server:
+    """One more front-end process (`uvicorn --factory frontend_api.app:create_app`) against the Triton at
+    127.0.0.1:triton_grpc_port, configured by `env` (LLMSERVE_*, REDIS_URL, ...) over this process's environment.
+    Returns once /ready answers 200; the caller stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "frontend_api.app:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", LLMSERVE_TRITON_GRPC_URL=f"127.0.0.1:{triton_grpc_port}", **env)
+    log = log_path.open("w")
+    server = Server(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env), log_path, port)
+    try:
+        _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop(signal.SIGKILL, timeout=30)
+        raise
+    return server
+
+
+def _wait_ready(stack: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.process.poll() is not None:
-            raise RuntimeError(f"llmserve serve exited with {stack.process.returncode}:\n{stack.log()[-4000:]}")
+            raise RuntimeError(f"{stack.process.args} exited with {stack.process.returncode}:\n{stack.log()[-4000:]}")
         try:
             if httpx.get(f"{stack.base_url}/ready", timeout=2).status_code == 200:
                 return
@@ -101,54 +131,3 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
         time.sleep(0.5)
     raise RuntimeError(f"stack not ready after {timeout} s:\n{stack.log()[-4000:]}")
 
-
-@dataclass
-class Frontend:
-    """An extra front-end process (uvicorn + create_app) in front of a running stack's Triton."""
-
-    process: subprocess.Popen
-    log_path: Path
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.base_url}/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/chat/ws"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-
-def start_frontend(stack: Stack, log_path: Path, env: dict[str, str], timeout: float = 60) -> Frontend:
-    """`env` holds the settings (LLMSERVE_*, DATABASE_URL, REDIS_URL); Triton is the stack's."""
-    port = free_port()
-    command = [str(BIN / "python"), "-m", "uvicorn", "--factory", "frontend_api.app:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "LLMSERVE_TRITON_GRPC_URL": f"127.0.0.1:{stack.triton_grpc_port}",
-                "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'frontend.db'}", **env}  # fmt: skip
-    frontend = Frontend(subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=full_env),
-                        log_path, port)  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if frontend.process.poll() is not None:
-            raise RuntimeError(f"front-end exited with {frontend.process.returncode}:\n{frontend.log()[-4000:]}")
-        try:
-            if httpx.get(f"{frontend.base_url}/ready", timeout=2).status_code == 200:
-                return frontend
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    frontend.stop()
-    raise RuntimeError(f"front-end not ready after {timeout} s:\n{frontend.log()[-4000:]}")

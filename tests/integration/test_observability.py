@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frontend_api.storage.database import Database
 from frontend_api.storage.keys import create_key
 
-from stack import MODEL, free_port, start_frontend
+from stack import MODEL, free_port
 
 CHAT = "/v1/chat/completions"
 
@@ -224,7 +224,7 @@ class TcpProxy:
 
 
 @pytest.fixture(scope="module")
-def proxied_frontend(stack, postgres_database, tmp_path_factory):
+def proxied_frontend(start_frontend_with, postgres_database):
     """A front-end with auth on, against the session's Triton and a fresh PostgreSQL database reached through a
     TCP proxy that the tests can cut."""
     with postgres_database() as database_url:
@@ -233,7 +233,7 @@ def proxied_frontend(stack, postgres_database, tmp_path_factory):
         proxy.restore()
         env = {"LLMSERVE_AUTH": "true", "LLMSERVE_DATABASE_URL": "", "LLMSERVE_LOG_LEVEL": "info",
                "DATABASE_URL": str(target.copy_with(port=proxy.port))}  # fmt: skip
-        frontend = start_frontend(stack, tmp_path_factory.mktemp("frontend") / "frontend.log", env)
+        frontend = start_frontend_with(env)
         try:
             yield frontend.base_url, proxy, frontend.log, database_url
         finally:

@@ -7,6 +7,7 @@ import sys
 
 from pydantic import ValidationError
 
+from build_engines.trtllm import add_build_arguments
 from frontend_api.settings import Settings
 
 # flag -> Settings field, for the flags both subcommands share
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
                        help="allow a non-loopback --host although authentication is off")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    build = sub.add_parser("build", help="build TensorRT-LLM engines and render their Triton model repository")
+    add_build_arguments(build)
     return parser
 
 
@@ -64,6 +68,10 @@ def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "build":
+        from build_engines.trtllm import run_build
+
+        return run_build(args)
     try:
         if args.command == "prepare":
             settings = settings_from(args, MODEL_FLAGS)

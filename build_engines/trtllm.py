@@ -182,7 +182,8 @@ def build(options: BuildOptions, dry_run: bool) -> Path:
     repository = render_trtllm_repository(options.output / "model_repository", RepositoryOptions(
         served_model_name=options.served_model_name or options.model.name,
         tokenizer_dir=copy_tokenizer(options.model, options.output / "tokenizer"), engine_dir=engines,
-        max_model_len=options.max_seq_len, max_batch_size=options.max_batch_size, entry=options.entry,
+        max_model_len=options.max_seq_len, max_batch_size=options.max_batch_size,
+        max_input_len=options.max_input_len, entry=options.entry,
     ))  # fmt: skip
     manifest = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -29,6 +29,7 @@ class RepositoryOptions:
     engine_dir: Path
     max_model_len: int
     max_batch_size: int
+    max_input_len: int
     entry: str = "ensemble"
     kv_cache_free_gpu_mem_fraction: float = 0.9
     enable_kv_cache_reuse: bool = True
@@ -47,7 +48,9 @@ class RepositoryOptions:
             raise ValueError(f"batch_scheduler_policy must be one of {', '.join(SCHEDULER_POLICIES)}")
         if not 0 < self.kv_cache_free_gpu_mem_fraction <= 1:
             raise ValueError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
-        for name in ("max_model_len", "max_batch_size", "preprocessing_instance_count", "bls_instance_count",
+        if self.max_input_len >= self.max_model_len:
+            raise ValueError("max_input_len must be smaller than max_model_len")
+        for name in ("max_model_len", "max_batch_size", "max_input_len", "preprocessing_instance_count", "bls_instance_count",
                      "cancellation_check_period_ms", "stream_state_ttl_s"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -67,6 +70,7 @@ def model_values(options: RepositoryOptions) -> dict[str, dict[str, object]]:
 
     return {
         "preprocessing": {**batch, "tokenizer_dir": options.tokenizer_dir, "add_special_tokens": "true",
+                          "max_input_len": options.max_input_len,
                           "preprocessing_instance_count": options.preprocessing_instance_count},
         "tensorrt_llm": {
             **batch, "engine_dir": options.engine_dir,

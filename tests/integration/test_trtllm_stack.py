@@ -12,18 +12,20 @@ import signal
 import subprocess
 
 import numpy as np
+import openai
 import pytest
 import tritonclient.grpc as grpcclient
 from openai import OpenAI
 from trtllm_standin import install_standin
 
-from frontend_api.engine.protocol import GenerationRequest, SamplingParams
+from frontend_api.engine.protocol import EngineError, GenerationRequest, SamplingParams
 from frontend_api.engine.triton import TritonEngine
 
 from stack import BIN, MODEL, start_stack
 
 pytestmark = pytest.mark.integration
 WAVE = "🌊"  # three byte-level tokens, none a whole character on its own
+MAX_INPUT_LEN = 512
 EMOJI_PROMPT = [{"role": "user", "content": f"Write three emoji about the sea {WAVE}"}]
 
 
@@ -31,7 +33,8 @@ EMOJI_PROMPT = [{"role": "user", "content": f"Write three emoji about the sea {W
 def trtllm_stack(checkpoint_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trtllm")
     subprocess.run([str(BIN / "llmserve"), "build", "--engine", "trtllm", "--model", str(checkpoint_dir),
-                    "--output", str(out), "--dry-run", "--max-batch-size", "8"], check=True)  # fmt: skip
+                    "--output", str(out), "--dry-run", "--max-batch-size", "8", "--max-input-len", str(MAX_INPUT_LEN)],
+                   check=True)  # fmt: skip
     repository = install_standin(out / "model_repository", checkpoint_dir)
     stack = start_stack(repository, tmp_path_factory.mktemp("trtllm-logs") / "llmserve.log")
     yield stack
@@ -107,6 +110,13 @@ def test_chat_ending_on_end_of_sequence_reports_stop(client):
     assert reply.usage.completion_tokens < 64
 
 
+def test_a_prompt_over_the_engines_max_input_len_is_a_400(client, tokenizer):
+    prompt = "word " * (MAX_INPUT_LEN + 10)
+    assert len(tokenizer(prompt)["input_ids"]) > MAX_INPUT_LEN  # yet far below max_model_len (8192)
+    with pytest.raises(openai.BadRequestError, match="max_input_len"):
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=5)
+
+
 def test_preprocessing_token_ids_equal_the_tokenizers(triton, tokenizer):
     text = "Héllo wörld 🌊, the capital of France is"
     inputs = [grpcclient.InferInput("QUERY", [1, 1], "BYTES"), grpcclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32"),
@@ -170,6 +180,13 @@ async def test_bls_model_speaks_the_same_contract_as_the_ensemble(trtllm_stack):
     assert WAVE in "".join(c.text for c in bls) and all("\ufffd" not in c.text for c in bls)
     assert bls[-1].finish_reason == "length" and bls[-1].num_output_tokens == 20
     assert bls[-1].num_input_tokens == ensemble[-1].num_input_tokens
+
+
+async def test_bls_refuses_a_prompt_over_max_input_len_as_invalid(trtllm_stack):
+    with pytest.raises(EngineError, match="max_input_len") as error:
+        await _generate(trtllm_stack.triton_grpc_port, "tensorrt_llm_bls", "word " * (MAX_INPUT_LEN + 10),
+                        SamplingParams(max_tokens=5))  # fmt: skip
+    assert error.value.status == 400
 
 
 async def test_bls_trims_a_stop_string_and_reports_stop(trtllm_stack):

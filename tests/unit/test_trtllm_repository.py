@@ -27,7 +27,7 @@ WIRE_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32"
 
 def options(tmp_path, **changes) -> RepositoryOptions:
     base = RepositoryOptions(served_model_name="smol", tokenizer_dir=tmp_path / "tok", engine_dir=tmp_path / "eng",
-                             max_model_len=2048, max_batch_size=16)  # fmt: skip
+                             max_model_len=2048, max_batch_size=16, max_input_len=1024)  # fmt: skip
     return dataclasses.replace(base, **changes)
 
 
@@ -141,6 +141,7 @@ def test_an_unfilled_variable_is_an_error_that_names_it(tmp_path):
 @pytest.mark.parametrize(("change", "message"), [
     ({"entry": "llm"}, "entry"), ({"kv_cache_free_gpu_mem_fraction": 1.5}, "kv_cache_free_gpu_mem_fraction"),
     ({"batch_scheduler_policy": "fifo"}, "batch_scheduler_policy"), ({"max_batch_size": 0}, "max_batch_size"),
+    ({"max_input_len": 2048}, "max_input_len"),
 ])  # fmt: skip
 def test_invalid_options_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):

@@ -46,6 +46,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"], local_files_only=True)
         self.add_special_tokens = params.get("add_special_tokens", "false").lower() == "true"
+        self.max_input_len = int(params["max_input_len"])
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
 
@@ -60,6 +61,10 @@ class TritonPythonModel:
         if max_tokens is None or max_tokens < 1:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("invalid request: max_tokens must be at least 1"))
         ids = self.tokenizer.encode(query[0], add_special_tokens=self.add_special_tokens)
+        if len(ids) > self.max_input_len:
+            message = (f"invalid request: text_input has {len(ids)} tokens; the TensorRT-LLM engines were built for "
+                       f"at most {self.max_input_len} (max_input_len)")  # fmt: skip
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         end_id = _int(request, "END_ID")
         pad_id = _int(request, "PAD_ID")
         tensors = [

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from importlib import metadata, util
 from pathlib import Path
 
-from build_engines.checkpoints import CheckpointError, _sha256, check_checkpoint_dir
 from build_engines.render import TemplateError
 from build_engines.trtllm_repository import ENTRIES, RepositoryOptions, render_trtllm_repository
 
@@ -166,6 +165,8 @@ def _versions() -> dict[str, str | None]:
 
 def build(options: BuildOptions, dry_run: bool) -> Path:
     """Run (or print) the pipeline, render the repository, write the manifest; return the repository."""
+    from build_engines.checkpoints import _sha256, check_checkpoint_dir  # (tqdm there: not needed for --help)
+
     options.check()
     check_checkpoint_dir(options.model)
     steps = plan(options)
@@ -239,6 +240,8 @@ def run_build(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name, entry=args.entry,
         examples_dir=Path(args.trtllm_examples).expanduser().resolve() if args.trtllm_examples else None,
     )  # fmt: skip
+    from build_engines.checkpoints import CheckpointError
+
     try:
         repository = build(options, args.dry_run)
     except (BuildError, CheckpointError, TemplateError, ValueError) as exc:

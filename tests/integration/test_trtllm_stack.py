@@ -9,19 +9,18 @@ and the front-end serves them from configuration alone (`llmserve serve --model-
 from __future__ import annotations
 
 import signal
-import subprocess
 
 import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
 from openai import OpenAI
-from trtllm_standin import install_standin
+from trtllm_standin import start_trtllm_stack
 
 from frontend_api.engine.protocol import EngineError, GenerationRequest, SamplingParams
 from frontend_api.engine.triton import TritonEngine
 
-from stack import BIN, MODEL, start_stack
+from stack import MODEL
 
 pytestmark = pytest.mark.integration
 WAVE = "🌊"  # three byte-level tokens, none a whole character on its own
@@ -31,12 +30,7 @@ EMOJI_PROMPT = [{"role": "user", "content": f"Write three emoji about the sea {W
 
 @pytest.fixture(scope="module")
 def trtllm_stack(checkpoint_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trtllm")
-    subprocess.run([str(BIN / "llmserve"), "build", "--engine", "trtllm", "--model", str(checkpoint_dir),
-                    "--output", str(out), "--dry-run", "--max-batch-size", "8", "--max-input-len", str(MAX_INPUT_LEN)],
-                   check=True)  # fmt: skip
-    repository = install_standin(out / "model_repository", checkpoint_dir)
-    stack = start_stack(repository, tmp_path_factory.mktemp("trtllm-logs") / "llmserve.log")
+    stack = start_trtllm_stack(checkpoint_dir, tmp_path_factory.mktemp("trtllm"), "ensemble", MAX_INPUT_LEN)
     yield stack
     code = stack.stop(signal.SIGTERM)
     assert code == 0, f"llmserve serve exited with {code}:\n{stack.log()[-3000:]}"

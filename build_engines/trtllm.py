@@ -123,8 +123,8 @@ def missing_tensorrt_llm(options: BuildOptions) -> str | None:
         "cannot build TensorRT-LLM engines: " + "; ".join(problems) + ".\n"
         f"Run the build inside the NGC container {NGC_IMAGE} (TensorRT-LLM {TRTLLM_VERSION}) on a GPU machine:\n"
         f"  git clone --depth 1 --branch v{TRTLLM_VERSION} https://github.com/NVIDIA/TensorRT-LLM.git trtllm-src\n"
-        f"  docker run --rm --gpus all --ipc=host -v $PWD:/workspace -w /workspace -e TRTLLM_EXAMPLES=/workspace/"
-        f"trtllm-src/examples {NGC_IMAGE} \\\n    bash -c 'pip install -e . && llmserve build --engine trtllm ...'\n"
+        f'  docker run --rm --gpus all --ipc=host -v "$PWD:$PWD" -w "$PWD" -e TRTLLM_EXAMPLES="$PWD/trtllm-src/examples" '
+        f"{NGC_IMAGE} \\\n    bash -c 'pip install -e . && llmserve build --engine trtllm ...'\n"
         "(README: TensorRT-LLM). Add --dry-run to print the commands and render the repository without it."
     )
 

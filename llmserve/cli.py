@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from build_engines.trtllm import add_build_arguments
 from frontend_api.settings import ConfigFileError, Settings, load_settings
 
 # flag -> Settings field, for the flags both subcommands share
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback --host although authentication is off")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+    build = sub.add_parser("build", help="build TensorRT-LLM engines and render their Triton model repository")
+    add_build_arguments(build)
     _add_keys_commands(sub)
     config = sub.add_parser("config", help="inspect the configuration")
     config.add_subparsers(dest="config_command", required=True).add_parser(
@@ -85,6 +88,10 @@ def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "build":
+        from build_engines.trtllm import run_build
+
+        return run_build(args)
     try:
         if args.command == "prepare":
             from llmserve.serve import run_prepare

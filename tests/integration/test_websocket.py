@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from stack import MODEL
@@ -118,3 +119,20 @@ async def test_cross_site_origin_is_refused(stack):
             pass
     async with connect(ws_url(stack), origin=stack.base_url) as ws:  # the page's own origin is fine
         assert (await receive(ws))["type"] == "ready"
+
+
+def websocket_gauge(stack) -> float:
+    text = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "llmserve_websocket_connections")  # fmt: skip
+
+
+async def test_open_connections_are_counted(stack):
+    before = websocket_gauge(stack)
+    async with connect(ws_url(stack)) as ws:
+        await receive(ws)
+        assert websocket_gauge(stack) == before + 1
+    deadline = time.monotonic() + 5
+    while websocket_gauge(stack) != before:
+        assert time.monotonic() < deadline, "the gauge did not come down after the close"
+        await asyncio.sleep(0.05)

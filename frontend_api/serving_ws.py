@@ -24,7 +24,6 @@ from frontend_api.storage.sessions import SessionStore
 from frontend_api.ws_protocol import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
 
 POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication
-SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
 
 
 async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Principal | None:
@@ -152,7 +151,7 @@ class ChatSocket:
         messages = [{"role": "user", "content": frame.content}]
         if settings.system_prompt and frame.session_id is not None:  # a new session stores it as its prompt
             messages.insert(0, {"role": "system", "content": settings.system_prompt})
-        sampling = {name: getattr(settings, name) for name in SAMPLING_SETTINGS if getattr(settings, name) is not None}
+        sampling = settings.model_dump(exclude_none=True, exclude={"model", "system_prompt"})
         return ChatCompletionRequest.model_validate(
             {"model": model, "messages": messages, "stream": True, "session_id": session.id, **sampling}
         )

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from frontend_api.storage.models import SessionSettings
+
 PROTOCOL_VERSION = 1
 MAX_CONTENT_CHARS = 200_000
 
@@ -27,16 +29,12 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ChatSettings(_Frame):
-    """Per-message generation settings (a session's stored settings fill the rest)."""
+class ChatSettings(SessionSettings):
+    """Per-message settings: the sampling fields a session can store (which fill what is unset), and which
+    model and system prompt to use."""
 
     model: str | None = Field(None, min_length=1)
     system_prompt: str | None = Field(None, max_length=100_000)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
-    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
-    repetition_penalty: float | None = Field(None, gt=0)
 
 
 class AuthFrame(_Frame):

@@ -45,7 +45,7 @@ class ApiKey(SQLModel, table=True):
 class SessionSettings(SQLModel):
     """Generation defaults stored with a session; a request's own values win."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)

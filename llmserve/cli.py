@@ -13,6 +13,7 @@ from frontend_api.settings import Settings
 MODEL_FLAGS = {
     "model": "models", "device": "device", "dtype": "dtype", "instance_count": "instance_count",
     "max_num_seqs": "max_num_seqs", "kv_cache_blocks": "kv_cache_blocks", "home": "home",
+    "engine_core": "engine_core",
 }  # fmt: skip
 SERVE_FLAGS = {
     "host": "host", "port": "port", "model_repository": "model_repository",
@@ -30,6 +31,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-count", type=int, help="engine instances per model (default 1)")
     parser.add_argument("--max-num-seqs", type=int, help="requests batched together per instance (default 32)")
     parser.add_argument("--kv-cache-blocks", type=int, help="paged KV cache blocks per instance (0 = automatic)")
+    parser.add_argument("--engine-core", choices=["transformers", "fast"],
+                        help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
+                             "for GPUs (docs/PERFORMANCE.md)")
     parser.add_argument("--home", help="cache directory for converted models and the rendered repository "
                                        "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
 

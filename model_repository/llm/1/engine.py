@@ -40,6 +40,25 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
 
+def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
+    """Reject what neither engine core can honour (shared by engine.Engine and fast_core.FastEngine)."""
+    if sampling.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1")
+    if not 0 <= sampling.temperature:
+        raise InvalidRequest("temperature must be >= 0")
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidRequest("top_p must be in (0, 1]")
+    if sampling.top_k < 0:
+        raise InvalidRequest("top_k must be >= 0")
+    if 0 < sampling.min_tokens < sampling.max_tokens:
+        raise InvalidRequest(
+            "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
+            "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+        )
+    if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
+        raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
+
+
 @dataclass
 class Update:
     """What the engine reports to a request's sink: a text delta, and on the last update the outcome."""
@@ -120,21 +139,7 @@ class Engine:
         return len(self._active)
 
     def validate(self, sampling: Sampling) -> None:
-        if sampling.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1")
-        if not 0 <= sampling.temperature:
-            raise InvalidRequest("temperature must be >= 0")
-        if not 0 < sampling.top_p <= 1:
-            raise InvalidRequest("top_p must be in (0, 1]")
-        if sampling.top_k < 0:
-            raise InvalidRequest("top_k must be >= 0")
-        if 0 < sampling.min_tokens < sampling.max_tokens:
-            raise InvalidRequest(
-                "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
-                "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
-            )
-        if sampling.end_id is not None and not 0 <= sampling.end_id < self.vocab_size:
-            raise InvalidRequest(f"end_id must be a token id in [0, {self.vocab_size})")
+        validate_sampling(sampling, self.vocab_size)
 
     def submit(
         self,

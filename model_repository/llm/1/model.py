@@ -18,6 +18,9 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(__file__))  # siblings (engine, text_stream) import as top-level modules
 
 from engine import Engine, InvalidRequest, Sampling, Update  # noqa: E402
+from fast_core import FastEngine  # noqa: E402
+
+ENGINE_CORES = {"transformers": Engine, "fast": FastEngine}
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -125,7 +128,10 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         if device == "cuda":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        self.engine = Engine(
+        core = params.get("engine_core", "transformers")
+        if core not in ENGINE_CORES:
+            raise pb_utils.TritonModelException(f"engine_core must be one of {sorted(ENGINE_CORES)}, not {core!r}")
+        self.engine = ENGINE_CORES[core](
             checkpoint_dir=params["checkpoint_dir"],
             device=device,
             dtype=params.get("dtype", "float32"),

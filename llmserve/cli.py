@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
                        help="allow a non-loopback --host although authentication is off")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    from llmserve.bench.run import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="load-test the OpenAI endpoint or Triton gRPC; JSON + PNG"))
     return parser
 
 
@@ -68,6 +72,10 @@ def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from llmserve.bench.run import main as run_bench
+
+        return run_bench(args)
     try:
         if args.command == "prepare":
             settings = settings_from(args, MODEL_FLAGS)

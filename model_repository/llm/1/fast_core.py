@@ -82,6 +82,9 @@ class FastEngine:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
+        # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
+        self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0,
+                      "deliver_s": 0.0}  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
         self._thread.start()
 
@@ -180,13 +183,17 @@ class FastEngine:
             return
         params = [(s.sampling.temperature, s.sampling.top_k or self.vocab_size, s.sampling.top_p, s.greedy)
                   for s in batch]  # fmt: skip
+        started = time.perf_counter()
         first = self.runner.prefill([s.slot for s in batch], [s.prompt for s in batch], params)
+        self.stats["prefills"] += 1
+        self.stats["prefill_s"] += time.perf_counter() - started
         for sequence in batch:
             self._running[sequence.slot] = sequence
         for sequence, token in zip(batch, first, strict=True):
             self._on_token(sequence, token)
 
     def _launch(self):
+        started = time.perf_counter()
         sequences = list(self._running.values())
         batch = max(self._running) + 1
         length = min(max(len(s.prompt) + s.generated for s in sequences) + 3, self.runner.slot_len)
@@ -197,15 +204,21 @@ class FastEngine:
         event = torch.cuda.Event() if tokens.is_cuda else None
         if event is not None:
             event.record()
+        self.stats["steps"] += 1
+        self.stats["launch_s"] += time.perf_counter() - started
         return sequences, host, event
 
     def _deliver(self, sequences: list[_Sequence], host: torch.Tensor, event) -> None:
+        started = time.perf_counter()
         if event is not None:
             event.synchronize()
+        synced = time.perf_counter()
+        self.stats["gpu_wait_s"] += synced - started
         tokens = host.tolist()
         for sequence in sequences:
             if not sequence.done:
                 self._on_token(sequence, tokens[sequence.slot])
+        self.stats["deliver_s"] += time.perf_counter() - synced
 
     def _on_token(self, sequence: _Sequence, token: int) -> None:
         sequence.generated += 1

@@ -2,6 +2,7 @@
 # The GPU benchmark of docs/PERFORMANCE.md, on the device machine, with .whl and .gpu carried (make_bundle.sh, plus
 # the front-end's wheels). Recipe of shared/PLATFORM.md: a venv over the image's packages without its numpy 2.
 set -uo pipefail
+IMAGE_PY=$(command -v python3)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 mkdir -p /tmp/site && tar xJf .gpu/triton.tar.xz -C /tmp/site && tar xJf .gpu/smol.tar.xz -C /tmp
 python3 -m venv /tmp/stubenv
@@ -17,5 +18,10 @@ STAGES=${STAGES:-inprocess,triton}
 if [[ $STAGES == *inprocess* ]]; then python bench/gpu_perf/inprocess.py --tokenizer /tmp/smol "$@" 2>&1 | grep -v -i "warn\|Loading weights\|Writing model" | tee "$OUT/inprocess.log"; fi
 if [[ $STAGES == *triton* ]]; then
   [[ -d /tmp/ckpt ]] || python -c 'import sys; sys.argv=["x"]; sys.path[:0]=["bench/gpu_perf"]; import inprocess as i; from pathlib import Path; i.build_checkpoint("1b", Path("/tmp/ckpt"), Path("/tmp/smol"), "cuda")'
-  python bench/gpu_perf/triton_bench.py 2>&1 | grep -v "it/s]" | tee "$OUT/triton.log"
+  python bench/gpu_perf/triton_bench.py --bench-out /tmp/bench 2>&1 | grep -v "it/s]" | tee "$OUT/triton.log"
+  cp /tmp/bench/*.json "$OUT/"
+fi
+if [[ $STAGES == *hfstatic* ]]; then  # HF generate under the image's own transformers, then ours (+ prefill profile)
+  (cd /tmp && PYTHONPATH= "$IMAGE_PY" "$OLDPWD/bench/gpu_perf/extra.py" --label image-transformers) 2>&1 | grep -v -i warn | tee "$OUT/extra.log"
+  python bench/gpu_perf/extra.py --label our-venv --profile-prefill 2>&1 | grep -v -i warn | tee -a "$OUT/extra.log"
 fi

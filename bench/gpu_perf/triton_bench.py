@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="serve.log goes here")
+    parser.add_argument("--bench-out", default=None, help="bench JSON + PNG (default: --out)")
     args = parser.parse_args()
     out = Path(args.out)
     home = Path("/tmp/llmhome")
@@ -52,7 +53,7 @@ def main() -> None:
             time.sleep(1)
         print(f"stack ready in {time.monotonic() - started:.0f} s", flush=True)
         common = ["--model", "gpu", "--input-tokens", str(args.tokens), "--output-tokens", str(args.tokens),
-                  "--processes", str(args.processes), "--out", str(out)]  # fmt: skip
+                  "--processes", str(args.processes), "--out", args.bench_out or str(out)]  # fmt: skip
         runs = [("triton", "127.0.0.1:8101", args.levels, "triton-fast"),
                 ("openai", "http://127.0.0.1:8000/v1", args.openai_levels, "openai-fast")]  # fmt: skip
         for target, url, levels, label in runs:

@@ -87,11 +87,12 @@ def drive_once(engine, prompts, sampling) -> list[str]:
 
 def hf_static(model, n: int, prompt_len: int, new: int, device: str) -> dict:
     ids = torch.randint(100, 49000, (n, prompt_len), device=device)
-    model.generate(ids[:, :16], max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                  pad_token_id=0)  # fmt: skip
+    model.generate(ids, **kwargs)  # warm-up at the measured shape (the first call at a shape is much slower)
     sync(device)
     started = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                         do_sample=False, pad_token_id=0)  # fmt: skip
+    out = model.generate(ids, **kwargs)
     sync(device)
     seconds = time.perf_counter() - started
     tokens = (out.shape[1] - prompt_len) * n

@@ -23,5 +23,7 @@ if [[ $STAGES == *triton* ]]; then
 fi
 if [[ $STAGES == *hfstatic* ]]; then  # HF generate under the image's own transformers, then ours (+ prefill profile)
   (cd /tmp && PYTHONPATH= "$IMAGE_PY" "$OLDPWD/bench/gpu_perf/extra.py" --label image-transformers) 2>&1 | grep -v -i warn | tee "$OUT/extra.log"
+fi
+if [[ $STAGES == *profile* ]]; then  # HF generate under our transformers, and a profile of our prefill
   python bench/gpu_perf/extra.py --label our-venv --profile-prefill 2>&1 | grep -v -i warn | tee -a "$OUT/extra.log"
 fi

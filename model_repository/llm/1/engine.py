@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
 
+from cancellation import CancellationPoller
 from text_stream import TextStream
 
 log = logging.getLogger("llm.engine")
@@ -125,6 +126,7 @@ class Engine:
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._cancellations = CancellationPoller()
         # Threads inherit daemon-ness from their creator: starting the generation loop from a daemon thread makes
         # it a daemon too, so the stub process can exit if Triton dies without calling finalize().
         starter = threading.Thread(target=self._manager.start, daemon=True)
@@ -244,7 +246,7 @@ class Engine:
     def _poll_cancellations(self) -> None:
         with self._lock:
             active = list(self._active.items())
-        for request_id, request in active:
+        for request_id, request in self._cancellations.due(active):
             if request.is_cancelled():
                 self._manager.cancel_request(request_id)
                 self._finish(request_id, "cancelled")

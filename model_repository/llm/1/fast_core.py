@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cancellation import CancellationPoller
 from engine import InvalidRequest, Sampling, Update, validate_sampling
 from fast_runner import SlotRunner
 from text_stream import TextStream
@@ -82,6 +83,7 @@ class FastEngine:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
+        self._cancellations = CancellationPoller()
         # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
         self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0,
                       "deliver_s": 0.0}  # fmt: skip
@@ -139,12 +141,9 @@ class FastEngine:
 
     def _loop(self) -> None:
         pending = None  # (sequences, tokens on the host, event) of the step in flight
-        next_poll = time.monotonic()
         while not self._stopping.is_set():
             self._take_incoming(block=not self._running and not self._waiting and pending is None)
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + CANCEL_POLL_INTERVAL_S
-                self._poll_cancellations()
+            self._poll_cancellations()
             if self._waiting and self._free_slots:
                 if pending is not None:  # the prefill's own sync would wait for it anyway
                     self._deliver(*pending)
@@ -234,7 +233,7 @@ class FastEngine:
             sequence.sink(Update(text, None, None, len(sequence.prompt), sequence.generated))
 
     def _poll_cancellations(self) -> None:
-        for sequence in list(self._active.values()):
+        for sequence in self._cancellations.due(list(self._active.values())):
             if not sequence.done and sequence.is_cancelled():
                 self._finish(sequence, "cancelled")
 

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # siblings (engine, text_stream) 
 
 from engine import Engine, InvalidRequest, Sampling, Update  # noqa: E402
 from fast_core import FastEngine  # noqa: E402
+from response_queue import ResponseQueue  # noqa: E402
 
 ENGINE_CORES = {"transformers": Engine, "fast": FastEngine}
 
@@ -139,6 +140,7 @@ class TritonPythonModel:
             kv_cache_blocks=int(params.get("kv_cache_blocks", 0)),
             max_model_len=int(params["max_model_len"]) if params.get("max_model_len") else None,
         )
+        self.responses = ResponseQueue()
         self._labels = labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         # Metric families must outlive their metrics: keep references to both.
         self._active_family = pb_utils.MetricFamily(
@@ -183,7 +185,7 @@ class TritonPythonModel:
                 prefix = "" if exclude_input or stream else prompt
                 writer = _ResponseWriter(sender, stream, prefix, self._count_finished)
                 request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-                self.engine.submit(request_id, prompt, sampling, writer, sender.is_cancelled)
+                self.engine.submit(request_id, prompt, sampling, self.responses.sink_for(writer), sender.is_cancelled)
             except (InvalidRequest, ValueError, TypeError) as exc:
                 error = pb_utils.TritonError(f"invalid request: {exc}")
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
@@ -195,3 +197,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        self.responses.close()

@@ -28,7 +28,11 @@ def hf_static(model, n: int, tokens: int) -> dict:
     out = model.generate(ids, **kwargs)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return {"batch": n, "seconds": round(seconds, 3), "output_tokens_per_s": round((out.shape[1] - tokens) * n / seconds, 1)}
+    return {
+        "batch": n,
+        "seconds": round(seconds, 3),
+        "output_tokens_per_s": round((out.shape[1] - tokens) * n / seconds, 1),
+    }
 
 
 def main() -> None:

@@ -66,7 +66,9 @@ def greedy_check(checkpoint: Path, device: str) -> str:
     matches = 0
     for prompt, text in zip(prompts, outputs, strict=True):
         ids = tok(prompt, return_tensors="pt").input_ids.to(device)
-        out = ref.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+        out = ref.generate(
+            ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
         matches += text == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     engine.shutdown()
     return f"{matches}/{len(prompts)}"
@@ -75,10 +77,12 @@ def greedy_check(checkpoint: Path, device: str) -> str:
 def drive_once(engine, prompts, sampling) -> list[str]:
     texts, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
     for i, prompt in enumerate(prompts):
+
         def sink(u, i=i):
             texts[i].append(u.text)
             if u.finish_reason:
                 done[i].set()
+
         engine.submit(f"once-{i}-{time.monotonic_ns()}", prompt, sampling, sink, lambda: False)
     for event in done:
         event.wait(300)
@@ -117,7 +121,11 @@ def drive(engine, concurrency: int, total: int, input_tokens: int, output_tokens
             if record.first_token is None and update.text:
                 record.first_token = time.perf_counter()
             if update.finish_reason:
-                record.end, record.output_tokens, record.error = time.perf_counter(), update.num_output_tokens, update.error
+                record.end, record.output_tokens, record.error = (
+                    time.perf_counter(),
+                    update.num_output_tokens,
+                    update.error,
+                )
                 finished.append(record)
                 following = next(pending, None)
                 if following is not None:
@@ -137,7 +145,7 @@ def drive(engine, concurrency: int, total: int, input_tokens: int, output_tokens
 
 
 def sweep(engine, label: str, levels: list[int], input_tokens: int, output_tokens: int) -> list[dict]:
-    drive(engine, 4, 4, input_tokens, 8)  # warm-up
+    drive(engine, 64, 64, input_tokens, 8)  # warm-up: first prefills at a shape pay for allocations and heuristics
     rows = []
     for concurrency in levels:
         stats_before = dict(getattr(engine, "stats", {}))
@@ -202,7 +210,8 @@ def main() -> None:
     tokenizer_dir = Path(args.tokenizer)
     check_shape = "tiny" if args.shape == "tiny" else "smol"
     results["greedy_fp32_" + check_shape] = greedy_check(
-        build_checkpoint(check_shape, Path(args.ckpt + "-check"), tokenizer_dir, device), device)
+        build_checkpoint(check_shape, Path(args.ckpt + "-check"), tokenizer_dir, device), device
+    )
     print("greedy", results["greedy_fp32_" + check_shape], flush=True)
     save(out)
 

@@ -4,6 +4,7 @@ inprocess.py built, then `llmserve bench` against Triton gRPC directly and again
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,35 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, ".")
 from build_engines.prepare import EngineOptions, prepare  # noqa: E402
+
+
+def sample_cpu(server_pid: int, client: subprocess.Popen) -> dict:
+    """Mean CPU use of the stack's processes (front-end, tritonserver, python stub) and the clients, while it runs."""
+    totals: dict[str, list[float]] = {}
+    procs: dict[int, psutil.Process] = {}
+    while client.poll() is None:
+        family = [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]
+        family += psutil.Process(client.pid).children(recursive=True)
+        for proc in family:
+            if proc.pid not in procs:
+                procs[proc.pid] = proc
+                proc.cpu_percent(None)  # the first call only starts the measurement
+        time.sleep(1.0)
+        tick: dict[str, float] = {}
+        for pid, proc in list(procs.items()):
+            try:
+                name = "front-end (llmserve serve)" if pid == server_pid else proc.name()[:40]
+                tick[name] = tick.get(name, 0.0) + proc.cpu_percent(None)
+            except psutil.NoSuchProcess:
+                procs.pop(pid)
+        for name, value in tick.items():
+            totals.setdefault(name, []).append(value)
+    # Per process name (the clients summed): mean and peak of 1-second samples, in % of one core.
+    return {name: {"mean": round(sum(v) / len(v), 1), "max": round(max(v), 1)} for name, v in totals.items() if v}
 
 
 def main() -> None:
@@ -38,7 +65,9 @@ def main() -> None:
                *(f"--{k}={v}" for k, v in ports.items())]  # fmt: skip
     log = (out / "serve.log").open("w")
     started = time.monotonic()
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSERVE_HOME": str(home)})
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSERVE_HOME": str(home)}
+    )
     try:
         while True:
             if server.poll() is not None:
@@ -60,7 +89,10 @@ def main() -> None:
             bench = [sys.executable, "-m", "llmserve.bench", "--target", target, "--url", url, "--concurrency", levels,
                      "--label", label, *common]  # fmt: skip
             print("$", " ".join(bench[1:]), flush=True)
-            subprocess.run(bench, check=False, timeout=300)
+            client = subprocess.Popen(bench)
+            cpu = sample_cpu(server.pid, client)
+            print(f"CPU use during {label} (% of one core, mean over the run): {cpu}", flush=True)
+            (out / f"cpu-{label}.json").write_text(json.dumps(cpu))
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -30,7 +29,6 @@ from text_stream import TextStream
 log = logging.getLogger("llm.fast_core")
 
 CANCEL_POLL_INTERVAL_S = 0.05
-SWITCH_INTERVAL_S = 0.0005
 DEFAULT_SLOT_LEN = 2048  # tokens of KV cache per sequence when neither kv_cache_blocks nor max_model_len bound it
 BLOCK = 256  # kv_cache_blocks counts blocks of this many tokens, as for the transformers core
 
@@ -89,9 +87,6 @@ class FastEngine:
         # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
         self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0,
                       "deliver_s": 0.0}  # fmt: skip
-        # The loop gives up the GIL while it waits for the GPU; other threads (the response sender) must hand it
-        # back quickly, not after Python's default 5 ms switch interval, or the GPU idles. Process-wide setting.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
         self._thread.start()
 

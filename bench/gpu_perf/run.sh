@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmark of docs/PERFORMANCE.md, on the device machine, with .whl and .gpu carried (make_bundle.sh, plus
-# the front-end's wheels). Recipe of shared/PLATFORM.md: a venv over the image's packages without its numpy 2.
+# The GPU benchmark of docs/PERFORMANCE.md, on the device machine, with .whl and .gpu carried (built here by
+# bench/gpu_perf/make_bundle.sh). Recipe of shared/PLATFORM.md: a venv over the image's packages without its numpy 2.
 set -uo pipefail
 IMAGE_PY=$(command -v python3)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader

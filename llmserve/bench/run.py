@@ -99,6 +99,12 @@ def run_sweep_level(args: dict, concurrency: int, requests: int, processes: int,
     return merged
 
 
+def command_line() -> str:
+    """How this run was started (`llmserve bench ...` or `python -m llmserve.bench ...`)."""
+    args = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
+    return " ".join(["llmserve", "bench", *args])
+
+
 def main(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -111,7 +117,7 @@ def main(ns: argparse.Namespace) -> int:
     report = {"label": label, "target": ns.target, "url": args["url"], "model": ns.model,
               "input_tokens": ns.input_tokens, "output_tokens": ns.output_tokens, "processes": ns.processes,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-              "command": " ".join(["llmserve", "bench", *sys.argv[2:]]), "levels": []}  # fmt: skip
+              "command": command_line(), "levels": []}  # fmt: skip
     if not ns.no_warmup:
         warm = run_sweep_level({**args, "output_tokens": min(ns.output_tokens, 8)}, 2, 2, 1)
         failed = [r.error for r in warm if r.error]

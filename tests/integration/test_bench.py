@@ -22,6 +22,7 @@ def test_bench_sweeps_concurrency_and_writes_json_and_png(stack, tmp_path, targe
     assert done.returncode == 0, done.stdout + done.stderr
     assert "TTFT p50" in done.stdout and f"{target} c=3" in done.stderr  # the table, and the progress bar
     report = json.loads((tmp_path / f"{target}.json").read_text())
+    assert report["command"].startswith(f"llmserve bench --target {target} --url {url}")
     assert [lv["concurrency"] for lv in report["levels"]] == [1, 3]
     for level in report["levels"]:
         assert level["requests"] == 3 and level["failed"] == 0

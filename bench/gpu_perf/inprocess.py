@@ -27,7 +27,7 @@ from llmserve.bench.report import summarize  # noqa: E402
 
 from engine import Engine, Sampling  # noqa: E402
 from fast_core import FastEngine  # noqa: E402
-from text_stream import TextStream  # noqa: E402
+from text_stream import TextStream, fast_decoder  # noqa: E402
 
 SHAPES = {  # 1b: the shape of shared/PLATFORM.md's measurements (1.07B parameters with tied embeddings)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -179,7 +179,7 @@ def profile_fast(engine: FastEngine, tokenizer, device: str) -> dict:
                 runner.decode(batch, 256, any_sampling=False)
             torch.cuda.synchronize()
             profile[f"decode_call_ms_b{batch}_l256"] = round((time.perf_counter() - started) / 50 * 1000, 3)
-    streams = [TextStream(tokenizer) for _ in range(256)]
+    streams = [TextStream(fast_decoder(tokenizer)) for _ in range(256)]
     ids = torch.randint(100, 49000, (256, 64)).tolist()
     started = time.perf_counter()
     for step in range(64):

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
 
 from cancellation import CancellationPoller
-from text_stream import TextStream
+from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.engine")
 
@@ -93,6 +93,7 @@ class Engine:
         max_model_len: int | None = None,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+        self._decoder = fast_decoder(self.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(
             checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True
         ).to(device)
@@ -175,7 +176,7 @@ class Engine:
             self._active[request_id] = _Active(
                 sink=sink,
                 is_cancelled=is_cancelled,
-                stream=TextStream(self.tokenizer, sampling.stop),
+                stream=TextStream(self._decoder, sampling.stop),
                 eos_ids=eos_ids,
                 num_input_tokens=len(input_ids),
             )

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cancellation import CancellationPoller
 from engine import InvalidRequest, Sampling, Update, validate_sampling
 from fast_runner import SlotRunner
-from text_stream import TextStream
+from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.fast_core")
 
@@ -64,6 +64,7 @@ class FastEngine:
         cuda_graphs: bool = True,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+        self._decoder = fast_decoder(self.tokenizer)
         model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
         model = model.to(device).eval()
         config = model.config
@@ -115,7 +116,7 @@ class FastEngine:
             frozenset([sampling.end_id]) if sampling.end_id is not None else self.default_eos_ids
         )  # fmt: skip
         sequence = _Sequence(request_id, input_ids, sampling, sink, is_cancelled,
-                             TextStream(self.tokenizer, sampling.stop), eos_ids)  # fmt: skip
+                             TextStream(self._decoder, sampling.stop), eos_ids)  # fmt: skip
         with self._lock:
             if request_id in self._active:
                 raise InvalidRequest(f"request id {request_id!r} is already in flight")

@@ -25,6 +25,7 @@ class EngineOptions:
     instance_count: int = 1
     max_num_seqs: int = 32
     kv_cache_blocks: int = 0
+    engine_core: str = "transformers"  # or "fast" (model_repository/llm/1/fast_core.py)
 
 
 def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
@@ -56,6 +57,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "instance_kind": "KIND_GPU" if options.device == "cuda" else "KIND_CPU",
             "max_num_seqs": options.max_num_seqs,
             "kv_cache_blocks": options.kv_cache_blocks,
+            "engine_core": options.engine_core,
         }
         render_model(TEMPLATES / "llm", repository / spec.id, values)
         built.append({"id": spec.id, "source": spec.source, "checkpoint": str(checkpoint), "engine": "llm",

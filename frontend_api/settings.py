@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     instance_count: int = Field(1, ge=1, le=16)
     max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
     kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
+    engine_core: Literal["transformers", "fast"] = Field(
+        "transformers", description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
+    )
 
     # Storage: sessions, messages and API keys. SQLite file under `home` unless DATABASE_URL says otherwise.
     database_url: str | None = Field(None, validation_alias=_env_alias("database_url", "DATABASE_URL"))

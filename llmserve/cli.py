@@ -10,11 +10,13 @@ from pydantic import ValidationError
 
 from build_engines.trtllm import add_build_arguments
 from frontend_api.settings import ConfigFileError, Settings, load_settings
+from llmserve.bench.run import add_arguments as add_bench_arguments
 
 # flag -> Settings field, for the flags both subcommands share
 MODEL_FLAGS = {
     "model": "models", "device": "device", "dtype": "dtype", "instance_count": "instance_count",
     "max_num_seqs": "max_num_seqs", "kv_cache_blocks": "kv_cache_blocks", "home": "home",
+    "engine_core": "engine_core",
 }  # fmt: skip
 SERVE_FLAGS = {
     "host": "host", "port": "port", "model_repository": "model_repository", "auth": "auth",
@@ -32,6 +34,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-count", type=int, help="engine instances per model (default 1)")
     parser.add_argument("--max-num-seqs", type=int, help="requests batched together per instance (default 32)")
     parser.add_argument("--kv-cache-blocks", type=int, help="paged KV cache blocks per instance (0 = automatic)")
+    parser.add_argument("--engine-core", choices=["transformers", "fast"],
+                        help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
+                             "for GPUs (docs/PERFORMANCE.md)")
     parser.add_argument("--home", help="cache directory for converted models and the rendered repository "
                                        "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
 
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="build TensorRT-LLM engines and render their Triton model repository")
     add_build_arguments(build)
+    add_bench_arguments(sub.add_parser("bench", help="load-test the OpenAI endpoint or Triton gRPC; JSON + PNG"))
     _add_keys_commands(sub)
     config = sub.add_parser("config", help="inspect the configuration")
     config.add_subparsers(dest="config_command", required=True).add_parser(
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from build_engines.trtllm import run_build
 
         return run_build(args)
+    if args.command == "bench":
+        from llmserve.bench.run import main as run_bench
+
+        return run_bench(args)
     try:
         if args.command == "prepare":
             from llmserve.serve import run_prepare

@@ -23,6 +23,7 @@ def _prepare_repository(settings: Settings, output: Path) -> Path:
     options = EngineOptions(
         device=settings.device, dtype=settings.dtype, instance_count=settings.instance_count,
         max_num_seqs=settings.max_num_seqs, kv_cache_blocks=settings.kv_cache_blocks,
+        engine_core=settings.engine_core,
     )  # fmt: skip
     try:
         return prepare(settings.models, settings.home, output, options)

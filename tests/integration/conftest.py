@@ -26,6 +26,15 @@ def stack(repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fast_stack(checkpoint_dir, tmp_path_factory):
+    """The same stack with our engine core (fast_core.py) instead of transformers continuous batching."""
+    repository = prepare_repository(tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast")
+    stack = start_stack(repository, tmp_path_factory.mktemp("logs-fast") / "llmserve.log")
+    yield stack
+    assert stack.stop(signal.SIGTERM) == 0, f"llmserve serve (fast core) did not stop cleanly:\n{stack.log()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
 def client(stack) -> OpenAI:
     return OpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=120)
 

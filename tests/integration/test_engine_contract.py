@@ -23,6 +23,12 @@ def tensor(name, value, datatype):
     return t
 
 
+@pytest.fixture(params=["transformers", "fast"])
+def engine_stack(request):
+    """Each test runs against both engine cores (`--engine-core`), each behind its own real stack."""
+    return request.getfixturevalue("stack" if request.param == "transformers" else "fast_stack")
+
+
 def inputs(prompt=PROMPT, max_tokens=8, **extra):
     tensors = [tensor("text_input", prompt.encode(), "BYTES"), tensor("max_tokens", max_tokens, "INT32"),
                tensor("stream", extra.pop("stream", True), "BOOL")]  # fmt: skip
@@ -69,8 +75,8 @@ def final(responses, name):
     return value.decode() if isinstance(value, bytes) else int(value)
 
 
-async def test_greedy_stream_names_paris_and_reports_counts(stack, tokenizer):
-    responses, error = await run(stack, inputs(max_tokens=12, temperature=0.0))
+async def test_greedy_stream_names_paris_and_reports_counts(engine_stack, tokenizer):
+    responses, error = await run(engine_stack, inputs(max_tokens=12, temperature=0.0))
     assert error is None
     assert "Paris" in text(responses)
     assert len(responses) > 2, "streaming must send several responses"
@@ -78,8 +84,8 @@ async def test_greedy_stream_names_paris_and_reports_counts(stack, tokenizer):
     assert final(responses, "num_input_tokens") == len(tokenizer(PROMPT)["input_ids"])
 
 
-async def test_non_streaming_sends_one_response_with_the_prompt_when_not_excluded(stack):
-    responses, error = await run(stack, inputs(max_tokens=4, temperature=0.0, stream=False,
+async def test_non_streaming_sends_one_response_with_the_prompt_when_not_excluded(engine_stack):
+    responses, error = await run(engine_stack, inputs(max_tokens=4, temperature=0.0, stream=False,
                                                exclude_input_in_output=False))  # fmt: skip
     assert error is None and len(responses) == 1
     assert text(responses).startswith(PROMPT)
@@ -87,16 +93,16 @@ async def test_non_streaming_sends_one_response_with_the_prompt_when_not_exclude
     assert final(responses, "num_output_tokens") == 4
 
 
-async def test_stop_words_trim_the_output(stack):
-    responses, error = await run(stack, inputs(max_tokens=12, temperature=0.0, stop_words=["Paris"]))
+async def test_stop_words_trim_the_output(engine_stack):
+    responses, error = await run(engine_stack, inputs(max_tokens=12, temperature=0.0, stop_words=["Paris"]))
     assert error is None
     assert "Paris" not in text(responses)
     assert text(responses).startswith("The capital of France is")
     assert final(responses, "finish_reason") == "stop"
 
 
-async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(stack):
-    responses, error = await run(stack, inputs(max_tokens=20, min_tokens=20, temperature=0.0))
+async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(engine_stack):
+    responses, error = await run(engine_stack, inputs(max_tokens=20, min_tokens=20, temperature=0.0))
     assert error is None
     assert final(responses, "num_output_tokens") == 20
     assert final(responses, "finish_reason") == "length"
@@ -115,22 +121,23 @@ async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(stack
         ({"max_tokens": 9000}, "context"),
     ],
 )
-async def test_inputs_the_engine_cannot_honour_are_rejected(stack, extra, named):
+async def test_inputs_the_engine_cannot_honour_are_rejected(engine_stack, extra, named):
+    extra = dict(extra)  # the parameter dict is shared by both engine cores' runs
     max_tokens = extra.pop("max_tokens", 8)
-    responses, error = await run(stack, inputs(max_tokens=max_tokens, **extra))
+    responses, error = await run(engine_stack, inputs(max_tokens=max_tokens, **extra))
     assert error is not None and not responses
     assert "invalid request" in error.message() and named in error.message()
 
 
-async def test_cancelled_stream_frees_the_engine(stack):
-    finished_before = stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled")
+async def test_cancelled_stream_frees_the_engine(engine_stack):
+    finished_before = engine_stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled")
     long_story = PROMPT.replace("What is the capital of France?", "Tell a very long story.")
-    responses, error = await run(stack, inputs(prompt=long_story, max_tokens=2000, min_tokens=2000), stop_after=3)
+    responses, error = await run(engine_stack, inputs(prompt=long_story, max_tokens=2000, min_tokens=2000), stop_after=3)
     assert error is None and len(responses) == 3
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        if stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") > finished_before:
+        if engine_stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") > finished_before:
             break
         await asyncio.sleep(0.05)
-    assert stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") == finished_before + 1
-    assert stack.triton_metric("llm_engine_active_requests") == 0
+    assert engine_stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") == finished_before + 1
+    assert engine_stack.triton_metric("llm_engine_active_requests") == 0

@@ -16,7 +16,7 @@ def run(*args, env=None, timeout=60):
 def test_help_lists_the_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    assert "prepare" in result.stdout and "serve" in result.stdout
+    assert "prepare" in result.stdout and "serve" in result.stdout and "bench" in result.stdout
     serve_help = run("serve", "--help")
     assert serve_help.returncode == 0 and "--port" in serve_help.stdout and "--model" in serve_help.stdout
 
@@ -30,6 +30,13 @@ def test_invalid_environment_value_names_the_setting():
 def test_invalid_flag_value_names_the_setting():
     result = run("serve", "--max-num-seqs", "0")
     assert result.returncode == 2 and "max_num_seqs" in result.stderr
+
+
+def test_engine_core_is_checked_as_flag_and_as_variable():
+    flag = run("prepare", "--engine-core", "turbo")
+    assert flag.returncode == 2 and "--engine-core" in flag.stderr and "fast" in flag.stderr
+    variable = run("prepare", env={"LLMSERVE_ENGINE_CORE": "turbo"})
+    assert variable.returncode == 2 and "LLMSERVE_ENGINE_CORE" in variable.stderr
 
 
 def test_public_bind_without_auth_is_refused():

@@ -40,6 +40,11 @@ def rendered(checkpoint_dir, home, tmp_path_factory):
     return out, repository
 
 
+def test_engine_core_is_rendered(checkpoint_dir, home, tmp_path):
+    repository = prepare([f"m={checkpoint_dir}"], home, tmp_path, EngineOptions(engine_core="fast"))
+    assert parse_config(repository / "m" / "config.pbtxt").parameters["engine_core"].string_value == "fast"
+
+
 def parse_config(path):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
@@ -56,6 +61,7 @@ def test_every_model_gets_a_valid_triton_config(rendered):
         assert config.instance_group[0].count == 2
         assert config.parameters["served_model_name"].string_value == name
         assert int(config.parameters["max_model_len"].string_value) == 8192
+        assert config.parameters["engine_core"].string_value == "transformers"  # the default core
         assert (repository / name / "1" / "model.py").is_file()
 
 

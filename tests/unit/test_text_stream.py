@@ -3,12 +3,18 @@
 import pytest
 
 
-@pytest.fixture
-def stream_of(tokenizer, engine_modules):
-    from text_stream import TextStream
+@pytest.fixture(params=["transformers", "rust"])
+def stream_of(tokenizer, engine_modules, request):
+    """Every test runs with the transformers tokenizer and with the Rust one the engines use (fast_decoder)."""
+    from text_stream import TextStream, fast_decoder
+
+    decoder = tokenizer
+    if request.param == "rust":
+        decoder = fast_decoder(tokenizer)
+        assert decoder is tokenizer.backend_tokenizer, "SmolLM2's tokenizer should take the Rust decoding path"
 
     def make(stop=()):
-        return TextStream(tokenizer, stop)
+        return TextStream(decoder, stop)
 
     return make
 

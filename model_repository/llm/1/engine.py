@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
 
-from text_stream import TextStream
+from cancellation import CancellationPoller
+from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.engine")
 
@@ -38,6 +39,25 @@ class Sampling:
     min_tokens: int = 0
     end_id: int | None = None
     stop: tuple[str, ...] = ()
+
+
+def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
+    """Reject what neither engine core can honour (shared by engine.Engine and fast_core.FastEngine)."""
+    if sampling.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1")
+    if not 0 <= sampling.temperature:
+        raise InvalidRequest("temperature must be >= 0")
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidRequest("top_p must be in (0, 1]")
+    if sampling.top_k < 0:
+        raise InvalidRequest("top_k must be >= 0")
+    if 0 < sampling.min_tokens < sampling.max_tokens:
+        raise InvalidRequest(
+            "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
+            "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+        )
+    if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
+        raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
 
 
 @dataclass
@@ -73,6 +93,7 @@ class Engine:
         max_model_len: int | None = None,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+        self._decoder = fast_decoder(self.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(
             checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True
         ).to(device)
@@ -106,6 +127,7 @@ class Engine:
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._cancellations = CancellationPoller()
         # Threads inherit daemon-ness from their creator: starting the generation loop from a daemon thread makes
         # it a daemon too, so the stub process can exit if Triton dies without calling finalize().
         starter = threading.Thread(target=self._manager.start, daemon=True)
@@ -120,21 +142,7 @@ class Engine:
         return len(self._active)
 
     def validate(self, sampling: Sampling) -> None:
-        if sampling.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1")
-        if not 0 <= sampling.temperature:
-            raise InvalidRequest("temperature must be >= 0")
-        if not 0 < sampling.top_p <= 1:
-            raise InvalidRequest("top_p must be in (0, 1]")
-        if sampling.top_k < 0:
-            raise InvalidRequest("top_k must be >= 0")
-        if 0 < sampling.min_tokens < sampling.max_tokens:
-            raise InvalidRequest(
-                "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
-                "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
-            )
-        if sampling.end_id is not None and not 0 <= sampling.end_id < self.vocab_size:
-            raise InvalidRequest(f"end_id must be a token id in [0, {self.vocab_size})")
+        validate_sampling(sampling, self.vocab_size)
 
     def submit(
         self,
@@ -168,7 +176,7 @@ class Engine:
             self._active[request_id] = _Active(
                 sink=sink,
                 is_cancelled=is_cancelled,
-                stream=TextStream(self.tokenizer, sampling.stop),
+                stream=TextStream(self._decoder, sampling.stop),
                 eos_ids=eos_ids,
                 num_input_tokens=len(input_ids),
             )
@@ -239,7 +247,7 @@ class Engine:
     def _poll_cancellations(self) -> None:
         with self._lock:
             active = list(self._active.items())
-        for request_id, request in active:
+        for request_id, request in self._cancellations.due(active):
             if request.is_cancelled():
                 self._manager.cancel_request(request_id)
                 self._finish(request_id, "cancelled")

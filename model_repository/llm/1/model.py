@@ -18,6 +18,10 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(__file__))  # siblings (engine, text_stream) import as top-level modules
 
 from engine import Engine, InvalidRequest, Sampling, Update  # noqa: E402
+from fast_core import FastEngine  # noqa: E402
+from response_queue import ResponseQueue  # noqa: E402
+
+ENGINE_CORES = {"transformers": Engine, "fast": FastEngine}
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -125,7 +129,10 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         if device == "cuda":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        self.engine = Engine(
+        core = params.get("engine_core", "transformers")
+        if core not in ENGINE_CORES:
+            raise pb_utils.TritonModelException(f"engine_core must be one of {sorted(ENGINE_CORES)}, not {core!r}")
+        self.engine = ENGINE_CORES[core](
             checkpoint_dir=params["checkpoint_dir"],
             device=device,
             dtype=params.get("dtype", "float32"),
@@ -133,6 +140,7 @@ class TritonPythonModel:
             kv_cache_blocks=int(params.get("kv_cache_blocks", 0)),
             max_model_len=int(params["max_model_len"]) if params.get("max_model_len") else None,
         )
+        self.responses = ResponseQueue()
         self._labels = labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         # Metric families must outlive their metrics: keep references to both.
         self._active_family = pb_utils.MetricFamily(
@@ -177,7 +185,7 @@ class TritonPythonModel:
                 prefix = "" if exclude_input or stream else prompt
                 writer = _ResponseWriter(sender, stream, prefix, self._count_finished)
                 request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-                self.engine.submit(request_id, prompt, sampling, writer, sender.is_cancelled)
+                self.engine.submit(request_id, prompt, sampling, self.responses.sink_for(writer), sender.is_cancelled)
             except (InvalidRequest, ValueError, TypeError) as exc:
                 error = pb_utils.TritonError(f"invalid request: {exc}")
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
@@ -189,3 +197,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        self.responses.close()

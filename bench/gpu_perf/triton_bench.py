@@ -1,0 +1,102 @@
+"""Served half of the GPU benchmark: `llmserve serve` (Triton + front-end) with our engine core on the checkpoint
+inprocess.py built, then `llmserve bench` against Triton gRPC directly and against the OpenAI endpoint (SSE)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+sys.path.insert(0, ".")
+from build_engines.prepare import EngineOptions, prepare  # noqa: E402
+
+
+def sample_cpu(server_pid: int, client: subprocess.Popen) -> dict:
+    """Mean CPU use of the stack's processes (front-end, tritonserver, python stub) and the clients, while it runs."""
+    totals: dict[str, list[float]] = {}
+    procs: dict[int, psutil.Process] = {}
+    while client.poll() is None:
+        family = [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]
+        family += psutil.Process(client.pid).children(recursive=True)
+        for proc in family:
+            if proc.pid not in procs:
+                procs[proc.pid] = proc
+                proc.cpu_percent(None)  # the first call only starts the measurement
+        time.sleep(1.0)
+        tick: dict[str, float] = {}
+        for pid, proc in list(procs.items()):
+            try:
+                name = "front-end (llmserve serve)" if pid == server_pid else proc.name()[:40]
+                tick[name] = tick.get(name, 0.0) + proc.cpu_percent(None)
+            except psutil.NoSuchProcess:
+                procs.pop(pid)
+        for name, value in tick.items():
+            totals.setdefault(name, []).append(value)
+    # Per process name (the clients summed): mean and peak of 1-second samples, in % of one core.
+    return {name: {"mean": round(sum(v) / len(v), 1), "max": round(max(v), 1)} for name, v in totals.items() if v}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ckpt", default="/tmp/ckpt")
+    parser.add_argument("--levels", default="1,64,256")
+    parser.add_argument("--openai-levels", default="1,64,256")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="serve.log goes here")
+    parser.add_argument("--bench-out", default=None, help="bench JSON + PNG (default: --out)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    home = Path("/tmp/llmhome")
+    options = EngineOptions(device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs, engine_core="fast")
+    repository = prepare([f"gpu={args.ckpt}"], home, home / "build", options)
+    ports = {"port": 8000, "triton-http-port": 8100, "triton-grpc-port": 8101, "triton-metrics-port": 8102}
+    command = [sys.executable, "-m", "llmserve", "serve", "--model-repository", str(repository), "--log-level", "warning",
+               *(f"--{k}={v}" for k, v in ports.items())]  # fmt: skip
+    log = (out / "serve.log").open("w")
+    started = time.monotonic()
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSERVE_HOME": str(home)}
+    )
+    try:
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"llmserve serve exited with {server.returncode}; see serve.log")
+            try:
+                if httpx.get("http://127.0.0.1:8000/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 400:
+                raise SystemExit("the stack was not ready in 400 s")
+            time.sleep(1)
+        print(f"stack ready in {time.monotonic() - started:.0f} s", flush=True)
+        common = ["--model", "gpu", "--input-tokens", str(args.tokens), "--output-tokens", str(args.tokens),
+                  "--processes", str(args.processes), "--out", args.bench_out or str(out)]  # fmt: skip
+        runs = [("triton", "127.0.0.1:8101", args.levels, "triton-fast"),
+                ("openai", "http://127.0.0.1:8000/v1", args.openai_levels, "openai-fast")]  # fmt: skip
+        for target, url, levels, label in runs:
+            bench = [sys.executable, "-m", "llmserve.bench", "--target", target, "--url", url, "--concurrency", levels,
+                     "--label", label, *common]  # fmt: skip
+            print("$", " ".join(bench[1:]), flush=True)
+            client = subprocess.Popen(bench)
+            cpu = sample_cpu(server.pid, client)
+            print(f"CPU use during {label} (% of one core, mean over the run): {cpu}", flush=True)
+            (out / f"cpu-{label}.json").write_text(json.dumps(cpu))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

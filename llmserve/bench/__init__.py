@@ -1,0 +1,1 @@
+"""`llmserve bench`: a load generator for the OpenAI endpoint (SSE) and for Triton gRPC (docs/PERFORMANCE.md)."""

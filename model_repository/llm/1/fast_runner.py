@@ -1,0 +1,182 @@
+"""The GPU half of the fast engine core: a Llama-family forward over a preallocated slot KV cache.
+
+It reuses the transformers model's own modules (embedding, norms, projections, MLP, rotary tables, LM head), so
+weights load the usual way and the arithmetic is transformers' own; what it replaces is the cache and the loop:
+- one KV slot per sequence, preallocated ([slots, kv_heads, slot_len, head_dim] per layer): no allocation per step;
+- batched prefill of several prompts (right-padded, causal), writing straight into their slots;
+- decode of slots [0, B) for B in a set of batch buckets and attention over [0, L) for L in a set of length
+  buckets, each (B, L) captured once in a CUDA graph: one launch per step instead of hundreds of kernels;
+- the next tokens stay on the device (greedy or sampled there) and feed the next step; the host only reads them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested
+
+
+def buckets(limit: int, start: int) -> list[int]:
+    """Powers of two from `start` below `limit`, then `limit` itself."""
+    sizes, size = [], start
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return sizes + [limit]
+
+
+class SlotRunner:
+    def __init__(self, model, num_slots: int, slot_len: int, cuda_graphs: bool = True):
+        arch = (model.config.architectures or [type(model).__name__])[0]
+        if arch not in SUPPORTED_ARCHITECTURES and type(model).__name__ not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"the fast engine core supports {', '.join(SUPPORTED_ARCHITECTURES)}, not {arch}")
+        config = model.config
+        self.model = model
+        self.layers = model.model.layers
+        self.num_slots, self.slot_len = num_slots, slot_len
+        self.device, self.dtype = model.device, model.dtype
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.vocab_size = config.vocab_size
+        shape = (num_slots, self.num_kv_heads, slot_len, self.head_dim)
+        kw = {"device": self.device, "dtype": self.dtype}
+        self.k_cache = [torch.zeros(shape, **kw) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, **kw) for _ in self.layers]
+        positions = torch.arange(slot_len, device=self.device)
+        cos, sin = model.model.rotary_emb(torch.zeros(1, **kw), positions[None])
+        self.cos, self.sin = cos[0], sin[0]  # [slot_len, head_dim], transformers' own rotary tables
+        self.arange = positions
+        self.slot_ids = torch.arange(num_slots, device=self.device)
+        # Per-slot state on the device; a step reads and updates it without the host.
+        long = {"device": self.device, "dtype": torch.long}
+        self.tokens = torch.zeros(num_slots, **long)  # the token each slot feeds into its next step
+        self.positions = torch.zeros(num_slots, **long)  # where that token goes in the slot's cache
+        self.active = torch.zeros(num_slots, **long)  # 1 for a slot in use: only those advance
+        self.temperature = torch.ones(num_slots, device=self.device)
+        self.top_k = torch.full((num_slots,), self.vocab_size, **long)
+        self.top_p = torch.ones(num_slots, device=self.device)
+        self.greedy = torch.ones(num_slots, device=self.device, dtype=torch.bool)
+        self.logits = torch.zeros(num_slots, self.vocab_size, device=self.device)
+        self.batch_buckets = buckets(num_slots, 1)
+        self.length_buckets = buckets(slot_len, 128)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        if cuda_graphs and self.device.type == "cuda":
+            self._capture_graphs()
+
+    # ------------------------------------------------------------------ prefill
+    @torch.inference_mode()
+    def prefill(self, slots: list[int], prompts: list[list[int]], params: list[tuple[float, int, float, bool]]):
+        """Run the prompts into their slots; return each one's first generated token (a host list)."""
+        n, width = len(prompts), max(map(len, prompts))
+        ids = torch.zeros(n, width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt)
+        ids = ids.to(self.device, non_blocking=True)
+        slot_index = torch.tensor(slots, device=self.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.cos[:width][None], self.sin[:width][None]
+        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(n, width, self.num_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(n, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(n, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k_cache[slot_index, :, :width] = k
+            v_cache[slot_index, :, :width] = v
+            # Right padding: real tokens come first, so the causal mask alone keeps pads out of their attention.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(n, width, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = x[torch.arange(n, device=self.device), lengths - 1]
+        logits = self.model.lm_head(self.model.model.norm(last)).float()
+        temperature, top_k, top_p, greedy = (torch.tensor(c, device=self.device) for c in zip(*params, strict=True))
+        self.temperature[slot_index], self.top_k[slot_index] = temperature.float(), top_k.long()
+        self.top_p[slot_index], self.greedy[slot_index] = top_p.float(), greedy.bool()
+        first = self._sample(logits, slot_index, any_sampling=not all(p[3] for p in params))
+        self.tokens[slot_index] = first
+        self.positions[slot_index] = lengths
+        self.active[slot_index] = 1
+        return first.tolist()
+
+    def release(self, slot: int) -> None:
+        self.active[slot] = 0
+        self.positions[slot] = 0
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, batch: int, length: int, any_sampling: bool) -> torch.Tensor:
+        """One step for slots [0, batch) attending over [0, length); returns the new tokens (on the device)."""
+        batch = next(b for b in self.batch_buckets if b >= batch)
+        length = next(n for n in self.length_buckets if n >= length)
+        with torch.inference_mode():
+            graph = self.graphs.get((batch, length))
+            if graph is not None:
+                graph.replay()
+            else:
+                self._decode_logits(batch, length)
+            new = self._sample(self.logits[:batch], self.slot_ids[:batch], any_sampling)
+            active = self.active[:batch]
+            self.tokens[:batch] = torch.where(active.bool(), new, self.tokens[:batch])
+            self.positions[:batch] += active
+        return new
+
+    def _decode_logits(self, batch: int, length: int) -> None:
+        tokens, positions = self.tokens[:batch], self.positions[:batch]
+        rows = self.slot_ids[:batch]
+        x = self.model.model.embed_tokens(tokens)[:, None]  # [B, 1, D]
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        mask = (self.arange[:length][None] <= positions[:, None])[:, None, None]  # [B, 1, 1, L]
+        group = self.num_heads // self.num_kv_heads
+        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k_cache[rows, :, positions] = k[:, :, 0]
+            v_cache[rows, :, positions] = v[:, :, 0]
+            # Grouped-query attention without copying K/V: a KV head's query heads act as its query positions.
+            q = q.reshape(batch, self.num_kv_heads, group, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                q, k_cache[:batch, :, :length], v_cache[:batch, :, :length], attn_mask=mask, scale=attn.scaling
+            )
+            x = x + attn.o_proj(out.reshape(batch, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.logits[:batch] = self.model.lm_head(self.model.model.norm(x[:, 0])).float()
+
+    def _capture_graphs(self) -> None:
+        pool = torch.cuda.graph_pool_handle()
+        with torch.inference_mode():
+            for batch in reversed(self.batch_buckets):  # largest first: the smaller ones reuse its memory
+                for length in reversed(self.length_buckets):
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        self._decode_logits(batch, length)  # warm-up outside the graph (lazy initialisation)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._decode_logits(batch, length)
+                    self.graphs[(batch, length)] = graph
+        torch.cuda.synchronize()
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, logits: torch.Tensor, slots: torch.Tensor, any_sampling: bool) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1)
+        if not any_sampling:
+            return greedy
+        temperature = self.temperature[slots].clamp_min(1e-5)[:, None]
+        ordered, order = (logits / temperature).sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
+        ranks = torch.arange(logits.shape[-1], device=logits.device)[None]
+        keep = (ranks < self.top_k[slots][:, None]) & (before < self.top_p[slots][:, None])
+        probs = probs.masked_fill(~keep, 0.0)
+        choice = torch.multinomial(probs, 1)
+        sampled = order.gather(1, choice)[:, 0]
+        return torch.where(self.greedy[slots], greedy, sampled)

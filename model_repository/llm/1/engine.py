@@ -60,6 +60,24 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
 
 
+def tokenize_prompt(
+    tokenizer, prompt: str, sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
+) -> tuple[list[int], frozenset[int]]:
+    """(prompt token ids, the ids that end this request) — the same for both engine cores. No end ids when
+    min_tokens >= max_tokens: exactly max_tokens tokens are generated (benchmarks)."""
+    input_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not input_ids:
+        raise InvalidRequest("text_input is empty after tokenization")
+    if len(input_ids) + sampling.max_tokens > max_model_len:
+        raise InvalidRequest(
+            f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context of "
+            f"{max_model_len} tokens this engine holds per sequence"
+        )
+    if sampling.min_tokens >= sampling.max_tokens:
+        return input_ids, frozenset()
+    return input_ids, frozenset([sampling.end_id]) if sampling.end_id is not None else default_eos_ids
+
+
 @dataclass
 class Update:
     """What the engine reports to a request's sink: a text delta, and on the last update the outcome."""
@@ -157,18 +175,7 @@ class Engine:
         if failure is not None:
             raise RuntimeError(f"the generation loop has failed ({failure}); the model must be reloaded")
         self.validate(sampling)
-        input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if not input_ids:
-            raise InvalidRequest("text_input is empty after tokenization")
-        if len(input_ids) + sampling.max_tokens > self.max_model_len:
-            raise InvalidRequest(
-                f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the model's "
-                f"context of {self.max_model_len} tokens"
-            )
-        ignore_eos = sampling.min_tokens >= sampling.max_tokens
-        eos_ids = frozenset() if ignore_eos else (
-            frozenset([sampling.end_id]) if sampling.end_id is not None else self.default_eos_ids
-        )  # fmt: skip
+        input_ids, eos_ids = tokenize_prompt(self.tokenizer, prompt, sampling, self.max_model_len, self.default_eos_ids)
         greedy = sampling.temperature == 0 or sampling.top_k == 1
         with self._lock:
             if request_id in self._active:

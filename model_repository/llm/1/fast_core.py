@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
-from engine import InvalidRequest, Sampling, Update, validate_sampling
+from engine import InvalidRequest, Sampling, Update, tokenize_prompt, validate_sampling
 from fast_runner import SlotRunner
 from text_stream import TextStream, fast_decoder
 
@@ -103,18 +103,7 @@ class FastEngine:
         if self._failure is not None:
             raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
         self.validate(sampling)
-        input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if not input_ids:
-            raise InvalidRequest("text_input is empty after tokenization")
-        if len(input_ids) + sampling.max_tokens > self.max_model_len:
-            raise InvalidRequest(
-                f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context of "
-                f"{self.max_model_len} tokens this engine holds per sequence (max_model_len, kv_cache_blocks)"
-            )
-        ignore_eos = sampling.min_tokens >= sampling.max_tokens
-        eos_ids = frozenset() if ignore_eos else (
-            frozenset([sampling.end_id]) if sampling.end_id is not None else self.default_eos_ids
-        )  # fmt: skip
+        input_ids, eos_ids = tokenize_prompt(self.tokenizer, prompt, sampling, self.max_model_len, self.default_eos_ids)
         sequence = _Sequence(request_id, input_ids, sampling, sink, is_cancelled,
                              TextStream(self._decoder, sampling.stop), eos_ids)  # fmt: skip
         with self._lock:

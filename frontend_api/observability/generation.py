@@ -39,6 +39,7 @@ class GenerationTimer:
         self.failed = False
         if self.metrics:
             self.metrics.in_flight.labels(model).inc()
+            self.inter_token_latency = self.metrics.inter_token_latency.labels(model)  # looked up once, used per token
 
     async def watch(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
         """`chunks`, observed. Closing the result closes `chunks` and records the generation."""
@@ -76,9 +77,8 @@ class GenerationTimer:
         elif self.metrics:
             # A chunk carrying n tokens after a gap g counts as n tokens g/n apart.
             gap = (now - self.last_token_at) / new
-            histogram = self.metrics.inter_token_latency.labels(self.model)
             for _ in range(new):
-                histogram.observe(gap)
+                self.inter_token_latency.observe(gap)
         self.last_token_at = now
 
     @property

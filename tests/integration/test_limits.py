@@ -6,6 +6,7 @@ With auth off the budget is per client address, so tests call from distinct loop
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ import openai
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from stack import BIN, MODEL, Server, free_port
 
@@ -295,3 +297,22 @@ def test_per_key_limits_from_keys_create(start_frontend_with, tmp_path):
     for _ in range(3):
         assert chat(http, server, roomy).status_code == 200  # no --rpm and no default: unlimited
     error_of(chat(http, server), 401, "missing_api_key")
+
+
+async def test_websocket_chats_spend_the_same_budget(start_frontend_with):
+    """The WebSocket chat goes through the same admission as HTTP: over the limit, an error frame, and the
+    connection stays usable."""
+    server = start_frontend_with({"LLMSERVE_RATE_LIMIT_RPM": "1"})
+    async with connect(server.ws_url) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        frames = []
+        for _ in range(2):
+            await ws.send(json.dumps({"type": "chat", "content": "Hi", "settings": {"max_tokens": 1}}))
+            while (frame := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] not in ("done", "error"):
+                pass
+            frames.append(frame)
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv()) == {"type": "pong"}
+    assert frames[0]["type"] == "done"
+    assert (frames[1]["type"], frames[1]["code"]) == ("error", "rate_limit_exceeded")
+    assert "1 requests per minute" in frames[1]["message"]

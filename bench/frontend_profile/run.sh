@@ -39,3 +39,7 @@ spy=$!
   --output-tokens "$TOKENS" --label openai-sse --out "$OUT"
 kill -INT "$spy"; wait "$spy" || true
 "$BIN/python" bench/frontend_profile/summarize.py "$OUT/frontend.pyspy.txt" | tee "$OUT/frontend-profile.txt"
+"$BIN/python" -c 'import json, sys; from pathlib import Path; from llmserve.bench.report import plot
+out = Path(sys.argv[1]); reports = [json.loads((out / f"{n}.json").read_text()) for n in ("triton-direct", "openai-sse")]
+plot(reports, out / "side-by-side.png", "load source: Triton gRPC direct vs OpenAI SSE through the front-end")' "$OUT"
+echo ">> wrote $OUT (side-by-side.png, *.json, frontend-profile.txt)"

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_ENV = "LLMSERVE_CONFIG"
+SETTINGS_JSON_ENV = "LLMSERVE_SETTINGS_JSON"  # the launcher's effective settings, handed to its worker processes
 SECRET_FIELDS = ("database_url", "redis_url")  # masked by `llmserve config show`
 
 
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
         False, description="Serve on a non-loopback address although authentication is off."
     )
     cors_origins: list[str] = Field([], description="Origins allowed by CORS; empty (the default) allows none.")
+    workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
@@ -147,6 +149,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
+        if self.workers > 1 and (self.rate_limit_rpm or self.rate_limit_tpm) and not self.redis_url:
+            raise ValueError("workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
+                             "would otherwise keep a budget of its own")  # fmt: skip
         if self.default_max_tokens and self.max_tokens_limit and self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
                              f"({self.max_tokens_limit})")  # fmt: skip
@@ -201,4 +206,9 @@ def public_view(settings: Settings) -> dict[str, Any]:
 
 
 def get_settings() -> Settings:
+    """What `create_app()` uses without arguments: the settings a launcher handed down to its worker processes,
+    else the configuration sources as usual."""
+    handed_down = os.environ.get(SETTINGS_JSON_ENV)
+    if handed_down:
+        return Settings.model_validate_json(handed_down)
     return load_settings()

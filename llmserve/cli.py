@@ -19,7 +19,7 @@ MODEL_FLAGS = {
     "engine_core": "engine_core",
 }  # fmt: skip
 SERVE_FLAGS = {
-    "host": "host", "port": "port", "model_repository": "model_repository", "auth": "auth",
+    "host": "host", "port": "port", "workers": "workers", "model_repository": "model_repository", "auth": "auth",
     "triton_http_port": "triton_http_port", "triton_grpc_port": "triton_grpc_port",
     "triton_metrics_port": "triton_metrics_port",
     "allow_unauthenticated_public_bind": "allow_unauthenticated_public_bind", "log_level": "log_level",
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(serve)
     serve.add_argument("--host", help="front-end address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
+    serve.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see README)")
     serve.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
     serve.add_argument("--model-repository", help="serve this rendered repository as is (skips prepare)")
     serve.add_argument("--triton-http-port", type=int, help="internal Triton HTTP port (default 8100)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import threading
 import time
@@ -111,6 +113,9 @@ def _serve_api(settings: Settings, started: float) -> bool:
     """Run the front-end until it is stopped; False if it never started."""
     import uvicorn
 
+    if settings.workers > 1:
+        return _serve_workers(settings, started)
+
     from frontend_api.app import create_app
 
     config = uvicorn.Config(
@@ -119,15 +124,59 @@ def _serve_api(settings: Settings, started: float) -> bool:
         log_config=None, access_log=False,  # create_app set up logging; its middleware writes the access lines
     )  # fmt: skip
     server = uvicorn.Server(config)
-    base = f"http://{settings.host}:{settings.port}/v1"
 
     def announce():
         while not server.started and not server.should_exit:
             time.sleep(0.1)
         if server.started:
-            say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {base}  "
-                f"(e.g. OpenAI(base_url='{base}', api_key='none'); curl {base}/models). Ctrl-C stops.")  # fmt: skip
+            _announce_ready(settings, started)
 
     threading.Thread(target=announce, daemon=True).start()
     server.run()
     return server.started
+
+
+def _announce_ready(settings: Settings, started: float) -> None:
+    base = f"http://{settings.host}:{settings.port}/v1"
+    say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {base}  "
+        f"(e.g. OpenAI(base_url='{base}', api_key='none'); curl {base}/models). Ctrl-C stops.")  # fmt: skip
+
+
+def _serve_workers(settings: Settings, started: float) -> bool:
+    """N uvicorn worker processes on one socket, each building the app from the settings handed down in the
+    environment; their Prometheus values meet in a shared folder, so any worker's /metrics shows the sum."""
+    import tempfile
+    import urllib.request
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from frontend_api.settings import SETTINGS_JSON_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="llmserve-metrics-")
+    os.environ[SETTINGS_JSON_ENV] = settings.model_dump_json()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    config = uvicorn.Config(
+        "frontend_api.app:create_app", factory=True, workers=settings.workers, host=settings.host,
+        port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30, server_header=False,
+        log_config=None, access_log=False,
+    )  # fmt: skip
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "localhost") else settings.host
+    ready_url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/health"
+
+    def announce():
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(ready_url, timeout=1):
+                    _announce_ready(settings, started)
+                    return
+            except OSError:
+                time.sleep(0.1)
+
+    say(f"starting {settings.workers} front-end worker processes")
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return True

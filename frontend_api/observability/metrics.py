@@ -7,7 +7,9 @@ the served ids, key names are the names of API keys (never the keys) or "anonymo
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 # Generation latencies span milliseconds (GPU decode) to minutes (long CPU generations).
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160)
@@ -26,10 +28,10 @@ class Metrics:
                                        "Time from request arrival to the end of the response (streams included).",
                                        ["method", "route"], buckets=HTTP_BUCKETS, registry=registry)  # fmt: skip
         self.websocket_connections = Gauge("llmserve_websocket_connections", "Open (accepted) WebSocket connections.",
-                                           registry=registry)  # fmt: skip
+                                           registry=registry, multiprocess_mode="livesum")  # fmt: skip
         # Generations, recorded by GenerationTimer
         self.in_flight = Gauge("llmserve_generations_in_flight", "Generations sent to the engine and not yet over.",
-                               ["model"], registry=registry)  # fmt: skip
+                               ["model"], registry=registry, multiprocess_mode="livesum")  # fmt: skip
         self.generations = Counter("llmserve_generations", "Generations by outcome: stop, length, cancelled, error.",
                                    ["model", "key_name", "finish_reason"], registry=registry)  # fmt: skip
         self.time_to_first_token = Histogram("llmserve_time_to_first_token_seconds",
@@ -49,7 +51,16 @@ class Metrics:
         self.rate_limited_requests = Counter("llmserve_rate_limited", "Requests refused by a limit (429/503).",
                                              ["key_name", "limit"], registry=registry)  # fmt: skip
         self.sessions_stored = Gauge("llmserve_sessions_stored", "Chat sessions in the database (read at scrape time).",
-                                     registry=registry)  # fmt: skip
+                                     registry=registry, multiprocess_mode="mostrecent")  # fmt: skip
+
+    def exposition(self) -> bytes:
+        """The text format. With several worker processes (PROMETHEUS_MULTIPROC_DIR set by the launcher) every
+        process writes its values to files there, and a scrape of any one of them sums them all."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
     def rate_limited(self, key_name: str, limit: str) -> None:
         """Count a refusal; `limit` names the limit crossed: rpm, tpm, streams or in_flight."""

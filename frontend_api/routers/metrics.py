@@ -4,7 +4,7 @@ let the ingress restrict it; it exposes key names and counts, never keys or cont
 import logging
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from frontend_api.observability.metrics import Metrics
 from frontend_api.storage.database import DatabaseUnavailable
@@ -23,4 +23,4 @@ async def metrics(request: Request) -> Response:
             registry.sessions_stored.set(await SessionStore(database).count())
         except DatabaseUnavailable:
             logger.warning("cannot count stored sessions: the database is unavailable (the gauge keeps its value)")
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,9 @@ import subprocess
 import time
 
 import httpx
+import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stack import BIN, MODEL, free_port, prepare_repository, start_stack
 
@@ -60,3 +62,27 @@ def test_a_taken_port_is_reported_before_starting_triton(repository, flag, moved
     assert result.returncode == 1
     assert f"port {taken}" in result.stdout and "taken" in result.stdout and moved_by in result.stdout
     assert "starting" not in result.stdout  # Triton was never started
+
+
+def test_worker_processes_share_the_port_and_their_metrics(repository, tmp_path):
+    """`--workers 2` (here LLMSERVE_WORKERS): two front-end processes answer on one port, any one's /metrics
+    counts what both did, and SIGTERM still stops everything cleanly."""
+    stack = start_stack(repository, tmp_path / "llmserve.log", env={"LLMSERVE_WORKERS": "2"})
+    try:
+        workers = [p for p in psutil.Process(stack.process.pid).children()
+                   if "spawn_main" in " ".join(p.cmdline())]  # fmt: skip
+        assert len(workers) == 2
+        with httpx.Client(timeout=60) as http:
+            for _ in range(6):
+                reply = http.post(f"{stack.api_url}/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+                assert reply.status_code == 200
+            for _ in range(4):  # whichever worker answers the scrape, it shows the six generations
+                text = http.get(f"{stack.base_url}/metrics").text
+                generations = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                                  if s.name == "llmserve_generations_total")  # fmt: skip
+                assert generations == 6
+    finally:
+        code = stack.stop(signal.SIGTERM)
+    assert code == 0, stack.log()[-3000:]
+    assert "stopped (tritonserver exit code 0)" in stack.log()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)

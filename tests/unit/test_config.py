@@ -83,3 +83,10 @@ def test_mask_url_hides_only_the_password():
 )  # fmt: skip
 def test_only_loopback_without_auth(fields, refused):
     assert (bind_refusal(Settings(**fields)) is not None) == refused
+
+
+def test_worker_processes_with_rate_limits_need_redis():
+    with pytest.raises(ValueError, match="needs redis_url"):
+        Settings(workers=2, rate_limit_rpm=10)
+    assert Settings(workers=2, rate_limit_rpm=10, redis_url="redis://127.0.0.1:6379/0").workers == 2
+    assert Settings(workers=4).workers == 4  # no rate limits: nothing to share

@@ -37,6 +37,7 @@ serve() {  # $1 = workers
 bench() {  # $1 = target, $2 = url, $3 = label
   python -m llmserve bench --target "$1" --url "$2" --model "$MODEL" --concurrency "$CONCURRENCY" \
     --output-tokens "$TOKENS" --processes "$PROCESSES" --label "$3" --out "$OUT" 2>&1 | grep -v "req/s\]"
+  rm -f "$OUT/$3.png"  # the side-by-side plot below has them all
 }
 serve 1 || exit 1
 bench triton 127.0.0.1:8101 triton-direct

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine of the device tool (many cores; carry .whl2 and .gpu, see README in this folder's run.sh):
+# On a GPU machine of the device tool (many cores; carry .whl2 and .gpu, built by make_bundle.sh in this folder):
 # the front-end measured alone against the LOAD SOURCE, with 1 and $WORKERS front-end processes, side by side
 # with Triton gRPC direct. No GPU work happens: the load source replaces the engine. Results under $OUT.
 set -uo pipefail

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if app.state.engine is None:
             from frontend_api.engine.triton import TritonEngine  # needs the running loop for its gRPC channel
 
-            owned = app.state.engine = TritonEngine(settings.triton_grpc_url, channels=settings.triton_grpc_channels)
+            owned = app.state.engine = TritonEngine(settings.triton_grpc_url)
             logger.info("inference server at %s (gRPC)", settings.triton_grpc_url)
         try:
             yield

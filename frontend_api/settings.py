@@ -50,7 +50,6 @@ class Settings(BaseSettings):
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str | None = Field(None, description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
-    triton_grpc_channels: int = Field(1, ge=1, le=64, description="gRPC connections to Triton per front-end process.")
     triton_http_port: int = Field(8100, ge=1, le=65535)
     triton_grpc_port: int = Field(8101, ge=1, le=65535)
     triton_metrics_port: int = Field(8102, ge=1, le=65535)

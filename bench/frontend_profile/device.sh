@@ -50,13 +50,6 @@ kill -TERM $SERVE; wait $SERVE
 serve "$WORKERS" || exit 1
 bench openai http://127.0.0.1:8000/v1 "openai-sse-$WORKERS-workers"
 kill -TERM $SERVE; wait $SERVE
-if [[ -n ${CHANNELS:-} ]]; then  # gRPC connections to Triton per front-end process (LLMSERVE_TRITON_GRPC_CHANNELS)
-  for w in 1 "$WORKERS"; do
-    LLMSERVE_TRITON_GRPC_CHANNELS=$CHANNELS serve "$w" || exit 1
-    bench openai http://127.0.0.1:8000/v1 "openai-sse-$w-workers-$CHANNELS-channels"
-    kill -TERM $SERVE; wait $SERVE
-  done
-fi
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

@@ -7,7 +7,6 @@ are decoupled and answer with several responses, the last one flagged `triton_fi
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferResult
+from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
 from frontend_api.engine.protocol import EngineError, EngineModel, EngineUnavailable, GenerationChunk, GenerationRequest
@@ -150,14 +149,8 @@ def engine_model_from_config(name: str, config: dict[str, Any]) -> EngineModel |
 class TritonEngine:
     """Create inside the running event loop (the gRPC aio channel binds to it); one per app."""
 
-    def __init__(self, url: str, *, channels: int = 1, rpc_timeout_s: float = 5.0, models_ttl_s: float = 2.0):
-        # Generation streams are spread over `channels` gRPC channels, each on a TCP connection of its own (a local
-        # subchannel pool), instead of all being multiplexed on one HTTP/2 connection.
-        options = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-                   ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE), ("grpc.use_local_subchannel_pool", 1)]  # fmt: skip
-        self._stream_clients = [grpcclient.InferenceServerClient(url, channel_args=options) for _ in range(channels)]
-        self._next_stream_client = itertools.cycle(self._stream_clients)
-        self._client = self._stream_clients[0]
+    def __init__(self, url: str, *, rpc_timeout_s: float = 5.0, models_ttl_s: float = 2.0):
+        self._client = grpcclient.InferenceServerClient(url)
         self._rpc_timeout_s = rpc_timeout_s
         self._models_ttl_s = models_ttl_s
         self._models: list[EngineModel] | None = None
@@ -215,7 +208,7 @@ class TritonEngine:
             # One request, then half-close: Triton ends the stream once that request's responses are all sent.
             yield payload
 
-        responses = next(self._next_stream_client).stream_infer(inputs_iterator=requests())
+        responses = self._client.stream_infer(inputs_iterator=requests())
         try:
             while True:
                 try:
@@ -246,5 +239,4 @@ class TritonEngine:
             pass
 
     async def close(self) -> None:
-        for client in self._stream_clients:
-            await client.close()
+        await self._client.close()

@@ -60,6 +60,15 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
 
 
+def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
+    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids) for both cores."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model = model.to(device).eval()
+    eos = model.generation_config.eos_token_id or model.config.eos_token_id
+    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+
 def tokenize_prompt(
     tokenizer, prompt: str, sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
 ) -> tuple[list[int], frozenset[int]]:
@@ -110,17 +119,10 @@ class Engine:
         kv_cache_blocks: int = 0,
         max_model_len: int | None = None,
     ):
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
-        self._decoder = fast_decoder(self.tokenizer)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True
-        ).to(device)
-        self.model.eval()
+        self.tokenizer, self._decoder, self.model, self.default_eos_ids = load_checkpoint(checkpoint_dir, device, dtype)
         config = self.model.config
         self.vocab_size = config.vocab_size
         self.max_model_len = max_model_len or config.max_position_embeddings
-        eos = self.model.generation_config.eos_token_id or config.eos_token_id
-        self.default_eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
         # Sampling processors exist only if the generation config asks for them at creation time; we create them
         # with placeholder values and pass every request's own values (per_request_processors).

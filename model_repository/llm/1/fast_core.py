@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
-from engine import InvalidRequest, Sampling, Update, tokenize_prompt, validate_sampling
+from engine import InvalidRequest, Sampling, Update, load_checkpoint, tokenize_prompt, validate_sampling
 from fast_runner import SlotRunner
-from text_stream import TextStream, fast_decoder
+from text_stream import TextStream
 
 log = logging.getLogger("llm.fast_core")
 
@@ -63,17 +62,12 @@ class FastEngine:
         max_prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
     ):
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
-        self._decoder = fast_decoder(self.tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
-        model = model.to(device).eval()
+        self.tokenizer, self._decoder, model, self.default_eos_ids = load_checkpoint(checkpoint_dir, device, dtype)
         config = model.config
         self.vocab_size = config.vocab_size
         context = max_model_len or config.max_position_embeddings
         slot_len = kv_cache_blocks * BLOCK // max_num_seqs if kv_cache_blocks else min(context, DEFAULT_SLOT_LEN)
         self.max_model_len = min(context, slot_len - 1)  # the host lags a step: one spare position per slot
-        eos = model.generation_config.eos_token_id or config.eos_token_id
-        self.default_eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self.runner = SlotRunner(model, max_num_seqs, slot_len, cuda_graphs=cuda_graphs)
         self.max_prefill_tokens = max_prefill_tokens
         self._free_slots = list(range(max_num_seqs))

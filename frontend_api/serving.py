@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -181,7 +181,7 @@ class OpenAIServing:
         admission = await self.admit(prepared)
         timer = prepared.timer = GenerationTimer(prepared.model.id, self.principal.name,
                                                  prepared.engine_request.params.max_tokens, prepared.prompt_tokens)
-        stream = EngineStream(None, timer.watch(self.engine.generate(prepared.engine_request)), admission)
+        stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
         try:
             await stream.receive_first()
         except BaseException:
@@ -232,14 +232,12 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
 
 
 class EngineStream:
-    """The engine's chunks, the first one already received. Always closed (`async with aclosing(...)`): closing
-    it closes the engine generator, which cancels the request in the engine, and finishes the admission
-    (frees the generation's slots and charges its completion tokens)."""
+    """The engine's chunks (`receive_first()` waits for the first one). Always closed (`async with aclosing(...)`,
+    or by the EventStream of a response): closing it closes the engine generator, which cancels the request in
+    the engine, and finishes the admission (frees the generation's slots and charges its completion tokens)."""
 
-    def __init__(
-        self, first: GenerationChunk | None, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None
-    ):
-        self._first = first
+    def __init__(self, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None):
+        self._first: GenerationChunk | None = None
         self._rest = rest
         self._admission = admission
         self.num_output_tokens = 0  # the engine's count so far (it reports it on every response)
@@ -272,8 +270,29 @@ class EngineStream:
             if self._admission is not None:
                 await self._admission.finish(self.num_output_tokens)
 
-    def __del__(self) -> None:
-        # Safety net: a streaming response whose body generator never started (the client left first) drops
-        # this stream unclosed. Free its slots now; the engine generator is closed by asyncio's finalizer.
-        if self._admission is not None:
-            self._admission.release_slots()
+
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class EventStream:
+    """A streaming response body: the SSE events, plus what must be closed with them. Closing a generator that
+    never started runs none of its cleanup (the client can leave before the body is read), so `aclose` also
+    closes `resource` (the engine stream, or a chat run that stores its turn); both closes are idempotent."""
+
+    def __init__(self, events: AsyncGenerator[str, None], resource: Closeable):
+        self._events = events
+        self._resource = resource
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            await self._resource.aclose()
+

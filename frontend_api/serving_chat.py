@@ -20,7 +20,7 @@ from frontend_api.protocol import (
     DeltaMessage,
     Usage,
 )
-from frontend_api.serving import SSE_DONE, EngineStream, OpenAIServing, Prepared, Tally, sse_event
+from frontend_api.serving import SSE_DONE, EngineStream, EventStream, OpenAIServing, Prepared, Tally, sse_event
 from frontend_api.session_chat import SessionTurn, open_turn, reply_reserve
 from frontend_api.settings import Settings
 from frontend_api.storage.sessions import SessionStore
@@ -61,6 +61,12 @@ class ChatRun:
             if self.turn is not None:
                 await self.turn.record(self.tally.text, ended, self.usage)
 
+    async def aclose(self) -> None:
+        """Close a run whose `deltas()` may never have started: cancel the engine request, store the turn."""
+        await self.chunks.aclose()
+        if self.turn is not None:
+            await self.turn.record(self.tally.text, self.finish_reason or "cancelled", self.usage)
+
     async def text(self) -> str:
         async with aclosing(self.deltas()) as deltas:
             return "".join([delta async for delta in deltas])
@@ -98,7 +104,7 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
         run = await self.start_chat(request)
         if request.stream:
-            return self._stream(request, run)
+            return EventStream(self._stream(request, run), run)
         text = await run.text()
         assert run.finish_reason is not None and run.usage is not None
         choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=run.finish_reason)

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from frontend_api.engine.protocol import EngineError
 from frontend_api.errors import engine_error_body
 from frontend_api.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest, Usage
-from frontend_api.serving import SSE_DONE, EngineStream, OpenAIServing, Prepared, Tally, sse_event
+from frontend_api.serving import SSE_DONE, EngineStream, EventStream, OpenAIServing, Prepared, Tally, sse_event
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -18,7 +18,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prepared = await self.prepare(request, model, request.prompt, request.max_tokens, names, id_prefix="cmpl")
         chunks = await self.start(prepared)
         if request.stream:
-            return self._stream(request, prepared, chunks)
+            return EventStream(self._stream(request, prepared, chunks), chunks)
         tally = await self.collect(chunks)
         reason, usage = await self.finish(prepared, tally)
         return self._completion(request, prepared, [CompletionChoice(text=tally.text, finish_reason=reason)], usage)

@@ -5,7 +5,6 @@ per-process slot counters, and their release however a generation ends. The engi
 from __future__ import annotations
 
 import asyncio
-import gc
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -18,7 +17,7 @@ from frontend_api.auth import Principal
 from frontend_api.engine.protocol import EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
 from frontend_api.limits import Limiter, seconds_until_room
-from frontend_api.serving import EngineStream
+from frontend_api.serving import EngineStream, EventStream
 from frontend_api.settings import Settings
 
 from stack import free_port
@@ -203,7 +202,7 @@ async def test_engine_stream_releases_once_on_completion_error_and_cancellation(
                 pass
 
     async def open_stream(**behaviour) -> EngineStream:
-        stream = EngineStream(None, fake_engine([chunk("a", 1), chunk("b", 2)], **behaviour),
+        stream = EngineStream(fake_engine([chunk("a", 1), chunk("b", 2)], **behaviour),
                               await limiter.admit(caller, 10))  # fmt: skip
         await stream.receive_first()
         return stream
@@ -230,12 +229,10 @@ async def response_body(stream: EngineStream) -> AsyncIterator[str]:
 
 async def test_a_response_body_closed_before_it_started_frees_the_slot():
     """The client leaves before the streaming response reads its body: closing a generator that never started
-    does not run its `finally`, so the stream is dropped unclosed."""
+    does not run its `finally`, so the response's EventStream closes the engine stream itself."""
     limiter = Limiter(settings())
-    stream = EngineStream(None, fake_engine([chunk("a", 1)]), await limiter.admit(key(max_streams=1), 1))
-    body = response_body(stream)
+    stream = EngineStream(fake_engine([chunk("a", 1)]), await limiter.admit(key(max_streams=1), 1))
+    body = EventStream(response_body(stream), stream)
     assert limiter.in_flight == 1
     await body.aclose()
-    del body, stream
-    gc.collect()
     assert limiter.in_flight == 0 and not limiter.streams

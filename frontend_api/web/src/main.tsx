@@ -1,0 +1,8 @@
+import "highlight.js/styles/github.css";
+import "./style.css";
+
+import { render } from "preact";
+
+import { App } from "./App";
+
+render(<App />, document.getElementById("app")!);

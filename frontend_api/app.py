@@ -3,6 +3,7 @@ environment (`LLMSERVE_*`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,18 +13,20 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from frontend_api.auth import authenticate
+from frontend_api.draining import Drain, DrainMiddleware
 from frontend_api.engine.protocol import Engine
 from frontend_api.errors import install_error_handlers
 from frontend_api.limits import Limiter
-from frontend_api.middleware import BodySizeLimitMiddleware
+from frontend_api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
 from frontend_api.observability.system import SystemProbe
 from frontend_api.routers import chat, chat_ws, completions, health, metrics, models, sessions, system
 from frontend_api.settings import Settings, get_settings
-from frontend_api.storage.database import Database
+from frontend_api.storage.database import Database, DatabaseUnavailable
 from frontend_api.tokenization import Tokenizers
+from frontend_api.web_ui import mount_web_ui
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = app.state.database = Database(settings.database_url)
-        await database.migrate()
-        limiter = app.state.limiter = Limiter(settings, on_refused=app.state.metrics.rate_limited)
+        migrating: asyncio.Task[None] | None = None
+        try:
+            await database.migrate()
+        except DatabaseUnavailable as exc:  # serve stateless chat meanwhile; sessions and keys answer 503
+            logger.error("the database is unavailable at start-up (%s); session routes and API-key lookups answer "
+                         "503 until it is reachable, tried again every few seconds", exc)  # fmt: skip
+            migrating = asyncio.create_task(database.migrate_when_reachable())
+        limiter = app.state.limiter = Limiter(settings, on_refused=app.state.metrics.rate_limited,
+                                              on_fail_open=app.state.metrics.failed_open)  # fmt: skip
         logger.info("rate limits kept in %s", limiter.backend)
         owned: Engine | None = None
         if app.state.engine is None:
@@ -46,9 +56,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
             owned = app.state.engine = TritonEngine(settings.triton_grpc_url)
             logger.info("inference server at %s (gRPC)", settings.triton_grpc_url)
+        app.state.drain.install(app)
         try:
             yield
         finally:
+            if migrating is not None:
+                migrating.cancel()
             if owned is not None:
                 app.state.engine = None
                 await owned.close()
@@ -66,9 +79,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.started_at = int(time.time())
     app.state.metrics = Metrics()
     app.state.system_probe = SystemProbe()
+    app.state.drain = Drain(settings.drain_timeout_s)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)  # inside CORS: a browser can read the 503
+    if not settings.auth and not settings.allow_unauthenticated_public_bind:
+        app.add_middleware(LoopbackOnlyMiddleware)
     if settings.cors_origins:  # closed by default: no CORS headers at all, so browsers keep other origins out
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After", "X-Request-ID"], max_age=600)  # fmt: skip
@@ -79,4 +96,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # The API: authenticated when auth is on.
     for router in (models.router, chat.router, completions.router, sessions.router, system.router):
         app.include_router(router, dependencies=[Depends(authenticate)])
+    mount_web_ui(app, settings.web_dir)  # last: the UI's static files at /, no auth (they hold no data)
     return app

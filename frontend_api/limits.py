@@ -36,6 +36,7 @@ from frontend_api.settings import Settings
 logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 2.0  # a Redis that does not answer fails the request quickly instead of hanging it
+FAIL_OPEN_LOG_EVERY_S = 10.0  # while Redis is down with fail-open, one warning per this period, not per request
 UNCAPPED = 2**52  # "limit" for charges that must always land (exact in Redis' Lua doubles)
 
 
@@ -87,10 +88,15 @@ class LimitExceeded(OpenAIError):
 
 class Limiter:
     """One per app (created in the lifespan, `app.state.limiter`). `on_refused(key_name, limit)` is told of each
-    refusal (the metrics count them)."""
+    refusal, `on_fail_open(key_name)` of each request let through unlimited because Redis is unreachable and
+    `rate_limit_fail_open` is set (the metrics count both)."""
 
-    def __init__(self, settings: Settings, on_refused: Callable[[str, str], None] | None = None):
+    def __init__(self, settings: Settings, on_refused: Callable[[str, str], None] | None = None,
+                 on_fail_open: Callable[[str], None] | None = None):  # fmt: skip
         self.on_refused = on_refused
+        self.on_fail_open = on_fail_open
+        self.fail_open = settings.rate_limit_fail_open
+        self._fail_open_logged_at = -math.inf
         self.max_in_flight = settings.max_in_flight
         self.in_flight = 0
         self.streams: Counter[str] = Counter()  # limit_id -> generations in flight in this process
@@ -162,7 +168,17 @@ class Limiter:
                                       "Shorten the prompt.", code="rate_limit_exceeded")  # fmt: skip
                 await self._hit(principal, "tpm", principal.tpm, prompt_tokens, "tokens")
         except StorageError as exc:
-            raise limiter_unavailable(exc) from exc
+            if not self.fail_open:
+                raise limiter_unavailable(exc) from exc
+            self._let_through(principal, exc)
+
+    def _let_through(self, principal: Principal, exc: StorageError) -> None:
+        if self.on_fail_open is not None:
+            self.on_fail_open(principal.name)
+        if time.monotonic() - self._fail_open_logged_at >= FAIL_OPEN_LOG_EVERY_S:
+            self._fail_open_logged_at = time.monotonic()
+            logger.warning("rate-limit store unavailable, failing open (rate_limit_fail_open): requests are served "
+                           "without rpm/tpm limits until it is back: %s", exc)  # fmt: skip
 
     async def _hit(self, principal: Principal, kind: str, amount: int, cost: int, unit: str) -> None:
         item = RateLimitItemPerMinute(amount)
@@ -200,8 +216,7 @@ def _who(principal: Principal) -> str:
 
 
 def limiter_unavailable(exc: Exception) -> OpenAIError:
-    """Fail closed while the rate-limit store is unreachable. The one place to make this configurable
-    (fail open) later."""
+    """Fail closed while the rate-limit store is unreachable (the default; see `rate_limit_fail_open`)."""
     logger.warning("rate-limit store unavailable: %s", exc)
     return OpenAIError(503, "The rate limiter's store (Redis) is unavailable; retry shortly.",
                        code="rate_limiter_unavailable", headers={"Retry-After": "5"})  # fmt: skip

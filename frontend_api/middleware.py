@@ -6,6 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frontend_api.errors import error_response
+from frontend_api.settings import is_loopback
 
 
 def _too_large(limit: int) -> str:
@@ -45,3 +46,25 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class LoopbackOnlyMiddleware:
+    """With auth off, answer only requests that arrived on a loopback address. `llmserve serve` refuses to bind
+    elsewhere; this covers the front-end started by other means (`uvicorn --factory ... --host 0.0.0.0`), where
+    the app cannot see the bind, only the address each connection came in on (ASGI `server`)."""
+
+    MESSAGE = ("Authentication is off, so this server answers on loopback addresses only. Turn auth on "
+               "(LLMSERVE_AUTH=true) or set LLMSERVE_ALLOW_UNAUTHENTICATED_PUBLIC_BIND=true.")  # fmt: skip
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] not in ("http", "websocket") or server is None or is_loopback(server[0]):  # None: a unix socket
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await error_response(403, self.MESSAGE, code="public_bind_without_auth")(scope, receive, send)
+        else:
+            await receive()  # websocket.connect; a close before accepting is a 403 at the handshake
+            await send({"type": "websocket.close", "code": 1008, "reason": "auth is off: loopback only"})

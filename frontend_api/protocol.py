@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1000  # per sequence: the engine holds back up to this much streamed text while it might be a stop
 UINT64_MAX = 2**64 - 1
 INT32_MAX = 2**31 - 1  # the engine contract's INT32 inputs
 
@@ -78,6 +79,8 @@ class BaseGenerationRequest(OpenAIBaseModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} sequences are allowed, got {len(value)}")
         if any(s == "" for s in value):
             raise ValueError("sequences must not be empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in value):
+            raise ValueError(f"each sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("logit_bias")

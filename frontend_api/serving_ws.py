@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from frontend_api.auth import Principal, anonymous, bearer_token, principal_for_key
+from frontend_api.draining import SHUTTING_DOWN
 from frontend_api.engine.protocol import EngineError, EngineUnavailable
 from frontend_api.errors import OpenAIError, describe_validation_errors
 from frontend_api.protocol import ChatCompletionRequest
@@ -107,7 +108,7 @@ class ChatSocket:
         try:
             frame = ClientFrame.validate_json(text)
         except ValidationError as exc:
-            message, param = describe_validation_errors(exc.errors())
+            message, param = describe_validation_errors(exc.errors(), subject="A frame")
             await self.send(error_frame("invalid_message", message, param))
             return
         if frame.type == "ping":
@@ -117,10 +118,13 @@ class ChatSocket:
                 self.generation.cancel()
         elif frame.type == "auth":
             await self.send(error_frame("invalid_message", "Already authenticated.", "type"))
+        elif self.websocket.app.state.drain.draining:
+            await self.send(error_frame("server_shutting_down", SHUTTING_DOWN))
         elif self.generating:
             await self.send(error_frame("busy", "A reply is being generated; wait for it or send {\"type\": \"stop\"}."))
         else:
             self.generation = asyncio.create_task(self._chat(frame))
+            self.websocket.app.state.drain.track(self.generation)
 
     async def _chat(self, frame: ChatFrame) -> None:
         received = time.monotonic()

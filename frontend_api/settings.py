@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import tomllib
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_ENV = "LLMSERVE_CONFIG"
 SETTINGS_JSON_ENV = "LLMSERVE_SETTINGS_JSON"  # the launcher's effective settings, handed to its worker processes
 SECRET_FIELDS = ("database_url", "redis_url")  # masked by `llmserve config show`
+WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"  # `make web` builds the UI here
 
 
 def default_home() -> Path:
@@ -47,13 +48,19 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    drain_timeout_s: float = Field(30, ge=0, description="On SIGTERM: time in-flight generations get to finish "
+                                   "(new requests get 503) before they are ended with an error and the process exits.")
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str | None = Field(None, description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
+    triton_address: str = Field("127.0.0.1", description="Address of `llmserve triton` (Triton alone, e.g. 0.0.0.0 "
+                                "in a container); `llmserve serve` keeps its Triton on loopback.")  # fmt: skip
     triton_http_port: int = Field(8100, ge=1, le=65535)
     triton_grpc_port: int = Field(8101, ge=1, le=65535)
     triton_metrics_port: int = Field(8102, ge=1, le=65535)
     triton_startup_timeout_s: float = Field(600, gt=0)
+    triton_restart_max_backoff_s: float = Field(30, ge=1, description="`serve` restarts a Triton that died, waiting "
+                                                "1, 2, 4 ... s between attempts, at most this long; it never gives up.")
 
     # What is served. Each entry is `builtin:smollm2`, a local Hugging Face checkpoint directory, or
     # `ID=DIR` to choose the served model id.
@@ -79,6 +86,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=_env_alias("redis_url", "REDIS_URL"),
                                   description="Share rate-limit counters between front-end processes.")  # fmt: skip
     redis_key_prefix: str = Field("llmserve", min_length=1, description="Prefix of the rate-limit keys in Redis.")
+    rate_limit_fail_open: bool = Field(False, description="Redis unreachable: serve rate-limited requests unlimited "
+                                       "(logged and counted) instead of refusing them with 503.")
     rate_limit_rpm: int | None = Field(None, ge=1, description="Requests per minute; unset is unlimited.")
     rate_limit_tpm: int | None = Field(None, ge=1, description="Prompt + completion tokens per minute.")
     max_streams_per_key: int | None = Field(None, ge=1, description="Concurrent generations per key in this process.")
@@ -89,6 +98,9 @@ class Settings(BaseSettings):
     default_max_tokens: int | None = Field(
         None, ge=1, description="max_tokens when a request sets none; unset means the rest of the context."
     )
+
+    # Web chat UI, served at / (built by `make web` from frontend_api/web)
+    web_dir: Path = Field(WEB_DIST, description="The built web UI (index.html and assets/).")
 
     # WebSocket chat
     ws_keepalive_s: float = Field(20, gt=0, description="Server ping interval on /v1/chat/ws.")
@@ -105,7 +117,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
-    @field_validator("host")
+    @field_validator("host", "triton_address")
     @classmethod
     def _host_is_an_address(cls, value: str) -> str:
         if value != "localhost":
@@ -163,7 +175,15 @@ class Settings(BaseSettings):
 
     @property
     def host_is_loopback(self) -> bool:
-        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP address (an IPv6 zone such as `%lo` ignored)."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class ConfigFileError(ValueError):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import UTC, datetime
 
 from frontend_api.settings import Settings, public_view
 from frontend_api.storage.database import Database, DatabaseUnavailable
-from frontend_api.storage.keys import ApiKeyError, create_key, list_keys, revoke_key
+from frontend_api.storage.keys import ApiKeyError, create_key, hash_key, list_keys, revoke_key
 
 
 def _when(timestamp: int | None) -> str:
@@ -23,6 +24,8 @@ async def _keys(settings: Settings, action: str, args) -> int:
     db = Database(settings.database_url)
     try:
         await db.migrate()
+        if action == "create" and args.key_env:
+            return await _create_given_key(db, args)
         if action == "create":
             created = await create_key(db, args.name, args.rpm, args.tpm, args.max_streams)
             print(f"Created key {created.record.name!r}. This is the only time it is shown; store it now:\n")
@@ -49,6 +52,26 @@ async def _keys(settings: Settings, action: str, args) -> int:
         return 1
     finally:
         await db.close()
+
+
+async def _create_given_key(db: Database, args) -> int:
+    """`keys create --key-env VAR`: store the key in $VAR (never printed). Idempotent for deployments: the same
+    name with the same key again is a success, with another key an error."""
+    key = os.environ.get(args.key_env, "")
+    if not key:
+        print(f"llmserve keys create: --key-env {args.key_env}: that variable is empty or unset")
+        return 1
+    existing = next((k for k in await list_keys(db) if k.name == args.name), None)
+    if existing is not None:
+        if existing.key_hash != hash_key(key) or existing.revoked_at is not None:
+            print(f"llmserve keys create: a key named {args.name!r} exists with another key (or revoked); "
+                  "revoke it and choose another --name")  # fmt: skip
+            return 1
+        print(f"Key {args.name!r} is already stored.")
+        return 0
+    created = await create_key(db, args.name, args.rpm, args.tpm, args.max_streams, key=key)
+    print(f"Stored key {created.record.name!r} from ${args.key_env} ({created.record.prefix}…).")
+    return 0
 
 
 def run_keys(settings: Settings, args) -> int:

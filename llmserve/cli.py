@@ -41,6 +41,23 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                                        "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
 
 
+def _add_api_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="front-end address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
+    parser.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see README)")
+    parser.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
+    parser.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
+                        help="allow a non-loopback --host although authentication is off")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _add_triton_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-repository", help="serve this rendered repository as is (skips prepare)")
+    parser.add_argument("--triton-http-port", type=int, help="Triton HTTP port (default 8100)")
+    parser.add_argument("--triton-grpc-port", type=int, help="Triton gRPC port (default 8101)")
+    parser.add_argument("--triton-metrics-port", type=int, help="Triton metrics port (default 8102)")
+
+
 def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="create, list and revoke API keys (in the configured database)")
     actions = keys.add_subparsers(dest="keys_command", required=True)
@@ -49,6 +66,8 @@ def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--rpm", type=int, help="requests per minute (default: the server's rate_limit_rpm)")
     create.add_argument("--tpm", type=int, help="prompt + completion tokens per minute (default: rate_limit_tpm)")
     create.add_argument("--max-streams", type=int, help="concurrent generations (default: max_streams_per_key)")
+    create.add_argument("--key-env", metavar="VAR", help="store the key held in this environment variable instead "
+                        "of a random one (deployments: the Helm chart's admin key); same name and key again is a no-op")
     actions.add_parser("list", help="list keys (names, prefixes, limits, status; never the keys)")
     revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, on every replica")
     revoke.add_argument("--name", required=True)
@@ -65,17 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="prepare, start Triton and serve the OpenAI API")
     _add_model_flags(serve)
-    serve.add_argument("--host", help="front-end address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
-    serve.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see README)")
-    serve.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
-    serve.add_argument("--model-repository", help="serve this rendered repository as is (skips prepare)")
-    serve.add_argument("--triton-http-port", type=int, help="internal Triton HTTP port (default 8100)")
-    serve.add_argument("--triton-grpc-port", type=int, help="internal Triton gRPC port (default 8101)")
-    serve.add_argument("--triton-metrics-port", type=int, help="internal Triton metrics port (default 8102)")
-    serve.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
-                       help="allow a non-loopback --host although authentication is off")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _add_api_flags(serve)
+    _add_triton_flags(serve)
+
+    api = sub.add_parser("api", help="the OpenAI API alone, against a Triton elsewhere (containers, Kubernetes)")
+    _add_api_flags(api)
+    api.add_argument("--triton-grpc-url", metavar="HOST:PORT",
+                     help="Triton's gRPC address (default 127.0.0.1:8101, or LLMSERVE_TRITON_GRPC_URL)")
+    triton = sub.add_parser("triton", help="prepare, then run Triton alone for front-ends elsewhere (containers)")
+    _add_model_flags(triton)
+    _add_triton_flags(triton)
+    triton.add_argument("--address", help="address Triton listens on (default 127.0.0.1; 0.0.0.0 in a container)")
 
     build = sub.add_parser("build", help="build TensorRT-LLM engines and render their Triton model repository")
     add_build_arguments(build)
@@ -112,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             from llmserve.serve import run_serve
 
             return run_serve(settings_from(args, MODEL_FLAGS | SERVE_FLAGS))
+        if args.command == "api":
+            from llmserve.standalone import run_api
+
+            return run_api(settings_from(args, SERVE_FLAGS | {"triton_grpc_url": "triton_grpc_url"}))
+        if args.command == "triton":
+            from llmserve.standalone import run_triton
+
+            return run_triton(settings_from(args, MODEL_FLAGS | SERVE_FLAGS | {"address": "triton_address"}))
         from llmserve.admin import run_config_show, run_keys
 
         if args.command == "keys":

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from frontend_api.settings import Settings
+from llmserve.supervisor import TritonSupervisor
 from llmserve.triton import TritonError, TritonProcess, ensure_port_free, find_triton
 
 
@@ -17,7 +18,7 @@ def say(message: str) -> None:
     print(f"llmserve: {message}", flush=True)
 
 
-def _prepare_repository(settings: Settings, output: Path) -> Path:
+def prepare_repository(settings: Settings, output: Path) -> Path:
     from build_engines.checkpoints import CheckpointError
     from build_engines.prepare import EngineOptions, prepare
     from build_engines.render import TemplateError
@@ -33,24 +34,20 @@ def _prepare_repository(settings: Settings, output: Path) -> Path:
         raise SystemExit(f"llmserve: cannot prepare the models: {exc}") from None
 
 
+def served_repository(settings: Settings) -> Path:
+    """The repository to serve: the one given (`--model-repository`), else the default models, prepared."""
+    return settings.model_repository or prepare_repository(settings, settings.home / "build")
+
+
 def run_prepare(settings: Settings, output: str | None) -> int:
     out = Path(output) if output else settings.home / "build"
     started = time.monotonic()
-    repository = _prepare_repository(settings, out)
+    repository = prepare_repository(settings, out)
     say(f"model repository ready in {time.monotonic() - started:.1f} s: {repository} (manifest: {out / 'manifest.json'})")
     return 0
 
 
-def _watch(triton: TritonProcess, stop: threading.Event) -> None:
-    """Say so when Triton dies under a running front-end (which then answers 503 on /ready and generation)."""
-    while not stop.wait(1.0):
-        code = triton.exit_code()
-        if code is not None:
-            say(f"ERROR: tritonserver exited with code {code}; the API answers 503 until llmserve is restarted")
-            return
-
-
-def _raise_on_sigterm(signum, frame):
+def raise_on_sigterm(signum, frame):
     raise SystemExit(0)
 
 
@@ -76,7 +73,7 @@ def run_serve(settings: Settings) -> int:
     except TritonError as exc:
         say(str(exc))
         return 1
-    repository = settings.model_repository or _prepare_repository(settings, settings.home / "build")
+    repository = served_repository(settings)
     try:
         install = find_triton(settings.home)
     except TritonError as exc:
@@ -84,16 +81,14 @@ def run_serve(settings: Settings) -> int:
         return 1
     triton = TritonProcess(install, Path(repository), settings.triton_http_port, settings.triton_grpc_port,
                            settings.triton_metrics_port)  # fmt: skip
-    # uvicorn re-raises the signal it caught after its graceful shutdown; turn SIGTERM into SystemExit so that
-    # Triton is stopped below rather than the process dying on the spot.
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    stop_watching = threading.Event()
+    supervisor = TritonSupervisor(triton, settings.triton_startup_timeout_s, settings.triton_restart_max_backoff_s, say)
+    # uvicorn re-raises the signal it caught after its graceful shutdown (the app drains first on SIGTERM); turn
+    # SIGTERM into SystemExit so that Triton is stopped below rather than the process dying on the spot.
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         say(f"starting {install.binary} on 127.0.0.1:{settings.triton_grpc_port} (gRPC) with {repository}")
-        triton.start()
-        triton.wait_ready(settings.triton_startup_timeout_s, progress=say)
-        threading.Thread(target=_watch, args=(triton, stop_watching), daemon=True).start()
-        if not _serve_api(settings, started):
+        supervisor.start()
+        if not serve_api(settings, started):
             say(f"the API could not start on {settings.host}:{settings.port} (see uvicorn's message above)")
             return 1
     except TritonError as exc:
@@ -102,14 +97,13 @@ def run_serve(settings: Settings) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        stop_watching.set()
         say("stopping Triton")
-        code = triton.stop()
+        code = supervisor.stop()
         say(f"stopped (tritonserver exit code {code})")
     return 0
 
 
-def _serve_api(settings: Settings, started: float) -> bool:
+def serve_api(settings: Settings, started: float) -> bool:
     """Run the front-end until it is stopped; False if it never started."""
     import uvicorn
 

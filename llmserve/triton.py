@@ -99,8 +99,10 @@ def _die_with_parent() -> None:
 
 
 class TritonProcess:
-    def __init__(self, install: TritonInstall, repository: Path, http_port: int, grpc_port: int, metrics_port: int):
+    def __init__(self, install: TritonInstall, repository: Path, http_port: int, grpc_port: int, metrics_port: int,
+                 address: str = "127.0.0.1"):  # fmt: skip
         self.install = install
+        self.address = address  # loopback under `llmserve serve`; `llmserve triton` in a container listens wider
         self.repository = repository
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -114,9 +116,9 @@ class TritonProcess:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
+            f"--metrics-address={self.address}",
             "--exit-on-error=true",
             # The launcher stops Triton only after the front-end has drained, so nothing should be in flight;
             # don't let a stuck unload hold shutdown for Triton's default 30 s.
@@ -153,7 +155,8 @@ class TritonProcess:
         return None if self.process is None else self.process.poll()
 
     def _get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        host = "127.0.0.1" if self.address == "0.0.0.0" else self.address
+        request = urllib.request.Request(f"http://{host}:{self.http_port}{path}", method=method)
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status, response.read()
@@ -190,6 +193,16 @@ class TritonProcess:
                 last_report = report
             time.sleep(1)
 
+    def kill_leftovers(self) -> None:
+        """After Triton died: kill what it left running. Its python backend stubs outlive a SIGKILLed server (they
+        go on generating, holding memory and CPU); they are in Triton's process group (see _die_with_parent)."""
+        if self.process is None or self.process.poll() is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # nothing left
+            pass
+
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return self.exit_code()
@@ -198,7 +211,9 @@ class TritonProcess:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+            self.kill_leftovers()
+            return code
 
 
 def ensure_port_free(port: int, host: str = "127.0.0.1", what: str = "Triton") -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from stack import Server, prepare_repository, start_frontend, start_stack
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_DIR = REPO / "model_repository" / "llm" / "1"
@@ -69,3 +72,41 @@ def engine_modules():
     sys.path.insert(0, str(ENGINE_DIR))
     yield
     sys.path.remove(str(ENGINE_DIR))
+
+
+# One real stack per test session (`llmserve serve`: the real Triton and SmolLM2), shared by tests/integration
+# and tests/browser.
+
+
+@pytest.fixture(scope="session")
+def repository(checkpoint_dir, tmp_path_factory):
+    return prepare_repository(tmp_path_factory.mktemp("build"), "--max-num-seqs", "16")
+
+
+@pytest.fixture(scope="session")
+def stack(repository, tmp_path_factory):
+    stack = start_stack(repository, tmp_path_factory.mktemp("logs") / "llmserve.log")
+    yield stack
+    code = stack.stop(signal.SIGTERM)
+    assert code == 0, f"llmserve serve exited with {code} on SIGTERM:\n{stack.log()[-3000:]}"
+    assert "stopped (tritonserver exit code 0)" in stack.log(), f"Triton did not stop cleanly:\n{stack.log()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def start_frontend_with(stack, tmp_path_factory) -> Callable[..., Server]:
+    """Start extra front-end processes against the session's Triton, configured by environment overrides
+    (LLMSERVE_HOME defaults to one fresh directory per test module); all stopped, and checked to stop cleanly,
+    at the end of the module."""
+    folder = tmp_path_factory.mktemp("frontends")
+    started: list[Server] = []
+
+    def start(env: Mapping[str, str], wait_for: str = "/ready") -> Server:
+        env = {"LLMSERVE_HOME": str(folder / "home"), **env}
+        log = folder / f"frontend-{len(started)}.log"
+        started.append(start_frontend(stack.triton_grpc_port, log, env, wait_for=wait_for))
+        return started[-1]
+
+    yield start
+    for server in started:
+        code = server.stop(signal.SIGTERM, timeout=30)  # uvicorn re-raises the signal after a clean shutdown
+        assert code in (0, -signal.SIGTERM) and "Traceback" not in server.log(), f"exit {code}:\n{server.log()[-3000:]}"

@@ -3,13 +3,17 @@ front-end processes against a running stack's Triton."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +25,18 @@ MODEL = "SmolLM2-135M-Instruct"  # the id the embedded default is served under
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768+). A port the kernel hands out for port 0 is also the
+    source port of outgoing connections and other processes' port-0 binds: once a test's Triton is killed, another
+    process could take its port before the restart binds it again."""
+    for _ in range(1000):
+        port = random.randrange(20000, 32768)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 @dataclass
@@ -93,41 +106,87 @@ def start_stack(
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, grpc_port, metrics_port)
     try:
-        _wait_ready(stack, ready_timeout)
+        wait_ready(stack, ready_timeout)
     except BaseException:
         stack.stop(signal.SIGTERM, timeout=30)  # the launcher takes Triton down with it
         raise
     return stack
 
 
-def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60) -> Server:
+def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60,
+                   wait_for: str = "/ready", host: str = "127.0.0.1") -> Server:  # fmt: skip
     """One more front-end process (`uvicorn --factory frontend_api.app:create_app`) against the Triton at
     127.0.0.1:triton_grpc_port, configured by `env` (LLMSERVE_*, REDIS_URL, ...) over this process's environment.
-    Returns once /ready answers 200; the caller stops it."""
+    Returns once `wait_for` (/ready, or /health for a front-end that cannot be ready) answers 200; the caller
+    stops it."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "frontend_api.app:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+               "--host", host, "--port", str(port), "--log-level", "warning"]  # fmt: skip
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", LLMSERVE_TRITON_GRPC_URL=f"127.0.0.1:{triton_grpc_port}", **env)
     log = log_path.open("w")
     server = Server(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env), log_path, port)
     try:
-        _wait_ready(server, ready_timeout)
+        wait_ready(server, ready_timeout, wait_for)
     except BaseException:
         server.stop(signal.SIGKILL, timeout=30)
         raise
     return server
 
 
-def _wait_ready(stack: Server, timeout: float) -> None:
+def wait_ready(stack: Server, timeout: float, path: str = "/ready") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.process.poll() is not None:
             raise RuntimeError(f"{stack.process.args} exited with {stack.process.returncode}:\n{stack.log()[-4000:]}")
         try:
-            if httpx.get(f"{stack.base_url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{stack.base_url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"stack not ready after {timeout} s:\n{stack.log()[-4000:]}")
 
+
+class TcpProxy:
+    """A TCP forwarder in its own thread: `cut()` closes the port and every connection (the database is gone for
+    the front-end), `restore()` listens again on the same port."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def restore(self) -> None:
+        self._run(self._listen())
+
+    def cut(self) -> None:
+        self._run(self._close())
+
+    async def _listen(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self.writers -= {writer, upstream_writer}

@@ -41,6 +41,16 @@ _UNEXPECTED_INPUT = re.compile(r"unexpected inference input '(\w+)'")
 _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _REQUIRED_PARAMETERS = ("served_model_name", "tokenizer_dir", "max_model_len")
 _DRAIN_TIMEOUT_S = 1.0
+# tritonclient's own channel options, plus a short reconnect backoff: after Triton restarts (the launcher
+# supervises it) the channel reconnects within about a second instead of gRPC's default backoff of up to 120 s.
+_MAX_MESSAGE_BYTES = 2**31 - 1  # tritonclient's default
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 def _tensor(name: str, array: np.ndarray, datatype: str) -> InferInput:
@@ -150,12 +160,20 @@ class TritonEngine:
     """Create inside the running event loop (the gRPC aio channel binds to it); one per app."""
 
     def __init__(self, url: str, *, rpc_timeout_s: float = 5.0, models_ttl_s: float = 2.0):
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
         self._rpc_timeout_s = rpc_timeout_s
         self._models_ttl_s = models_ttl_s
         self._models: list[EngineModel] | None = None
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
+        self._streams: set[Any] = set()  # open generation streams, for abort()
+        self._abort_message: str | None = None
+
+    def abort(self, message: str) -> None:
+        """End every open generation with EngineUnavailable(message) (the drain timeout at shutdown is over)."""
+        self._abort_message = message
+        for responses in list(self._streams):
+            responses.cancel()
 
     async def ready(self) -> bool:
         try:
@@ -172,7 +190,14 @@ class TritonEngine:
             return self._models
         async with self._models_lock:  # one refresh at a time; the others reuse its result
             if self._models is None or time.monotonic() - self._models_at >= self._models_ttl_s:
-                self._models = await self._discover()
+                try:
+                    self._models = await self._discover()
+                except EngineUnavailable:
+                    if self._models is None:
+                        raise
+                    # A Triton too busy to answer in time (seen at 200 streams on 2 cores) still serves the models
+                    # it had; a Triton that is gone fails the generation stream itself, with its own 503.
+                    logger.warning("model list refresh failed; serving the %d model(s) known", len(self._models))
                 self._models_at = time.monotonic()
             return self._models
 
@@ -187,8 +212,10 @@ class TritonEngine:
         for name in names:
             try:
                 config = (await self._client.get_model_config(name, as_json=True, client_timeout=timeout))["config"]
-            except InferenceServerException as exc:  # unloaded since the index was read
-                logger.info("skipping model %s: %s", name, exc)
+            except InferenceServerException as exc:
+                if any(code in str(exc.status()) for code in ("DEADLINE_EXCEEDED", "UNAVAILABLE")):
+                    raise EngineUnavailable() from exc  # too slow or gone, not unloaded: keep what is known
+                logger.info("skipping model %s: %s", name, exc)  # unloaded since the index was read
                 continue
             model = engine_model_from_config(name, config)
             if model is None:
@@ -208,7 +235,10 @@ class TritonEngine:
             # One request, then half-close: Triton ends the stream once that request's responses are all sent.
             yield payload
 
+        if self._abort_message is not None:
+            raise EngineUnavailable(self._abort_message)
         responses = self._client.stream_infer(inputs_iterator=requests())
+        self._streams.add(responses)
         try:
             while True:
                 try:
@@ -225,7 +255,13 @@ class TritonEngine:
                     return
         except grpc.RpcError as exc:
             raise _rpc_error(exc) from None
+        except asyncio.CancelledError:
+            # abort() cancelled the gRPC call (gRPC reports that as CancelledError); a cancelled task is not ours.
+            if self._abort_message is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            raise EngineUnavailable(self._abort_message) from None
         finally:
+            self._streams.discard(responses)
             # No-op when the stream already ended; otherwise (client gone, error) Triton sees the cancellation.
             responses.cancel()
 
@@ -235,7 +271,7 @@ class TritonEngine:
         can keep Triton 2.51 from unloading the model at shutdown (it then waits out its exit timeout)."""
         try:
             await asyncio.wait_for(responses.__anext__(), _DRAIN_TIMEOUT_S)
-        except (StopAsyncIteration, asyncio.TimeoutError, grpc.RpcError):
+        except (TimeoutError, StopAsyncIteration, grpc.RpcError):
             pass
 
     async def close(self) -> None:

@@ -50,6 +50,9 @@ class Metrics:
         # Limits and storage
         self.rate_limited_requests = Counter("llmserve_rate_limited", "Requests refused by a limit (429/503).",
                                              ["key_name", "limit"], registry=registry)  # fmt: skip
+        self.rate_limit_fail_open = Counter("llmserve_rate_limit_fail_open", "Requests served without rate limits "
+                                            "because Redis was unreachable (rate_limit_fail_open).", ["key_name"],
+                                            registry=registry)  # fmt: skip
         self.sessions_stored = Gauge("llmserve_sessions_stored", "Chat sessions in the database (read at scrape time).",
                                      registry=registry, multiprocess_mode="mostrecent")  # fmt: skip
 
@@ -65,3 +68,6 @@ class Metrics:
     def rate_limited(self, key_name: str, limit: str) -> None:
         """Count a refusal; `limit` names the limit crossed: rpm, tpm, streams or in_flight."""
         self.rate_limited_requests.labels(key_name=key_name, limit=limit).inc()
+
+    def failed_open(self, key_name: str) -> None:
+        self.rate_limit_fail_open.labels(key_name=key_name).inc()

@@ -1,6 +1,6 @@
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from frontend_api.deps import DatabaseDep, EngineDep
 from frontend_api.errors import OpenAIError
@@ -16,8 +16,11 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"model": ErrorResponse}})
-async def ready(engine: EngineDep, database: DatabaseDep) -> dict[str, str]:
-    """Readiness: the inference server is up and serves at least one model, and the database answers."""
+async def ready(engine: EngineDep, database: DatabaseDep, request: Request) -> dict[str, str]:
+    """Readiness: the inference server is up and serves at least one model, the database answers, and the
+    server is not shutting down."""
+    if request.app.state.drain.draining:
+        raise OpenAIError(503, "Not ready: the server is shutting down.", code="not_ready", headers={"Retry-After": "5"})
     engine_ready, database_ready = await asyncio.gather(engine.ready(), database.ping())
     if not (engine_ready and database_ready):
         problems = [*([] if engine_ready else ["the inference server is not ready"]),

@@ -20,6 +20,8 @@ from frontend_api.storage.models import (
     now,
 )
 
+INT64_MAX = 2**63 - 1  # what the databases' integers hold; a larger offset would fail in the driver
+
 router = APIRouter(tags=["sessions"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                                                   503: {"model": ErrorResponse}})  # fmt: skip
 
@@ -68,7 +70,7 @@ async def list_sessions(
     principal: PrincipalDep,
     store: SessionStoreDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> SessionList:
     rows = await store.list(principal.key_id, limit + 1, offset)
     return SessionList(data=[public(r) for r in rows[:limit]], has_more=len(rows) > limit)
@@ -98,7 +100,7 @@ async def list_messages(
     principal: PrincipalDep,
     store: SessionStoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int | None, Query(ge=0, description="Only messages with a larger id (pagination).")] = None,
+    after: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="Only messages with a larger id (pagination).")] = None,
 ) -> MessageList:
     rows = await store.messages(principal.key_id, session_id, limit + 1, after)
     data = [MessagePublic.model_validate(m, from_attributes=True) for m in rows[:limit]]

@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 _alembic_lock = threading.Lock()  # Alembic's `context` is a module global: one migration per process at a time
+MIGRATE_RETRY_S = 2.0  # a database unreachable at start-up is tried again this often
 
 
 class DatabaseUnavailable(Exception):
@@ -65,6 +66,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self.migrated = False  # the schema is known to be at the latest revision
 
     def migrate_sync(self) -> None:
         """Bring the schema to the latest revision. Idempotent; concurrent callers take turns: PostgreSQL under an
@@ -84,10 +86,25 @@ class Database:
             await asyncio.to_thread(self.migrate_sync)
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseUnavailable(f"cannot migrate the database schema: {exc}") from exc
+        self.migrated = True
+
+    async def migrate_when_reachable(self) -> None:
+        """Retry the migration until the database answers (started when it was unreachable at start-up)."""
+        while True:
+            await asyncio.sleep(MIGRATE_RETRY_S)
+            try:
+                await self.migrate()
+            except DatabaseUnavailable as exc:
+                logger.debug("database still unreachable: %s", exc)
+                continue
+            logger.warning("the database is reachable again; schema migrated, sessions and keys served")
+            return
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A unit of work; a database failure inside becomes DatabaseUnavailable."""
+        if not self.migrated:  # unreachable since start-up: the schema may not exist yet
+            raise DatabaseUnavailable("the database has not been reachable since start-up")
         try:
             async with self._sessions() as session:
                 yield session
@@ -96,6 +113,9 @@ class Database:
             raise DatabaseUnavailable(str(exc)) from exc
 
     async def ping(self) -> bool:
+        """The database answers, and its schema has been migrated."""
+        if not self.migrated:
+            return False
         try:
             async with self.engine.connect() as connection:
                 await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)

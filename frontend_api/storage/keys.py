@@ -34,15 +34,23 @@ class CreatedKey:
     key: str  # the only time the plain key exists
 
 
+MIN_GIVEN_KEY_LENGTH = len(KEY_PREFIX) + 32  # a key chosen by the operator (a Kubernetes Secret): at least 192 bits
+
+
 async def create_key(
-    db: Database, name: str, rpm: int | None = None, tpm: int | None = None, max_streams: int | None = None
+    db: Database, name: str, rpm: int | None = None, tpm: int | None = None, max_streams: int | None = None,
+    key: str | None = None,
 ) -> CreatedKey:
+    """Store a new key: a random one, or `key` when the operator supplies it (e.g. the Helm chart's admin key)."""
     for value, flag in ((rpm, "--rpm"), (tpm, "--tpm"), (max_streams, "--max-streams")):
         if value is not None and value < 1:
             raise ApiKeyError(f"{flag} must be at least 1")
     if not name or len(name) > 64:
         raise ApiKeyError("--name must have 1 to 64 characters")
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    if key is not None and (not key.startswith(KEY_PREFIX) or len(key) < MIN_GIVEN_KEY_LENGTH):
+        raise ApiKeyError(f"a given key must start with {KEY_PREFIX!r} and have at least {MIN_GIVEN_KEY_LENGTH} "
+                          f"characters, e.g. {KEY_PREFIX}$(openssl rand -hex 24)")  # fmt: skip
+    key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKey(name=name, key_hash=hash_key(key), prefix=key[: len(KEY_PREFIX) + 4], rpm=rpm, tpm=tpm,
                     max_streams=max_streams)  # fmt: skip
     async with db.session() as session:

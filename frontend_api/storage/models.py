@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator
+from pydantic import ConfigDict
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Text
 from sqlmodel import Field, SQLModel
 
@@ -81,17 +81,10 @@ class SessionCreate(SessionBase):
 class SessionUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(None, max_length=200)
+    title: str = Field(None, max_length=200)  # may be left out, never null (the schema says so too)
     model: str | None = Field(None, max_length=200)
     system_prompt: str | None = Field(None, max_length=100_000)
     settings: SessionSettings | None = None
-
-    @field_validator("title")
-    @classmethod
-    def _title_not_null(cls, value: str | None) -> str:
-        if value is None:
-            raise ValueError("title cannot be null")
-        return value
 
 
 class SessionPublic(SessionBase):

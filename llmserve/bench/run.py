@@ -12,7 +12,7 @@ import multiprocessing as mp
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from llmserve.bench.loadgen import RequestResult, run_level
@@ -116,7 +116,7 @@ def main(ns: argparse.Namespace) -> int:
     label = ns.label or ns.target
     report = {"label": label, "target": ns.target, "url": args["url"], "model": ns.model,
               "input_tokens": ns.input_tokens, "output_tokens": ns.output_tokens, "processes": ns.processes,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
               "command": command_line(), "levels": []}  # fmt: skip
     if not ns.no_warmup:
         warm = run_sweep_level({**args, "output_tokens": min(ns.output_tokens, 8)}, 2, 2, 1)

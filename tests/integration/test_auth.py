@@ -34,8 +34,12 @@ def keys(frontend, *args: str) -> str:
     return result.stdout
 
 
+CREATED_KEYS: list[str] = []  # every key made in this module: none may ever show in a log or on /metrics
+
+
 def create_key(frontend, name: str) -> str:
-    return re.search(r"sk-llms-\S+", keys(frontend, "create", "--name", name)).group(0)
+    CREATED_KEYS.append(re.search(r"sk-llms-\S+", keys(frontend, "create", "--name", name)).group(0))
+    return CREATED_KEYS[-1]
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,56 @@ async def test_websocket_without_a_valid_key_is_closed(secured, first_frame, cod
         assert (error["type"], error["code"]) == ("error", code)
         await asyncio.wait_for(ws.wait_closed(), 5)
         assert ws.close_code == 1008
+
+
+def test_every_api_route_in_the_schema_needs_a_key(secured):
+    """Walk /openapi.json: every route but the probes answers 401 without a key (no route forgotten)."""
+    schema = httpx.get(f"{secured.base_url}/openapi.json", timeout=10).json()
+    open_routes = set()
+    for path, operations in schema["paths"].items():
+        url = secured.base_url + re.sub(r"\{[^}]+\}", "x", path)
+        for method in operations:
+            response = httpx.request(method.upper(), url, json={}, timeout=30)
+            if response.status_code != 401:
+                open_routes.add(path)
+            else:
+                assert response.json()["error"]["code"] == "missing_api_key", (method, path)
+    assert open_routes == {"/health", "/ready", "/metrics"}
+    assert len(schema["paths"]) >= 12
+
+
+async def test_a_revoked_key_fails_at_once_on_every_replica(secured, start_frontend_with):
+    replica = start_frontend_with(secured.env)  # a second front-end process on the same PostgreSQL database
+    try:
+        key = create_key(secured, "dave")
+        for server in (secured, replica):
+            with as_key(server, key) as d:
+                assert d.get("/models").status_code == 200
+        keys(secured, "revoke", "--name", "dave")
+        for server in (secured, replica):  # no cache anywhere: the very next request is refused
+            with as_key(server, key) as d:
+                refused = d.get("/models")
+                assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+            async with connect(server.ws_url) as ws:
+                await ws.send(json.dumps({"type": "auth", "api_key": key}))
+                error = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert (error["type"], error["code"]) == ("error", "invalid_api_key")
+                await asyncio.wait_for(ws.wait_closed(), 5)
+                assert ws.close_code == 1008
+    finally:
+        replica.stop()  # before the module's database goes
+    assert key not in replica.log()
+
+
+def test_keys_never_appear_in_logs_or_metrics(secured, alice):
+    """Runs last in this module: every key made above, and the wrong ones sent, against the log and /metrics."""
+    with as_key(secured, alice) as a:
+        chat = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+        assert a.post("/chat/completions", json=chat).status_code == 200
+    metrics = httpx.get(f"{secured.base_url}/metrics", timeout=10).text
+    assert 'key_name="alice"' in metrics  # names are there (the check below could not pass vacuously)
+    log = secured.log()
+    assert '"key_name": "alice"' in log
+    for secret in [*CREATED_KEYS, "sk-llms-wrong"]:
+        for text in (log, metrics):
+            assert secret not in text and secret[8:20] not in text

@@ -28,7 +28,8 @@ def test_bench_sweeps_concurrency_and_writes_json_and_png(stack, tmp_path, targe
         assert level["requests"] == 3 and level["failed"] == 0
         assert level["output_tokens"] == 3 * OUTPUT_TOKENS  # min_tokens = max_tokens held on this path
         assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"] < level["seconds"] * 1000
-        assert level["output_tokens_per_s"] == pytest.approx(level["output_tokens"] / level["seconds"], rel=0.05)
+        # the report rounds tok/s to 0.1, which is more than 5 % when a loaded CI machine gives < 1 tok/s
+        assert level["output_tokens_per_s"] == pytest.approx(level["output_tokens"] / level["seconds"], rel=0.01, abs=0.05)
     assert (tmp_path / f"{target}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

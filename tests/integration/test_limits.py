@@ -21,7 +21,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from stack import BIN, MODEL, Server, free_port
+from stack import BIN, MODEL, Server, TcpProxy, free_port
 
 HI = [{"role": "user", "content": "Hi"}]
 LONG = {"max_tokens": 2000, "min_tokens": 2000}  # a generation that outlives the test unless cancelled
@@ -216,12 +216,14 @@ def test_stream_caps_answer_at_once_and_free_on_disconnect(capped):
         held.enter_context(open_stream(one, capped))
         started = time.monotonic()
         error = error_of(chat(one, capped), 429, "too_many_streams")
+        assert time.monotonic() - started < 5, "refusals must not wait in a queue"
         assert "1 at a time" in error["message"]
         held.enter_context(open_stream(two, capped))  # the cap is per client address
+        started = time.monotonic()
         overloaded = chat(three, capped)
+        assert time.monotonic() - started < 5, "refusals must not wait in a queue"
         error_of(overloaded, 503, "server_overloaded")
         assert overloaded.headers["retry-after"] == "1"
-        assert time.monotonic() - started < 5, "refusals must not wait in a queue"
     # both streams were closed by the client: their slots come back
     assert eventually_admitted(lambda: chat(one, capped)).status_code == 200
     assert eventually_admitted(lambda: chat(two, capped)).status_code == 200
@@ -270,6 +272,34 @@ def test_an_unreachable_redis_fails_closed_with_503(start_frontend_with):
     refused = chat(httpx.Client(timeout=60), server)
     error_of(refused, 503, "rate_limiter_unavailable")
     assert refused.headers["retry-after"]
+
+
+def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, redis_prefix):
+    """rate_limit_fail_open: while Redis is cut (a TCP proxy in front of the real one) requests are served, logged
+    and counted; once it is back the budget it kept applies again."""
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.restore()
+    try:
+        server = start_frontend_with({"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0", "LLMSERVE_RATE_LIMIT_RPM": "2",
+                                      "LLMSERVE_REDIS_KEY_PREFIX": redis_prefix, "LLMSERVE_RATE_LIMIT_FAIL_OPEN": "true",
+                                      "LLMSERVE_LOG_LEVEL": "info"})  # fmt: skip
+        http = client_from("127.0.0.3")
+        assert [chat(http, server).status_code for _ in range(2)] == [200, 200]
+        error_of(chat(http, server), 429, "rate_limit_exceeded")  # the limit holds while Redis answers
+        proxy.cut()
+        started = time.monotonic()
+        assert [chat(http, server).status_code for _ in range(4)] == [200] * 4
+        elapsed = time.monotonic() - started
+        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        failed_open = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                          if s.name == "llmserve_rate_limit_fail_open_total")  # fmt: skip
+        assert failed_open == 4
+        # One warning per 10 s while it lasts, not one per request.
+        assert 1 <= server.log().count("failing open") <= 1 + int(elapsed // 10)
+        proxy.restore()
+        error_of(chat(http, server), 429, "rate_limit_exceeded")  # Redis kept the budget: limited again
+    finally:
+        proxy.cut()
 
 
 # --- per-key limits from `llmserve keys create` ---

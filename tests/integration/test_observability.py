@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 
 import httpx
 import psutil
@@ -21,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frontend_api.storage.database import Database
 from frontend_api.storage.keys import create_key
 
-from stack import MODEL, free_port
+from stack import MODEL, TcpProxy
 
 CHAT = "/v1/chat/completions"
 
@@ -68,7 +66,7 @@ def assert_stats(usage: dict) -> dict:
     assert stats["decode_ms"] > 0 and stats["tokens_per_second"] > 0
     # decode throughput as defined in the README: the tokens after the first over the decode time
     rate = (usage["completion_tokens"] - 1) / (stats["decode_ms"] / 1000)
-    assert stats["tokens_per_second"] == pytest.approx(rate, rel=0.01)
+    assert stats["tokens_per_second"] == pytest.approx(rate, rel=0.01, abs=0.006)  # reported to 0.01
     return stats
 
 
@@ -177,50 +175,6 @@ def test_system_reports_cpu_memory_and_gpus(stack):
 
 
 # ------------------------------------------------------------- a second front-end: auth on, PostgreSQL via a proxy
-
-
-class TcpProxy:
-    """A TCP forwarder in its own thread: `cut()` closes the port and every connection (the database is gone for
-    the front-end), `restore()` listens again on the same port."""
-
-    def __init__(self, target_host: str, target_port: int):
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    def restore(self) -> None:
-        self._run(self._listen())
-
-    def cut(self) -> None:
-        self._run(self._close())
-
-    async def _listen(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _close(self) -> None:
-        self.server.close()
-        for writer in list(self.writers):
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        self.writers |= {writer, upstream_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-        self.writers -= {writer, upstream_writer}
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ async def test_a_second_chat_while_generating_is_refused(stack):
 
 @pytest.mark.parametrize(
     ("frame", "code", "param"),
-    [("not json", "invalid_message", None), (json.dumps({"type": "dance"}), "invalid_message", None),
+    [("not json", "invalid_message", None), (json.dumps({"type": "dance"}), "invalid_message", "type"),
      (json.dumps({"type": "chat"}), "invalid_message", "chat.content"),
      (json.dumps({"type": "chat", "content": ""}), "invalid_message", "chat.content"),
      (json.dumps({"type": "chat", "content": "x", "settings": {"temperature": 9}}), "invalid_message",

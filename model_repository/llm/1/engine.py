@@ -197,7 +197,8 @@ class Engine:
             eos_token_id=sorted(eos_ids) if eos_ids else -1,
             # Greedy is top_k=1 (the loop samples for everyone; a one-token distribution samples its argmax).
             temperature=1.0 if greedy else float(sampling.temperature),
-            top_k=1 if greedy else int(sampling.top_k or self.vocab_size),
+            # A top_k past the vocabulary keeps every token (as vLLM); passed on, it indexes past the logits.
+            top_k=1 if greedy else min(int(sampling.top_k or self.vocab_size), self.vocab_size),
             top_p=1.0 if greedy else float(sampling.top_p),
         )
 

@@ -99,7 +99,12 @@ class DrainMiddleware:
         self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.drain.draining or scope["type"] not in ("http", "websocket") or scope["path"] in ALWAYS_ANSWERED:
+        if not self.drain.draining or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            send = _closing_connection(send)
+        if scope["path"] in ALWAYS_ANSWERED:
             await self.app(scope, receive, send)
             return
         refusal = error_response(503, SHUTTING_DOWN, code="server_shutting_down", headers={"Retry-After": "5"})
@@ -107,3 +112,15 @@ class DrainMiddleware:
             await refusal(scope, receive, send)  # a WebSocket handshake gets the same HTTP answer
         else:
             await send({"type": "websocket.close", "code": 1013, "reason": "server shutting down"})
+
+
+def _closing_connection(send: Send) -> Send:
+    """While draining, every HTTP answer says `Connection: close`: a client then opens a new connection for its
+    next request (which reaches a process still listening) instead of reusing one this process is about to close."""
+
+    async def send_closing(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing

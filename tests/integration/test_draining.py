@@ -32,11 +32,15 @@ async def events(lines) -> list[dict | str]:
             async for line in lines if line.startswith("data: ")]  # fmt: skip
 
 
-async def wait_draining(http: httpx.AsyncClient, server) -> None:
+async def wait_draining(server) -> None:
+    """Poll /ready the way a kubelet probe does, one connection per probe: with several workers, one that has
+    nothing in flight exits at once, and a connection kept alive to it would be cut (that is what clients of a
+    draining server must expect of an idle connection; answers during the drain say `Connection: close`)."""
     deadline = time.monotonic() + 10
-    while (await http.get(f"{server.base_url}/ready")).status_code != 503:
-        assert time.monotonic() < deadline, "/ready did not turn 503 after SIGTERM"
-        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
+        while (await probe.get(f"{server.base_url}/ready")).status_code != 503:
+            assert time.monotonic() < deadline, "/ready did not turn 503 after SIGTERM"
+            await asyncio.sleep(0.05)
 
 
 async def assert_new_requests_refused(http: httpx.AsyncClient, server) -> None:
@@ -45,6 +49,7 @@ async def assert_new_requests_refused(http: httpx.AsyncClient, server) -> None:
     refused = await http.post(f"{server.api_url}/chat/completions",
                               json={"model": MODEL, "messages": STORY, "max_tokens": 2})  # fmt: skip
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
+    assert refused.headers["connection"] == "close"  # the client will not reuse a connection about to be closed
     assert refused.json()["error"]["code"] == "server_shutting_down"
     with pytest.raises(InvalidStatus) as handshake:
         async with connect(server.ws_url):
@@ -62,7 +67,7 @@ def test_sigterm_lets_a_stream_finish_refuses_new_requests_and_exits_0(repositor
         async with httpx.AsyncClient(timeout=60) as http:
             response, lines = await open_stream(http, stack, tokens=24)  # a few seconds; far less than the timeout
             stack.process.send_signal(signal.SIGTERM)
-            await wait_draining(http, stack)
+            await wait_draining(stack)
             await assert_new_requests_refused(http, stack)
             received = await events(lines)
             await response.aclose()
@@ -94,7 +99,7 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_with_an_error(start_front
             assert json.loads(await ws.recv())["type"] == "delta"
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            await wait_draining(http, server)
+            await wait_draining(server)
             await ws.send(json.dumps({"type": "chat", "content": "Another one."}))  # refused: busy or shutting down
             received = await events(lines)
             cut_after = time.monotonic() - signalled

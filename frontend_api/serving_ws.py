@@ -25,6 +25,7 @@ from frontend_api.storage.sessions import SessionStore
 from frontend_api.ws_protocol import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
 
 POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication
+TRY_AGAIN_LATER = 1013  # the key could not be checked (database down): the key may well be valid
 
 
 async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Principal | None:
@@ -52,7 +53,7 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
         failure = error_frame("database_unavailable", "The key store is unavailable; retry shortly.")
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         await websocket.send_json(failure)
-        await websocket.close(POLICY_VIOLATION)
+        await websocket.close(TRY_AGAIN_LATER if failure["code"] == "database_unavailable" else POLICY_VIOLATION)
     return None
 
 

@@ -88,6 +88,14 @@ async def _create_key(database_url: str) -> str:
         await database.close()
 
 
+async def ws_auth_failure(server, key: str) -> tuple[dict, int]:
+    async with connect(server.ws_url) as ws:
+        await ws.send(json.dumps({"type": "auth", "api_key": key}))
+        frame = json.loads(await ws.recv())
+        await ws.wait_closed()
+        return frame, ws.close_code
+
+
 def test_down_mid_run_with_auth_on(start_frontend_with, proxied_postgres):
     proxy, proxied_url, database_url = proxied_postgres
     proxy.restore()
@@ -102,6 +110,8 @@ def test_down_mid_run_with_auth_on(start_frontend_with, proxied_postgres):
     assert "API keys" in database_error(http.post("/v1/chat/completions", json=CHAT))
     database_error(http.get(f"/v1/sessions/{session_id}"))
     database_error(http.get("/v1/models", headers={"Authorization": "Bearer sk-llms-wrong"}))
+    frame, close_code = asyncio.run(ws_auth_failure(server, key))
+    assert frame["code"] == "database_unavailable" and close_code == 1013, (frame, close_code)  # not 1008: retry
     assert http.get("/health").status_code == 200
 
     proxy.restore()

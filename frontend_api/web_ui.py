@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -27,9 +28,16 @@ Build it with `make web` (or: cd frontend_api/web && npm ci && npm run build) an
 """
 
 
+# What the request metrics see as this mount's route (a Mount sets none): one label for every UI file served, like
+# the API's route templates; a path that is no file stays "unmatched" with the other 404s.
+UI_ROUTE = SimpleNamespace(path_format="/{path}")
+
+
 class WebUI(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
+        if response.status_code != 404:
+            scope["route"] = UI_ROUTE
         response.headers.update(SECURITY_HEADERS)
         # Assets carry a content hash in their names; index.html must be fetched again to find new ones.
         immutable = path.startswith("assets/") and response.status_code == 200

@@ -1,4 +1,3 @@
-import "highlight.js/styles/github.css";
 import "./style.css";
 
 import { render } from "preact";

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     triton_metrics_port: int = Field(8102, ge=1, le=65535)
     triton_startup_timeout_s: float = Field(600, gt=0)
     triton_restart_max_backoff_s: float = Field(30, ge=1, description="`serve` restarts a Triton that died, waiting "
-                                                "1, 2, 4 ... s between attempts, at most this long; it never gives up.")
+                                                "1, 2, 4 ... s between attempts, at most this long.")
+    triton_restart_max_attempts: int = Field(0, ge=0, description="`serve` exits with code 1 after this many failed "
+                                             "Triton restarts in a row (for a process manager to act on); 0: never.")
 
     # What is served. Each entry is `builtin:smollm2`, a local Hugging Face checkpoint directory, or
     # `ID=DIR` to choose the served model id.

@@ -81,7 +81,8 @@ def run_serve(settings: Settings) -> int:
         return 1
     triton = TritonProcess(install, Path(repository), settings.triton_http_port, settings.triton_grpc_port,
                            settings.triton_metrics_port)  # fmt: skip
-    supervisor = TritonSupervisor(triton, settings.triton_startup_timeout_s, settings.triton_restart_max_backoff_s, say)
+    supervisor = TritonSupervisor(triton, settings.triton_startup_timeout_s, settings.triton_restart_max_backoff_s,
+                                  say, settings.triton_restart_max_attempts, give_up=_stop_this_process)  # fmt: skip
     # uvicorn re-raises the signal it caught after its graceful shutdown (the app drains first on SIGTERM); turn
     # SIGTERM into SystemExit so that Triton is stopped below rather than the process dying on the spot.
     signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -100,7 +101,12 @@ def run_serve(settings: Settings) -> int:
         say("stopping Triton")
         code = supervisor.stop()
         say(f"stopped (tritonserver exit code {code})")
-    return 0
+    return 1 if supervisor.gave_up else 0
+
+
+def _stop_this_process() -> None:
+    """The supervisor gave up: shut down as on SIGTERM (the API drains; nothing is in flight with Triton gone)."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_api(settings: Settings, started: float) -> bool:

@@ -1,9 +1,10 @@
 """Keep Triton running under the front-end: when it dies, start it again with exponential backoff.
 
 While Triton is down the front-end answers 503 (`/ready`, generation) and its gRPC channel reconnects by itself
-once Triton is back; the front-end is never restarted. Restarts never give up: after repeated failures the wait
-between attempts stays at `max_backoff_s`, every attempt is logged, and `/ready` stays 503 so that a load
-balancer or orchestrator sees it.
+once Triton is back; the front-end is never restarted. After repeated failures the wait between attempts stays
+at `max_backoff_s`, every attempt is logged, and `/ready` stays 503 so that a load balancer sees it. By default
+restarts never give up; with `max_attempts`, that many failed restarts in a row call `give_up` (`serve` then
+exits with code 1, so that systemd, Docker or Kubernetes restarts the whole thing).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ POLL_S = 0.2
 
 class TritonSupervisor:
     def __init__(self, triton: TritonProcess, startup_timeout_s: float, max_backoff_s: float,
-                 say: Callable[[str], None]):  # fmt: skip
+                 say: Callable[[str], None], max_attempts: int = 0, give_up: Callable[[], None] = lambda: None):  # fmt: skip
         self.triton = triton
         self.startup_timeout_s = startup_timeout_s
         self.max_backoff_s = max_backoff_s
         self.say = say
+        self.max_attempts = max_attempts  # failed restarts in a row before giving up; 0: never
+        self._give_up = give_up
+        self.gave_up = False
         self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # start and stop of the process never interleave
@@ -51,11 +55,18 @@ class TritonSupervisor:
     def _watch(self) -> None:
         backoff = FIRST_BACKOFF_S
         up_since = time.monotonic()
+        failures = 0  # failed restarts since Triton was last ready
         while not self._stopping.wait(POLL_S):
             code = self.triton.exit_code()
             if code is None:
                 continue
             self.triton.kill_leftovers()
+            if self.max_attempts and failures >= self.max_attempts:
+                self.say(f"ERROR: giving up: {failures} restarts of Triton in a row failed "
+                         "(triton_restart_max_attempts); stopping so that a process manager can start llmserve again")  # fmt: skip
+                self.gave_up = True
+                self._give_up()
+                return
             if time.monotonic() - up_since >= STABLE_S:
                 backoff = FIRST_BACKOFF_S
             self.say(f"ERROR: tritonserver exited with code {code}; the API answers 503 until it is back. "
@@ -64,7 +75,9 @@ class TritonSupervisor:
                 return
             backoff = min(backoff * 2, self.max_backoff_s)
             if self._restart():
-                up_since = time.monotonic()
+                up_since, failures = time.monotonic(), 0
+            else:
+                failures += 1
 
     def _restart(self) -> bool:
         with self._lock:

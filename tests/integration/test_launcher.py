@@ -1,4 +1,5 @@
-"""`llmserve serve` as a process: Triton killed under open clients and restarted, a taken port, workers."""
+"""`llmserve serve` as a process: Triton killed under open clients and restarted (or given up on), a taken port,
+workers."""
 
 import asyncio
 import json
@@ -125,6 +126,29 @@ def test_triton_killed_mid_stream_errors_every_client_and_is_restarted(checkpoin
         assert httpx.get(f"{stack.base_url}/ready", timeout=10).status_code == 503
     finally:
         assert stack.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_after_max_attempts_failed_restarts_serve_stops_with_code_1(checkpoint_dir, tmp_path, workers):
+    """With `triton_restart_max_attempts`, a Triton that cannot come back stops `serve` (exit code 1, Triton's
+    leftovers gone) for a process manager to act on, instead of answering 503 forever."""
+    repository = prepare_repository(tmp_path / "build", "--model", "builtin:smollm2", "--max-num-seqs", "2")
+    stack = start_stack(repository, tmp_path / "llmserve.log", env={"LLMSERVE_TRITON_RESTART_MAX_ATTEMPTS": "2",
+                                                                     "LLMSERVE_WORKERS": workers})  # fmt: skip
+    try:
+        repository.rename(repository.with_name("moved"))  # every restart now fails: Triton exits with code 1
+        killed = time.monotonic()
+        os.kill(triton_pid(stack), signal.SIGKILL)
+        code = stack.process.wait(timeout=120)
+        print(f"\nTriton SIGKILL -> serve gave up and exited in {time.monotonic() - killed:.1f} s")
+    finally:
+        stack.stop(signal.SIGKILL)
+    log = stack.log()
+    assert code == 1, log[-3000:]
+    assert len(re.findall(r"Triton restart \d+ failed", log)) == 2, log[-3000:]
+    assert "giving up: 2 restarts of Triton in a row failed" in log and "stopped (tritonserver exit code" in log
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(repository) in
+                " ".join(p.info["cmdline"] or [])], "no Triton or python backend stub may outlive serve"  # fmt: skip
 
 
 @pytest.mark.parametrize("flag, moved_by", [("--triton-grpc-port", "--triton-grpc-port"), ("--port", "--port")])

@@ -4,11 +4,13 @@ streams still running then end with an error; then the process exits (and `serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 
 import httpx
+import psutil
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -33,14 +35,33 @@ async def events(lines) -> list[dict | str]:
 
 
 async def wait_draining(server) -> None:
-    """Poll /ready the way a kubelet probe does, one connection per probe: with several workers, one that has
-    nothing in flight exits at once, and a connection kept alive to it would be cut (that is what clients of a
-    draining server must expect of an idle connection; answers during the drain say `Connection: close`)."""
+    """Poll /ready the way a kubelet probe does, one connection per probe, a cut connection counting as a failed
+    probe: with several workers, one that has nothing in flight exits at once, and a connection it had accepted
+    is cut as it goes (answers during the drain say `Connection: close`, so no connection is kept to it)."""
     deadline = time.monotonic() + 10
     async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
-        while (await probe.get(f"{server.base_url}/ready")).status_code != 503:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await probe.get(f"{server.base_url}/ready")).status_code == 503:
+                    return
             assert time.monotonic() < deadline, "/ready did not turn 503 after SIGTERM"
             await asyncio.sleep(0.05)
+
+
+def live_workers(stack) -> int:
+    """uvicorn worker processes of `llmserve serve --workers N` still running."""
+    count = 0
+    for child in psutil.Process(stack.process.pid).children():
+        with contextlib.suppress(psutil.Error):
+            count += child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
+    return count
+
+
+async def wait_for_the_idle_worker_to_exit(stack) -> None:
+    deadline = time.monotonic() + 30
+    while live_workers(stack) != 1:
+        assert time.monotonic() < deadline, f"{live_workers(stack)} workers left; the idle one should have exited"
+        await asyncio.sleep(0.05)
 
 
 async def assert_new_requests_refused(http: httpx.AsyncClient, server) -> None:
@@ -66,8 +87,11 @@ def test_sigterm_lets_a_stream_finish_refuses_new_requests_and_exits_0(repositor
     async def scenario() -> list:
         async with httpx.AsyncClient(timeout=60) as http:
             response, lines = await open_stream(http, stack, tokens=24)  # a few seconds; far less than the timeout
+            assert live_workers(stack) == (2 if workers == "2" else 0)  # one worker runs in the serve process
             stack.process.send_signal(signal.SIGTERM)
             await wait_draining(stack)
+            if workers == "2":  # the worker without the stream drains at once; what is left answers new requests
+                await wait_for_the_idle_worker_to_exit(stack)
             await assert_new_requests_refused(http, stack)
             received = await events(lines)
             await response.aclose()

@@ -176,10 +176,15 @@ def rate_limited(server: Server, limit: str) -> float:
                if sample.name == "llmserve_rate_limited_total" and sample.labels["limit"] == limit)  # fmt: skip
 
 
+TPM_PROMPT = "The quick brown fox."
+
+
 @pytest.fixture(scope="module")
 def tpm_case(start_frontend_with, tokenizer) -> tuple[Server, int, int]:
-    """A tokens-per-minute budget that three prompts fit, but not two prompts with their completions and a third."""
-    prompt = "The quick brown fox jumps over the lazy dog. " * 3
+    """A tokens-per-minute budget that three prompts fit, but not two prompts with their completions and a third.
+    The prompt is short so that the completions weigh most: the limiter's sliding window counter discounts a
+    minute's spending as the next minute goes on, and on a slow machine the three requests may straddle two."""
+    prompt = TPM_PROMPT
     prompt_tokens, completion_tokens = len(tokenizer(prompt)["input_ids"]), 10
     tpm = 3 * prompt_tokens + completion_tokens
     server = start_frontend_with({"LLMSERVE_RATE_LIMIT_TPM": str(tpm)})
@@ -189,8 +194,7 @@ def tpm_case(start_frontend_with, tokenizer) -> tuple[Server, int, int]:
 def test_tpm_counts_prompt_and_completion_tokens(tpm_case):
     server, prompt_tokens, tpm = tpm_case
     http = client_from("127.0.0.2")
-    body = {"model": MODEL, "prompt": "The quick brown fox jumps over the lazy dog. " * 3, "max_tokens": 10,
-            "min_tokens": 10}  # fmt: skip
+    body = {"model": MODEL, "prompt": TPM_PROMPT, "max_tokens": 10, "min_tokens": 10}
     for _ in range(2):
         reply = http.post(f"{server.api_url}/completions", json=body)
         assert reply.status_code == 200 and reply.json()["usage"]["total_tokens"] == prompt_tokens + 10

@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             app.state.tokenizers.close()
             app.state.system_probe.close()
 
-    app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan)
+    app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan,
+                  openapi_url="/openapi.json" if settings.api_docs else None)  # None: no /docs or /redoc either
     app.state.settings = settings
     app.state.engine = engine
     app.state.database = None  # the lifespan opens it

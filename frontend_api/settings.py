@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         False, description="Serve on a non-loopback address although authentication is off."
     )
     cors_origins: list[str] = Field([], description="Origins allowed by CORS; empty (the default) allows none.")
+    api_docs: bool = Field(True, description="Serve /openapi.json, /docs and /redoc without a key (they describe the "
+                           "API, no data); false hides them.")  # fmt: skip
     workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

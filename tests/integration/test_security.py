@@ -91,3 +91,12 @@ async def test_auth_off_answers_on_loopback_only_even_when_bound_elsewhere(stack
                     pass
     finally:
         server.stop(signal.SIGTERM, timeout=30)
+
+
+def test_api_docs_are_served_unless_turned_off(stack, start_frontend_with):
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(f"{stack.base_url}{path}").status_code == 200, path
+    hidden = start_frontend_with({"LLMSERVE_API_DOCS": "false"})
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(f"{hidden.base_url}{path}").status_code == 404, path
+    assert httpx.get(f"{hidden.api_url}/models").status_code == 200

@@ -146,8 +146,10 @@ class OpenAIServing:
         requested_max_tokens: int | None,
         names: tuple[str, str],
         id_prefix: str,
+        prompt_tokens: int | None = None,  # when the caller has counted the prompt already
     ) -> Prepared:
-        prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
+        if prompt_tokens is None:
+            prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
         longest = self.settings.max_prompt_tokens
         if longest is not None and prompt_tokens > longest:
             raise OpenAIError(400, f"The {names[1]} has {prompt_tokens} tokens, more than this server's limit of "

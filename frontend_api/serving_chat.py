@@ -87,18 +87,20 @@ class OpenAIServingChat(OpenAIServing):
 
     async def start_chat(self, request: ChatCompletionRequest) -> ChatRun:
         model = await self.resolve_model(request.model)
-        turn = None
+        turn, prompt_tokens = None, None
         if request.session_id is not None:
             turn, request = await open_turn(self.sessions, self.principal.key_id, request)
             reserve = reply_reserve(request, self.settings.default_max_tokens, model.max_model_len)
-            _, prompt = await turn.conversation(self.tokenizers, model, self.settings.session_history_messages, reserve)
+            _, prompt, prompt_tokens = await turn.conversation(self.tokenizers, model,
+                                                               self.settings.session_history_messages, reserve)  # fmt: skip
         else:
             prompt = await self.tokenizers.render_chat(model, request.messages)
         if request.max_completion_tokens is not None:
             requested, names = request.max_completion_tokens, ("max_completion_tokens", "messages")
         else:
             requested, names = request.max_tokens, ("max_tokens", "messages")
-        prepared = await self.prepare(request, model, prompt, requested, names, id_prefix="chatcmpl")
+        prepared = await self.prepare(request, model, prompt, requested, names, id_prefix="chatcmpl",
+                                      prompt_tokens=prompt_tokens)  # fmt: skip
         return ChatRun(self, prepared, await self.start(prepared), turn)
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:

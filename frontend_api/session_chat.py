@@ -55,9 +55,10 @@ class SessionTurn:
 
     async def conversation(
         self, tokenizers: Tokenizers, model: EngineModel, max_history: int, reserve: int
-    ) -> tuple[list[ChatMessage], str]:
-        """(messages, rendered prompt): system prompt, then the newest stored turns that fit the context with
-        `reserve` tokens left for the reply, then the new messages. Oldest turns are dropped first."""
+    ) -> tuple[list[ChatMessage], str, int | None]:
+        """(messages, rendered prompt, its token count if it was counted): system prompt, then the newest stored
+        turns that fit the context with `reserve` tokens left for the reply, then the new messages. Oldest turns
+        are dropped first."""
         history = [ChatMessage(role=m.role, content=m.content)
                    for m in await self.store.recent_messages(self.session.id, max_history)]  # fmt: skip
         system: list[ChatMessage] = []
@@ -67,8 +68,10 @@ class SessionTurn:
         for start in range(len(history) + 1):
             messages = system + history[start:] + self.new_messages
             prompt = await tokenizers.render_chat(model, messages)
-            if start == len(history) or await tokenizers.count_tokens(model, prompt) <= budget:
-                return messages, prompt
+            if start == len(history):  # nothing left to drop: the caller counts (and refuses it if too long)
+                return messages, prompt, None
+            if (prompt_tokens := await tokenizers.count_tokens(model, prompt)) <= budget:
+                return messages, prompt, prompt_tokens
         raise AssertionError("unreachable")
 
     async def record(self, reply: str, finish_reason: str, usage: Usage | None = None) -> None:

@@ -44,7 +44,9 @@ def model(checkpoint_dir, max_model_len: int) -> EngineModel:
 async def test_everything_fits_in_a_large_context(store, tokenizers, checkpoint_dir):
     session = await a_session_with_turns(store, 3)
     turn = SessionTurn(store, session, [ChatMessage(role="user", content="new")])
-    messages, prompt = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=20, reserve=100)
+    engine_model = model(checkpoint_dir, 8192)
+    messages, prompt, prompt_tokens = await turn.conversation(tokenizers, engine_model, max_history=20, reserve=100)
+    assert prompt_tokens == await tokenizers.count_tokens(engine_model, prompt)  # counted once, handed on
     assert [m.role for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     assert "Be kind." in prompt and "question 0" in prompt and prompt.count("new") == 1
 
@@ -52,7 +54,7 @@ async def test_everything_fits_in_a_large_context(store, tokenizers, checkpoint_
 async def test_the_message_cap_keeps_the_newest(store, tokenizers, checkpoint_dir):
     session = await a_session_with_turns(store, 5)
     turn = SessionTurn(store, session, [ChatMessage(role="user", content="new")])
-    messages, _ = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=3, reserve=100)
+    messages, _, _ = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=3, reserve=100)
     assert [m.content.split(" ")[0:2] for m in messages[1:-1]] == [["answer", "3"], ["question", "4"], ["answer", "4"]]
 
 
@@ -61,11 +63,11 @@ async def test_oldest_turns_are_dropped_to_fit_the_context_and_the_system_prompt
     session = await a_session_with_turns(store, 6)
     turn = SessionTurn(store, session, [ChatMessage(role="user", content="new")])
     engine_model = model(checkpoint_dir, 400)
-    messages, prompt = await turn.conversation(tokenizers, engine_model, max_history=20, reserve=100)
+    messages, prompt, prompt_tokens = await turn.conversation(tokenizers, engine_model, max_history=20, reserve=100)
     assert messages[0].content == "Be kind." and messages[-1].content == "new"
     kept = messages[1:-1]
     assert 0 < len(kept) < 12 and kept[-1].content.startswith("answer 5")  # the newest survive
-    assert await tokenizers.count_tokens(engine_model, prompt) <= 400 - 100
+    assert prompt_tokens == await tokenizers.count_tokens(engine_model, prompt) <= 400 - 100
 
 
 async def test_a_request_system_message_replaces_the_stored_prompt_for_that_request(store, tokenizers,
@@ -73,7 +75,7 @@ async def test_a_request_system_message_replaces_the_stored_prompt_for_that_requ
     session = await a_session_with_turns(store, 1)
     turn = SessionTurn(store, session, [ChatMessage(role="system", content="Be terse."),
                                         ChatMessage(role="user", content="new")])  # fmt: skip
-    messages, prompt = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=20, reserve=10)
+    messages, prompt, _ = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=20, reserve=10)
     assert "Be kind." not in prompt and "Be terse." in prompt
     await turn.record("reply", "stop")
     await turn.record("reply", "stop")  # stored once, however often it is called

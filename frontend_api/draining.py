@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from frontend_api.errors import error_response
+from frontend_api.middleware import refuse
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         refusal = error_response(503, SHUTTING_DOWN, code="server_shutting_down", headers={"Retry-After": "5"})
-        if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
-            await refusal(scope, receive, send)  # a WebSocket handshake gets the same HTTP answer
-        else:
-            await send({"type": "websocket.close", "code": 1013, "reason": "server shutting down"})
+        await refuse(scope, receive, send, refusal, 1013, "server shutting down")
 
 
 def _closing_connection(send: Send) -> Send:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frontend_api.errors import error_response
 from frontend_api.settings import is_loopback
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, response: Response, close_code: int, reason: str) -> None:
+    """Answer an HTTP request, or refuse a WebSocket handshake, before any route sees it. A handshake gets the same
+    HTTP answer where the server can send one (ASGI `websocket.http.response`), else a close with `close_code`."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": close_code, "reason": reason})
+            return
+    await response(scope, receive, send)
 
 
 def _too_large(limit: int) -> str:
@@ -63,8 +75,6 @@ class LoopbackOnlyMiddleware:
         server = scope.get("server")
         if scope["type"] not in ("http", "websocket") or server is None or is_loopback(server[0]):  # None: a unix socket
             await self.app(scope, receive, send)
-        elif scope["type"] == "http":
-            await error_response(403, self.MESSAGE, code="public_bind_without_auth")(scope, receive, send)
         else:
-            await receive()  # websocket.connect; a close before accepting is a 403 at the handshake
-            await send({"type": "websocket.close", "code": 1008, "reason": "auth is off: loopback only"})
+            refusal = error_response(403, self.MESSAGE, code="public_bind_without_auth")
+            await refuse(scope, receive, send, refusal, 1008, "auth is off: loopback only")

@@ -34,6 +34,7 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
     if not settings.auth:
         return anonymous(websocket, settings)
     token = bearer_token(websocket)
+    close_code = POLICY_VIOLATION
     try:
         if token is None:
             text = await asyncio.wait_for(websocket.receive_text(), settings.ws_auth_timeout_s)
@@ -51,9 +52,10 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
         failure = error_frame(exc.code or "invalid_api_key", exc.message)
     except DatabaseUnavailable:
         failure = error_frame("database_unavailable", "The key store is unavailable; retry shortly.")
+        close_code = TRY_AGAIN_LATER
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         await websocket.send_json(failure)
-        await websocket.close(TRY_AGAIN_LATER if failure["code"] == "database_unavailable" else POLICY_VIOLATION)
+        await websocket.close(close_code)
     return None
 
 

@@ -1,1 +1,1 @@
-"""OpenAI-compatible HTTP front-end of llmserve (FastAPI). Build the app with `frontend_api.app.create_app`."""
+"""OpenAI-compatible HTTP front-end of llmserve (FastAPI). Build the app with `frontend_api.server.app.create_app`."""

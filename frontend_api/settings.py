@@ -1,4 +1,5 @@
-"""All configuration in one place.
+"""The front-end's settings. The launcher (`llmserve`) extends them with its own (llmserve/settings.py); both
+are read from the same sources, so one TOML file or one set of variables configures the whole stack.
 
 Precedence, highest first: CLI flags (init arguments), environment (`LLMSERVE_<FIELD>`, plus the conventional
 `DATABASE_URL` and `REDIS_URL`), the TOML file given by `--config` or `LLMSERVE_CONFIG`, then the defaults here.
@@ -11,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -20,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 CONFIG_ENV = "LLMSERVE_CONFIG"
 SETTINGS_JSON_ENV = "LLMSERVE_SETTINGS_JSON"  # the launcher's effective settings, handed to its worker processes
 SECRET_FIELDS = ("database_url", "redis_url")  # masked by `llmserve config show`
+DEFAULT_TRITON_GRPC_PORT = 8101
 WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"  # `make web` builds the UI here
 
 
@@ -47,7 +49,6 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field([], description="Origins allowed by CORS; empty (the default) allows none.")
     api_docs: bool = Field(True, description="Serve /openapi.json, /docs and /redoc without a key (they describe the "
                            "API, no data); false hides them.")  # fmt: skip
-    workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     drain_timeout_s: float = Field(30, ge=0, description="On SIGTERM: time in-flight generations get to finish "
@@ -55,32 +56,9 @@ class Settings(BaseSettings):
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str | None = Field(None, description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
-    triton_address: str = Field("127.0.0.1", description="Address of `llmserve triton` (Triton alone, e.g. 0.0.0.0 "
-                                "in a container); `llmserve serve` keeps its Triton on loopback.")  # fmt: skip
-    triton_http_port: int = Field(8100, ge=1, le=65535)
-    triton_grpc_port: int = Field(8101, ge=1, le=65535)
-    triton_metrics_port: int = Field(8102, ge=1, le=65535)
-    triton_startup_timeout_s: float = Field(600, gt=0)
-    triton_restart_max_backoff_s: float = Field(30, ge=1, description="`serve` restarts a Triton that died, waiting "
-                                                "1, 2, 4 ... s between attempts, at most this long.")
-    triton_restart_max_attempts: int = Field(0, ge=0, description="`serve` exits with code 1 after this many failed "
-                                             "Triton restarts in a row (for a process manager to act on); 0: never.")
 
-    # What is served. Each entry is `builtin:smollm2`, a local Hugging Face checkpoint directory, or
-    # `ID=DIR` to choose the served model id.
-    models: list[str] = ["builtin:smollm2"]
+    # Where llmserve keeps its files (the default SQLite database; the launcher's converted models too).
     home: Path = Field(default_factory=default_home, description="Cache for converted checkpoints and repositories.")
-    model_repository: Path | None = Field(
-        None, description="Serve this already-rendered Triton model repository instead of preparing one."
-    )
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    instance_count: int = Field(1, ge=1, le=16)
-    max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
-    kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
-    engine_core: Literal["transformers", "fast"] = Field(
-        "transformers", description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
-    )
 
     # Storage: sessions, messages and API keys. SQLite file under `home` unless DATABASE_URL says otherwise.
     database_url: str | None = Field(None, validation_alias=_env_alias("database_url", "DATABASE_URL"))
@@ -121,15 +99,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
-    @field_validator("host", "triton_address")
+    @field_validator("host")
     @classmethod
     def _host_is_an_address(cls, value: str) -> str:
-        if value != "localhost":
-            try:
-                ipaddress.ip_address(value)
-            except ValueError as exc:
-                raise ValueError(f"host must be an IP address or 'localhost', got {value!r}") from exc
-        return value
+        return check_address(value)
 
     @field_validator("database_url")
     @classmethod
@@ -165,21 +138,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
-        if self.workers > 1 and (self.rate_limit_rpm or self.rate_limit_tpm) and not self.redis_url:
-            raise ValueError("workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
-                             "would otherwise keep a budget of its own")  # fmt: skip
         if self.default_max_tokens and self.max_tokens_limit and self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
                              f"({self.max_tokens_limit})")  # fmt: skip
         if self.triton_grpc_url is None:
-            self.triton_grpc_url = f"127.0.0.1:{self.triton_grpc_port}"
+            self.triton_grpc_url = f"127.0.0.1:{self.local_triton_grpc_port}"
         if self.database_url is None:
             self.database_url = f"sqlite+aiosqlite:///{self.home / 'llmserve.db'}"
         return self
 
     @property
+    def local_triton_grpc_port(self) -> int:
+        """The gRPC port of a Triton on this host when triton_grpc_url is unset (the launcher's own setting)."""
+        return DEFAULT_TRITON_GRPC_PORT
+
+    @property
     def host_is_loopback(self) -> bool:
         return is_loopback(self.host)
+
+
+def check_address(value: str) -> str:
+    if value != "localhost":
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"host must be an IP address or 'localhost', got {value!r}") from exc
+    return value
 
 
 def is_loopback(host: str) -> bool:
@@ -194,11 +178,17 @@ class ConfigFileError(ValueError):
     pass
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the TOML file (`config_file`, else $LLMSERVE_CONFIG), the environment and `overrides`."""
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(
+    config_file: str | Path | None = None, settings_cls: type[S] = Settings, **overrides: Any  # type: ignore[assignment]
+) -> S:
+    """Settings (of `settings_cls`) from the TOML file (`config_file`, else $LLMSERVE_CONFIG), the environment and
+    `overrides`."""
     path = config_file or os.environ.get(CONFIG_ENV)
     if not path:
-        return Settings(**overrides)
+        return settings_cls(**overrides)
     path = Path(path)
     try:
         tomllib.loads(path.read_text())  # fail here with a clear message rather than deep in pydantic-settings
@@ -206,7 +196,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"the config file {path} is not valid TOML: {exc}") from None
-    configured = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    configured = type(settings_cls.__name__, (settings_cls,),
+                      {"model_config": {**settings_cls.model_config, "toml_file": path}})  # fmt: skip
     return configured(**overrides)
 
 
@@ -221,7 +212,7 @@ def mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def public_view(settings: Settings) -> dict[str, Any]:
+def public_view(settings: BaseSettings) -> dict[str, Any]:
     """The effective configuration with secrets masked, for `llmserve config show` and logs."""
     values = settings.model_dump(mode="json")
     for name in SECRET_FIELDS:

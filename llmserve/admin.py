@@ -7,9 +7,9 @@ import json
 import os
 from datetime import UTC, datetime
 
-from frontend_api.settings import Settings, public_view
-from frontend_api.storage.database import Database, DatabaseUnavailable
-from frontend_api.storage.keys import ApiKeyError, create_key, hash_key, list_keys, revoke_key
+from frontend_api.settings import public_view
+from frontend_api.storage.admin import ApiKeyError, DatabaseUnavailable, KeyAdmin, key_admin
+from llmserve.settings import LauncherSettings
 
 
 def _when(timestamp: int | None) -> str:
@@ -20,61 +20,58 @@ def _limit(value: int | None) -> str:
     return "default" if value is None else str(value)
 
 
-async def _keys(settings: Settings, action: str, args) -> int:
-    db = Database(settings.database_url)
+async def _keys(settings: LauncherSettings, action: str, args) -> int:
     try:
-        await db.migrate()
-        if action == "create" and args.key_env:
-            return await _create_given_key(db, args)
-        if action == "create":
-            created = await create_key(db, args.name, args.rpm, args.tpm, args.max_streams)
-            print(f"Created key {created.record.name!r}. This is the only time it is shown; store it now:\n")
-            print(f"    {created.key}\n")
-            print("Clients send it as `Authorization: Bearer <key>`; serve with --auth (or auth = true).")
-        elif action == "list":
-            rows = await list_keys(db)
-            print(f"{'NAME':24} {'PREFIX':14} {'RPM':>8} {'TPM':>9} {'STREAMS':>8}  {'CREATED':20}  STATUS")
-            for key in rows:
-                status = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
-                print(f"{key.name:24} {key.prefix + '…':14} {_limit(key.rpm):>8} {_limit(key.tpm):>9} "
-                      f"{_limit(key.max_streams):>8}  {_when(key.created_at):20}  {status}")  # fmt: skip
-            if not rows:
-                print("(no keys; create one with `llmserve keys create --name NAME`)")
-        else:
-            revoked = await revoke_key(db, args.name)
-            print(f"Revoked key {revoked.name!r}: requests with it fail from now on, on every replica.")
-        return 0
+        async with key_admin(settings.database_url) as keys:
+            if action == "create" and args.key_env:
+                return await _create_given_key(keys, args)
+            if action == "create":
+                created = await keys.create(args.name, args.rpm, args.tpm, args.max_streams)
+                print(f"Created key {created.record.name!r}. This is the only time it is shown; store it now:\n")
+                print(f"    {created.key}\n")
+                print("Clients send it as `Authorization: Bearer <key>`; serve with --auth (or auth = true).")
+            elif action == "list":
+                rows = await keys.list()
+                print(f"{'NAME':24} {'PREFIX':14} {'RPM':>8} {'TPM':>9} {'STREAMS':>8}  {'CREATED':20}  STATUS")
+                for key in rows:
+                    status = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+                    print(f"{key.name:24} {key.prefix + '…':14} {_limit(key.rpm):>8} {_limit(key.tpm):>9} "
+                          f"{_limit(key.max_streams):>8}  {_when(key.created_at):20}  {status}")  # fmt: skip
+                if not rows:
+                    print("(no keys; create one with `llmserve keys create --name NAME`)")
+            else:
+                revoked = await keys.revoke(args.name)
+                print(f"Revoked key {revoked.name!r}: requests with it fail from now on, on every replica.")
+            return 0
     except ApiKeyError as exc:
         print(f"llmserve keys {action}: {exc}")
         return 1
     except DatabaseUnavailable as exc:
         print(f"llmserve keys {action}: cannot reach the database ({exc}). Check DATABASE_URL / database_url.")
         return 1
-    finally:
-        await db.close()
 
 
-async def _create_given_key(db: Database, args) -> int:
+async def _create_given_key(keys: KeyAdmin, args) -> int:
     """`keys create --key-env VAR`: store the key in $VAR (never printed). Idempotent for deployments: the same
     name with the same key again is a success, with another key an error."""
     key = os.environ.get(args.key_env, "")
     if not key:
         print(f"llmserve keys create: --key-env {args.key_env}: that variable is empty or unset")
         return 1
-    existing = next((k for k in await list_keys(db) if k.name == args.name), None)
+    existing = await keys.find(args.name)
     if existing is not None:
-        if existing.key_hash != hash_key(key) or existing.revoked_at is not None:
+        if not keys.is_key_of(existing, key) or existing.revoked_at is not None:
             print(f"llmserve keys create: a key named {args.name!r} exists with another key (or revoked); "
                   "revoke it and choose another --name")  # fmt: skip
             return 1
         print(f"Key {args.name!r} is already stored.")
         return 0
-    created = await create_key(db, args.name, args.rpm, args.tpm, args.max_streams, key=key)
+    created = await keys.create(args.name, args.rpm, args.tpm, args.max_streams, key=key)
     print(f"Stored key {created.record.name!r} from ${args.key_env} ({created.record.prefix}…).")
     return 0
 
 
-def run_keys(settings: Settings, args) -> int:
+def run_keys(settings: LauncherSettings, args) -> int:
     return asyncio.run(_keys(settings, args.keys_command, args))
 
 
@@ -82,7 +79,7 @@ def _toml_value(value) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON strings, numbers, booleans and lists are valid TOML
 
 
-def run_config_show(settings: Settings) -> int:
+def run_config_show(settings: LauncherSettings) -> int:
     print("# effective llmserve configuration (flags > LLMSERVE_* / DATABASE_URL / REDIS_URL > config file "
           "> defaults); secrets masked")  # fmt: skip
     for name, value in public_view(settings).items():

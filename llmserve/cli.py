@@ -9,8 +9,9 @@ import sys
 from pydantic import ValidationError
 
 from build_engines.trtllm import add_build_arguments
-from frontend_api.settings import ConfigFileError, Settings, load_settings
+from frontend_api.settings import ConfigFileError, load_settings
 from llmserve.bench.run import add_arguments as add_bench_arguments
+from llmserve.settings import LauncherSettings
 
 # flag -> Settings field, for the flags both subcommands share
 MODEL_FLAGS = {
@@ -106,10 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
+def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> LauncherSettings:
     overrides = {field: getattr(args, flag) for flag, field in flags.items()
                  if getattr(args, flag, None) is not None}  # fmt: skip
-    return load_settings(args.config, **overrides)
+    return load_settings(args.config, LauncherSettings, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from frontend_api.settings import Settings
+from llmserve.settings import LauncherSettings
 from llmserve.supervisor import TritonSupervisor
 from llmserve.triton import TritonError, TritonProcess, ensure_port_free, find_triton
 
@@ -18,7 +18,7 @@ def say(message: str) -> None:
     print(f"llmserve: {message}", flush=True)
 
 
-def prepare_repository(settings: Settings, output: Path) -> Path:
+def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
     from build_engines.checkpoints import CheckpointError
     from build_engines.prepare import EngineOptions, prepare
     from build_engines.render import TemplateError
@@ -34,12 +34,12 @@ def prepare_repository(settings: Settings, output: Path) -> Path:
         raise SystemExit(f"llmserve: cannot prepare the models: {exc}") from None
 
 
-def served_repository(settings: Settings) -> Path:
+def served_repository(settings: LauncherSettings) -> Path:
     """The repository to serve: the one given (`--model-repository`), else the default models, prepared."""
     return settings.model_repository or prepare_repository(settings, settings.home / "build")
 
 
-def run_prepare(settings: Settings, output: str | None) -> int:
+def run_prepare(settings: LauncherSettings, output: str | None) -> int:
     out = Path(output) if output else settings.home / "build"
     started = time.monotonic()
     repository = prepare_repository(settings, out)
@@ -51,7 +51,7 @@ def raise_on_sigterm(signum, frame):
     raise SystemExit(0)
 
 
-def bind_refusal(settings: Settings) -> str | None:
+def bind_refusal(settings: LauncherSettings) -> str | None:
     """Why the API may not listen where it was asked to, if it may not: without authentication, only loopback."""
     if settings.auth or settings.host_is_loopback or settings.allow_unauthenticated_public_bind:
         return None
@@ -60,7 +60,7 @@ def bind_refusal(settings: Settings) -> str | None:
             "--allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
 
 
-def run_serve(settings: Settings) -> int:
+def run_serve(settings: LauncherSettings) -> int:
     refusal = bind_refusal(settings)
     if refusal:
         say(refusal)
@@ -109,17 +109,17 @@ def _stop_this_process() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_api(settings: Settings, started: float) -> bool:
+def serve_api(settings: LauncherSettings, started: float) -> bool:
     """Run the front-end until it is stopped; False if it never started."""
     import uvicorn
 
     if settings.workers > 1:
         return _serve_workers(settings, started)
 
-    from frontend_api.app import create_app
+    from frontend_api.server.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        create_app(settings.frontend()), host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=30, server_header=False,
         log_config=None, access_log=False,  # create_app set up logging; its middleware writes the access lines
     )  # fmt: skip
@@ -136,13 +136,15 @@ def serve_api(settings: Settings, started: float) -> bool:
     return server.started
 
 
-def _announce_ready(settings: Settings, started: float) -> None:
-    base = f"http://{settings.host}:{settings.port}/v1"
-    say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {base}  "
-        f"(e.g. OpenAI(base_url='{base}', api_key='none'); curl {base}/models). Ctrl-C stops.")  # fmt: skip
+def _announce_ready(settings: LauncherSettings, started: float) -> None:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    root = f"http://{host}:{settings.port}"
+    ui = f"  Web UI: {root}/" if settings.web_dir.joinpath("index.html").is_file() else ""
+    say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {root}/v1{ui}  "
+        f"(e.g. OpenAI(base_url='{root}/v1', api_key='none'); curl {root}/v1/models). Ctrl-C stops.")  # fmt: skip
 
 
-def _serve_workers(settings: Settings, started: float) -> bool:
+def _serve_workers(settings: LauncherSettings, started: float) -> bool:
     """N uvicorn worker processes on one socket, each building the app from the settings handed down in the
     environment; their Prometheus values meet in a shared folder, so any worker's /metrics shows the sum."""
     import tempfile
@@ -154,10 +156,10 @@ def _serve_workers(settings: Settings, started: float) -> bool:
     from frontend_api.settings import SETTINGS_JSON_ENV
 
     metrics_dir = tempfile.mkdtemp(prefix="llmserve-metrics-")
-    os.environ[SETTINGS_JSON_ENV] = settings.model_dump_json()
+    os.environ[SETTINGS_JSON_ENV] = settings.frontend().model_dump_json()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     config = uvicorn.Config(
-        "frontend_api.app:create_app", factory=True, workers=settings.workers, host=settings.host,
+        "frontend_api.server.app:create_app", factory=True, workers=settings.workers, host=settings.host,
         port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30, server_header=False,
         log_config=None, access_log=False,
     )  # fmt: skip

@@ -8,12 +8,12 @@ import signal
 import time
 from pathlib import Path
 
-from frontend_api.settings import Settings
 from llmserve.serve import bind_refusal, raise_on_sigterm, say, serve_api, served_repository
+from llmserve.settings import LauncherSettings
 from llmserve.triton import TritonError, TritonProcess, ensure_port_free, find_triton
 
 
-def run_api(settings: Settings) -> int:
+def run_api(settings: LauncherSettings) -> int:
     """The front-end alone. Refuses a public bind without auth, like `serve`."""
     refusal = bind_refusal(settings)
     if refusal:
@@ -31,7 +31,7 @@ def run_api(settings: Settings) -> int:
     return 0
 
 
-def run_triton(settings: Settings) -> int:
+def run_triton(settings: LauncherSettings) -> int:
     """Prepare the repository (unless one is given), start Triton on `triton_address`, and run until Triton exits
     or SIGTERM / Ctrl-C stops it."""
     try:

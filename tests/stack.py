@@ -115,12 +115,12 @@ def start_stack(
 
 def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60,
                    wait_for: str = "/ready", host: str = "127.0.0.1") -> Server:  # fmt: skip
-    """One more front-end process (`uvicorn --factory frontend_api.app:create_app`) against the Triton at
+    """One more front-end process (`uvicorn --factory frontend_api.server.app:create_app`) against the Triton at
     127.0.0.1:triton_grpc_port, configured by `env` (LLMSERVE_*, REDIS_URL, ...) over this process's environment.
     Returns once `wait_for` (/ready, or /health for a front-end that cannot be ready) answers 200; the caller
     stops it."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "frontend_api.app:create_app",
+    command = [sys.executable, "-m", "uvicorn", "--factory", "frontend_api.server.app:create_app",
                "--host", host, "--port", str(port), "--log-level", "warning"]  # fmt: skip
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", LLMSERVE_TRITON_GRPC_URL=f"127.0.0.1:{triton_grpc_port}", **env)
     log = log_path.open("w")

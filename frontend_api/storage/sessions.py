@@ -1,21 +1,16 @@
 """Chat sessions and their messages. Every query is scoped to the owner (the API key, or no key when auth is
-off): a session of another key is indistinguishable from one that does not exist."""
+off): a session of another key is indistinguishable from one that does not exist — both read as None."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func
 from sqlmodel import col, select
 
-from frontend_api.errors import OpenAIError
 from frontend_api.storage.database import Database
-from frontend_api.storage.models import ChatSession, Message, SessionCreate, SessionUpdate, now
-
-
-def session_not_found(session_id: str) -> OpenAIError:
-    return OpenAIError(404, f"No session found with id {session_id!r}.", param="session_id",
-                       code="session_not_found")  # fmt: skip
+from frontend_api.storage.models import ChatSession, Message, now
 
 
 def _owned_by(owner: int | None) -> ColumnElement[bool]:
@@ -27,9 +22,17 @@ class SessionStore:
     def __init__(self, db: Database):
         self.db = db
 
-    async def create(self, owner: int | None, data: SessionCreate) -> ChatSession:
-        record = ChatSession(title=data.title, model=data.model, system_prompt=data.system_prompt,
-                             settings=data.settings.model_dump(exclude_none=True), owner_key_id=owner)  # fmt: skip
+    async def create(
+        self,
+        owner: int | None,
+        *,
+        title: str = "New chat",
+        model: str | None = None,
+        system_prompt: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> ChatSession:
+        record = ChatSession(title=title, model=model, system_prompt=system_prompt, settings=settings or {},
+                             owner_key_id=owner)  # fmt: skip
         async with self.db.session() as session:
             session.add(record)
             await session.commit()
@@ -42,19 +45,16 @@ class SessionStore:
         async with self.db.session() as session:
             return (await session.exec(query)).all()
 
-    async def get(self, owner: int | None, session_id: str) -> ChatSession:
+    async def get(self, owner: int | None, session_id: str) -> ChatSession | None:
         query = select(ChatSession).where(ChatSession.id == session_id, _owned_by(owner))
         async with self.db.session() as session:
-            record = (await session.exec(query)).first()
-        if record is None:
-            raise session_not_found(session_id)
-        return record
+            return (await session.exec(query)).first()
 
-    async def update(self, owner: int | None, session_id: str, changes: SessionUpdate) -> ChatSession:
+    async def update(self, owner: int | None, session_id: str, values: dict[str, Any]) -> ChatSession | None:
+        """Set the given columns (title, model, system_prompt, settings); None if there is no such session."""
         record = await self.get(owner, session_id)
-        values = changes.model_dump(exclude_unset=True)
-        if "settings" in values:
-            values["settings"] = changes.settings.model_dump(exclude_none=True) if changes.settings else {}
+        if record is None:
+            return None
         async with self.db.session() as session:
             record = await session.merge(record)
             record.sqlmodel_update(values)
@@ -63,17 +63,17 @@ class SessionStore:
             await session.refresh(record)
         return record
 
-    async def delete(self, owner: int | None, session_id: str) -> None:
+    async def delete(self, owner: int | None, session_id: str) -> bool:
         async with self.db.session() as session:
             removed = await session.exec(
                 delete(ChatSession).where(col(ChatSession.id) == session_id, _owned_by(owner))  # type: ignore[call-overload]
             )
             await session.commit()
-        if removed.rowcount == 0:
-            raise session_not_found(session_id)
+        return bool(removed.rowcount)
 
-    async def messages(self, owner: int | None, session_id: str, limit: int, after: int | None) -> list[Message]:
-        await self.get(owner, session_id)
+    async def messages(self, owner: int | None, session_id: str, limit: int, after: int | None) -> list[Message] | None:
+        if await self.get(owner, session_id) is None:
+            return None
         query = select(Message).where(Message.session_id == session_id)
         if after is not None:
             query = query.where(col(Message.id) > after)
@@ -87,9 +87,10 @@ class SessionStore:
         async with self.db.session() as session:
             return list(reversed((await session.exec(query)).all()))
 
-    async def rollback(self, owner: int | None, session_id: str, count: int) -> int:
-        """Remove the last `count` messages; returns how many were removed."""
-        await self.get(owner, session_id)
+    async def rollback(self, owner: int | None, session_id: str, count: int) -> int | None:
+        """Remove the last `count` messages; returns how many were removed (None: no such session)."""
+        if await self.get(owner, session_id) is None:
+            return None
         newest = (select(Message.id).where(Message.session_id == session_id)
                   .order_by(col(Message.id).desc()).limit(count))  # fmt: skip
         async with self.db.session() as session:

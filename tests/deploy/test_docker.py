@@ -20,9 +20,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from build_engines.trtllm import NGC_IMAGE
-from frontend_api.settings import Settings
 from llmserve.cli import build_parser
 from llmserve.serve import bind_refusal
+from llmserve.settings import LauncherSettings as Settings  # the whole stack's keys (the images set both parts)
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 PYPROJECT = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
@@ -304,7 +304,7 @@ def test_the_frontend_image_command_needs_no_engine_extra():
         "sys.meta_path.insert(0, Block())\n"
         "from llmserve.cli import build_parser\n"
         "import llmserve.standalone\n"
-        "from frontend_api.app import create_app\n"
+        "from frontend_api.server.app import create_app\n"
         "from frontend_api.settings import Settings\n"
         "create_app(Settings(home=sys.argv[1]))\n"
         "assert build_parser().parse_args(['api']).command == 'api'\n"

@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from frontend_api.settings import Settings
 from frontend_api.storage.keys import KEY_PREFIX, MIN_GIVEN_KEY_LENGTH
+from llmserve.settings import LauncherSettings as Settings  # the whole stack's keys (the images set both parts)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llmserve"

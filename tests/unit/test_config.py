@@ -9,6 +9,7 @@ import pytest
 
 from frontend_api.settings import ConfigFileError, Settings, load_settings, mask_url, public_view
 from llmserve.serve import bind_refusal
+from llmserve.settings import LauncherSettings
 
 LLMSERVE = str(Path(sys.executable).parent / "llmserve")
 CLEAN_ENV = {k: v for k, v in os.environ.items()
@@ -30,17 +31,17 @@ def config_file(tmp_path):
 def test_precedence_file_then_environment_then_flags(config_file, monkeypatch):
     for name in [k for k in os.environ if k.startswith("LLMSERVE_") or k in ("DATABASE_URL", "REDIS_URL")]:
         monkeypatch.delenv(name)
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, LauncherSettings)
     assert (settings.port, settings.max_num_seqs, settings.rate_limit_rpm) == (9001, 8, 60)
     assert settings.database_url == "postgresql+psycopg://app:hunter2@db.internal/llm"
     monkeypatch.setenv("LLMSERVE_PORT", "9002")
     monkeypatch.setenv("DATABASE_URL", "sqlite:///other.db")
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, LauncherSettings)
     assert settings.port == 9002 and settings.max_num_seqs == 8
     assert settings.database_url == "sqlite+aiosqlite:///other.db"
-    assert load_settings(config_file, port=9003).port == 9003
+    assert load_settings(config_file, LauncherSettings, port=9003).port == 9003
     monkeypatch.setenv("LLMSERVE_CONFIG", str(config_file))  # the file can come from the environment too
-    assert load_settings().rate_limit_rpm == 60
+    assert load_settings(settings_cls=LauncherSettings).rate_limit_rpm == 60
 
 
 def test_config_show_prints_the_effective_values_with_secrets_masked(config_file):
@@ -82,11 +83,22 @@ def test_mask_url_hides_only_the_password():
      ({"host": "::1"}, False), ({"host": "10.1.2.3", "allow_unauthenticated_public_bind": True}, False)],
 )  # fmt: skip
 def test_only_loopback_without_auth(fields, refused):
-    assert (bind_refusal(Settings(**fields)) is not None) == refused
+    assert (bind_refusal(LauncherSettings(**fields)) is not None) == refused
 
 
 def test_worker_processes_with_rate_limits_need_redis():
     with pytest.raises(ValueError, match="needs redis_url"):
-        Settings(workers=2, rate_limit_rpm=10)
-    assert Settings(workers=2, rate_limit_rpm=10, redis_url="redis://127.0.0.1:6379/0").workers == 2
-    assert Settings(workers=4).workers == 4  # no rate limits: nothing to share
+        LauncherSettings(workers=2, rate_limit_rpm=10)
+    assert LauncherSettings(workers=2, rate_limit_rpm=10, redis_url="redis://127.0.0.1:6379/0").workers == 2
+    assert LauncherSettings(workers=4).workers == 4  # no rate limits: nothing to share
+
+
+def test_the_front_end_gets_only_its_own_settings():
+    launcher = LauncherSettings(port=9004, triton_grpc_port=9101, max_num_seqs=8, rate_limit_rpm=5)
+    frontend = launcher.frontend()
+    assert type(frontend) is Settings and (frontend.port, frontend.rate_limit_rpm) == (9004, 5)
+    assert frontend.triton_grpc_url == "127.0.0.1:9101"  # the launcher's Triton
+    assert not hasattr(frontend, "max_num_seqs") and "max_num_seqs" not in Settings.model_fields
+    assert Settings().triton_grpc_url == "127.0.0.1:8101"
+    with pytest.raises(ValueError, match="max_num_seqs"):  # the front-end alone refuses the launcher's keys
+        Settings(max_num_seqs=8)

@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio
 from limits import RateLimitItemPerMinute
 
-from frontend_api.auth import Principal
 from frontend_api.engine.protocol import EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
-from frontend_api.limits import Limiter, seconds_until_room
-from frontend_api.serving import EngineStream, EventStream
+from frontend_api.openai.serving import EngineStream, EventStream
+from frontend_api.policy.auth import Principal
+from frontend_api.policy.limits import Limiter, seconds_until_room
 from frontend_api.settings import Settings
 
 from stack import free_port

@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from frontend_api.engine.protocol import EngineError, GenerationChunk
 from frontend_api.observability.context import RequestContext, request_id_from, set_current_request
-from frontend_api.observability.generation import GenerationTimer
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
 from frontend_api.observability.system import SystemProbe
-from frontend_api.protocol import Usage
+from frontend_api.openai.protocol import Usage
+from frontend_api.openai.timing import GenerationTimer
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

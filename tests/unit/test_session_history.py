@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from frontend_api.engine.protocol import EngineModel
-from frontend_api.protocol import ChatMessage
-from frontend_api.session_chat import SessionTurn
+from frontend_api.openai.protocol import ChatMessage
+from frontend_api.openai.session_turns import SessionTurn
+from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.storage.database import Database
-from frontend_api.storage.models import Message, SessionCreate
+from frontend_api.storage.models import Message
 from frontend_api.storage.sessions import SessionStore
-from frontend_api.tokenization import Tokenizers
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ async def tokenizers():
 
 
 async def a_session_with_turns(store: SessionStore, turns: int, system_prompt: str | None = "Be kind."):
-    session = await store.create(None, SessionCreate(system_prompt=system_prompt))
+    session = await store.create(None, system_prompt=system_prompt)
     for i in range(turns):
         await store.append(session.id, [Message(role="user", content=f"question {i} " + "word " * 40),
                                         Message(role="assistant", content=f"answer {i} " + "word " * 40)])  # fmt: skip

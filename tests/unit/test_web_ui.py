@@ -1,4 +1,4 @@
-"""The web UI's static serving (frontend_api/web_ui.py) on a bare app: built, and not built."""
+"""The web UI's static serving (frontend_api/server/web_ui.py) on a bare app: built, and not built."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
-from frontend_api.web_ui import CONTENT_SECURITY_POLICY, mount_web_ui
+from frontend_api.server.web_ui import CONTENT_SECURITY_POLICY, mount_web_ui
 
 
 def app_with_api(web_dir) -> FastAPI:

@@ -29,6 +29,18 @@ def _reject_unless(value: Any, allowed: tuple[Any, ...], message: str) -> Any:
 # ---------------------------------------------------------------------------------------------- requests
 
 
+class SessionSettings(BaseModel):
+    """Generation defaults stored with a session (and sent in a WebSocket chat frame); a request's own values win."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
@@ -294,14 +306,3 @@ class ModelCard(OpenAIBaseModel):
 class ModelList(OpenAIBaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class ErrorDetail(OpenAIBaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(OpenAIBaseModel):
-    error: ErrorDetail

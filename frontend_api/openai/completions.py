@@ -6,9 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from frontend_api.engine.protocol import EngineError
-from frontend_api.errors import engine_error_body
-from frontend_api.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest, Usage
-from frontend_api.serving import SSE_DONE, EngineStream, EventStream, OpenAIServing, Prepared, Tally, sse_event
+from frontend_api.openai.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest, Usage
+from frontend_api.openai.serving import (
+    SSE_DONE,
+    EngineStream,
+    EventStream,
+    OpenAIServing,
+    Prepared,
+    Tally,
+    engine_error_body,
+    sse_event,
+)
 
 
 class OpenAIServingCompletion(OpenAIServing):

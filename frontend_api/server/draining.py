@@ -22,12 +22,11 @@ import time
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from frontend_api.errors import error_response
-from frontend_api.middleware import refuse
+from frontend_api.errors import SHUTTING_DOWN, error_response
+from frontend_api.server.middleware import refuse
 
 logger = logging.getLogger(__name__)
 
-SHUTTING_DOWN = "The server is shutting down; retry shortly (another replica may answer)."
 ALWAYS_ANSWERED = ("/health", "/ready", "/metrics")  # /ready itself says 503 while draining
 POLL_S = 0.05
 ABORT_GRACE_S = 5.0  # after the drain timeout, time for aborted WebSocket generations to send their error frame

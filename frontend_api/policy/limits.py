@@ -29,8 +29,8 @@ from limits.aio.storage import MemoryStorage, RedisStorage, SlidingWindowCounter
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
-from frontend_api.auth import Principal
 from frontend_api.errors import OpenAIError
+from frontend_api.policy.auth import Principal
 from frontend_api.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,12 @@
-"""/v1/chat/ws: chat over a WebSocket (protocol: frontend_api/ws_protocol.py; logic: frontend_api/serving_ws.py)."""
+"""/v1/chat/ws: chat over a WebSocket
+(frames: frontend_api/websocket/frames.py; the connection: frontend_api/websocket/socket.py)."""
 
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
 
-from frontend_api.serving_ws import ChatSocket, authenticate_socket
+from frontend_api.api.deps import chat_serving
+from frontend_api.websocket.socket import ChatSocket, authenticate_socket
 
 router = APIRouter(tags=["chat"])
 
@@ -28,4 +30,4 @@ async def chat_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     principal = await authenticate_socket(websocket, websocket.app.state.settings)
     if principal is not None:
-        await ChatSocket(websocket, principal).run()
+        await ChatSocket(websocket, principal, lambda: chat_serving(websocket.app.state, principal)).run()

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from frontend_api.engine.protocol import EngineModel
 from frontend_api.errors import OpenAIError
-from frontend_api.protocol import ChatMessage
+from frontend_api.openai.protocol import ChatMessage
 
 logger = logging.getLogger(__name__)
 

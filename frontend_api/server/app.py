@@ -1,4 +1,4 @@
-"""The FastAPI application. `uvicorn --factory frontend_api.app:create_app` serves it with settings from the
+"""The FastAPI application. `uvicorn --factory frontend_api.server.app:create_app` serves it with settings from the
 environment (`LLMSERVE_*`)."""
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from frontend_api.auth import authenticate
-from frontend_api.draining import Drain, DrainMiddleware
+from frontend_api.api.routers import chat, chat_ws, completions, health, metrics, models, sessions, system
 from frontend_api.engine.protocol import Engine
-from frontend_api.errors import install_error_handlers
-from frontend_api.limits import Limiter
-from frontend_api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
 from frontend_api.observability.system import SystemProbe
-from frontend_api.routers import chat, chat_ws, completions, health, metrics, models, sessions, system
+from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.policy.auth import authenticate
+from frontend_api.policy.limits import Limiter
+from frontend_api.server.draining import Drain, DrainMiddleware
+from frontend_api.server.error_handlers import install_error_handlers
+from frontend_api.server.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware
+from frontend_api.server.web_ui import mount_web_ui
 from frontend_api.settings import Settings, get_settings
 from frontend_api.storage.database import Database, DatabaseUnavailable
-from frontend_api.tokenization import Tokenizers
-from frontend_api.web_ui import mount_web_ui
 
 logger = logging.getLogger(__name__)
 

@@ -3,28 +3,33 @@
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.datastructures import State
 
-from frontend_api.auth import PrincipalDep
 from frontend_api.engine.protocol import Engine, EngineUnavailable
-from frontend_api.limits import Limiter
-from frontend_api.serving import OpenAIServing
-from frontend_api.serving_chat import OpenAIServingChat
-from frontend_api.serving_completions import OpenAIServingCompletion
+from frontend_api.openai.chat import OpenAIServingChat
+from frontend_api.openai.completions import OpenAIServingCompletion
+from frontend_api.openai.serving import OpenAIServing
+from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.policy.auth import Principal, PrincipalDep
+from frontend_api.policy.limits import Limiter
 from frontend_api.settings import Settings
 from frontend_api.storage.database import Database
 from frontend_api.storage.sessions import SessionStore
-from frontend_api.tokenization import Tokenizers
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
-    engine = getattr(request.app.state, "engine", None)
+def get_engine(state: State) -> Engine:
+    engine = getattr(state, "engine", None)
     if engine is None:  # the lifespan has not created it (yet), or has closed it
         raise EngineUnavailable()
     return engine
+
+
+def get_app_engine(request: Request) -> Engine:
+    return get_engine(request.app.state)
 
 
 def get_database(request: Request) -> Database:
@@ -44,7 +49,7 @@ def get_limiter(request: Request) -> Limiter:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(get_app_engine)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionStoreDep = Annotated[SessionStore, Depends(get_session_store)]
 TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
@@ -58,11 +63,14 @@ def get_serving(
     return OpenAIServing(engine, tokenizers, settings, principal, limiter)
 
 
-def get_chat_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
-    limiter: LimiterDep, store: SessionStoreDep,
-) -> OpenAIServingChat:
-    return OpenAIServingChat(engine, tokenizers, settings, principal, limiter, store)
+def chat_serving(state: State, principal: Principal) -> OpenAIServingChat:
+    """The chat serving object of one caller: for HTTP requests (below) and for each WebSocket connection."""
+    return OpenAIServingChat(get_engine(state), state.tokenizers, state.settings, principal, state.limiter,
+                             SessionStore(state.database))  # fmt: skip
+
+
+def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIServingChat:
+    return chat_serving(request.app.state, principal)
 
 
 def get_completion_serving(

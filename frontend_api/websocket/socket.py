@@ -1,4 +1,4 @@
-"""One WebSocket chat connection (protocol in frontend_api/ws_protocol.py): authenticate, then read frames
+"""One WebSocket chat connection (protocol in frontend_api/websocket/frames.py): authenticate, then read frames
 while at most one generation runs; `stop` cancels it, which closes the engine stream and frees the slot."""
 
 from __future__ import annotations
@@ -6,23 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from frontend_api.auth import Principal, anonymous, bearer_token, principal_for_key
-from frontend_api.draining import SHUTTING_DOWN
 from frontend_api.engine.protocol import EngineError, EngineUnavailable
-from frontend_api.errors import OpenAIError, describe_validation_errors
-from frontend_api.protocol import ChatCompletionRequest
-from frontend_api.serving_chat import ChatRun, OpenAIServingChat
+from frontend_api.errors import SHUTTING_DOWN, OpenAIError, describe_validation_errors, session_not_found
+from frontend_api.openai.chat import ChatRun, OpenAIServingChat
+from frontend_api.openai.protocol import ChatCompletionRequest
+from frontend_api.policy.auth import Principal, anonymous, bearer_token, principal_for_key
 from frontend_api.settings import Settings
 from frontend_api.storage.database import DatabaseUnavailable
-from frontend_api.storage.models import SessionCreate
-from frontend_api.storage.sessions import SessionStore
-from frontend_api.ws_protocol import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
+from frontend_api.websocket.frames import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
 
 POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication
 TRY_AGAIN_LATER = 1013  # the key could not be checked (database down): the key may well be valid
@@ -60,14 +58,13 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
 
 
 class ChatSocket:
-    def __init__(self, websocket: WebSocket, principal: Principal):
-        state = websocket.app.state
+    def __init__(self, websocket: WebSocket, principal: Principal, serving: Callable[[], OpenAIServingChat]):
+        """`serving` makes the caller's chat serving object (the same factory as HTTP chat's), once per chat: the
+        engine may come and go while the connection stays open."""
         self.websocket = websocket
         self.principal = principal
-        self.settings: Settings = state.settings
-        self.sessions = SessionStore(state.database)
-        self.serving = OpenAIServingChat(state.engine, state.tokenizers, state.settings, principal, state.limiter,
-                                         self.sessions)  # fmt: skip
+        self.settings: Settings = websocket.app.state.settings
+        self.make_serving = serving
         self.generation: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
@@ -130,10 +127,11 @@ class ChatSocket:
             self.websocket.app.state.drain.track(self.generation)
 
     async def _chat(self, frame: ChatFrame) -> None:
-        received = time.monotonic()
+        arrived = time.perf_counter()
         try:
-            run = await self.serving.start_chat(await self._request(frame))
-            await self._stream(run, received)
+            serving = self.make_serving()
+            run = await serving.start_chat(await self._request(serving, frame), arrived)
+            await self._stream(run)
         except OpenAIError as exc:
             await self.send(error_frame(exc.code or exc.type, exc.message, exc.param))
         except EngineUnavailable as exc:
@@ -147,14 +145,16 @@ class ChatSocket:
             await self.send({"type": "done", "finish_reason": "cancelled", "usage": None, "session_id": frame.session_id,
                              "stats": None})  # fmt: skip
 
-    async def _request(self, frame: ChatFrame) -> ChatCompletionRequest:
+    async def _request(self, serving: OpenAIServingChat, frame: ChatFrame) -> ChatCompletionRequest:
         settings = frame.settings
         if frame.session_id is not None:
-            session = await self.sessions.get(self.principal.key_id, frame.session_id)
+            session = await serving.sessions.get(self.principal.key_id, frame.session_id)
+            if session is None:
+                raise session_not_found(frame.session_id)
         else:
-            session = await self.sessions.create(self.principal.key_id, SessionCreate(
-                title=frame.content[:60], model=settings.model, system_prompt=settings.system_prompt))  # fmt: skip
-        model = settings.model or session.model or await self._default_model()
+            session = await serving.sessions.create(self.principal.key_id, title=frame.content[:60],
+                                                    model=settings.model, system_prompt=settings.system_prompt)  # fmt: skip
+        model = settings.model or session.model or await self._default_model(serving)
         messages = [{"role": "user", "content": frame.content}]
         if settings.system_prompt and frame.session_id is not None:  # a new session stores it as its prompt
             messages.insert(0, {"role": "system", "content": settings.system_prompt})
@@ -163,31 +163,30 @@ class ChatSocket:
             {"model": model, "messages": messages, "stream": True, "session_id": session.id, **sampling}
         )
 
-    async def _default_model(self) -> str:
-        models = await self.serving.engine.list_models()
+    @staticmethod
+    async def _default_model(serving: OpenAIServingChat) -> str:
+        models = await serving.engine.list_models()
         if not models:
             raise EngineUnavailable("No model is being served yet.")
         return models[0].id
 
-    async def _stream(self, run: ChatRun, received: float) -> None:
-        first: float | None = None
+    async def _stream(self, run: ChatRun) -> None:
         finish_reason = "cancelled"
         try:
             async with aclosing(run.deltas()) as deltas:
                 async for text in deltas:
-                    first = first or time.monotonic()
                     await self.send({"type": "delta", "content": text})
             finish_reason = run.finish_reason or "stop"
         except asyncio.CancelledError:  # {"type": "stop"}: deltas() closed the engine stream and stored the turn
             asyncio.current_task().uncancel()
-        ended = time.monotonic()
         tally = run.tally
         completion = run.usage.completion_tokens if run.usage else (tally.num_output_tokens or 0)
         usage = run.usage.model_dump() if run.usage else {
             "prompt_tokens": run.prepared.prompt_tokens, "completion_tokens": completion,
             "total_tokens": run.prepared.prompt_tokens + completion}  # fmt: skip
-        decode_s = ended - first if first else 0.0
-        stats = {"ttft_ms": round((first - received) * 1000, 1) if first else None,
-                 "tokens_per_second": round(completion / decode_s, 2) if decode_s > 0 else None}  # fmt: skip
+        # The same timer, and so the same TTFT, as the HTTP chat's usage.stats (from the frame's arrival here).
+        timed = run.prepared.timer.stats(completion) if run.prepared.timer else None
+        stats = {"ttft_ms": timed.ttft_ms if timed else None,
+                 "tokens_per_second": timed.tokens_per_second if timed else None}  # fmt: skip
         await self.send({"type": "done", "finish_reason": finish_reason, "usage": usage, "session_id": run.session_id,
                          "stats": stats})  # fmt: skip

@@ -2,9 +2,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from frontend_api.deps import DatabaseDep, EngineDep
-from frontend_api.errors import OpenAIError
-from frontend_api.protocol import ErrorResponse
+from frontend_api.api.deps import DatabaseDep, EngineDep
+from frontend_api.errors import ErrorResponse, OpenAIError
 
 router = APIRouter(tags=["health"])
 

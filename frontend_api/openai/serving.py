@@ -15,14 +15,22 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from frontend_api.auth import Principal
-from frontend_api.engine.protocol import Engine, EngineModel, GenerationChunk, GenerationRequest, SamplingParams
-from frontend_api.errors import OpenAIError, model_not_found
-from frontend_api.limits import Admission, Limiter
-from frontend_api.observability.generation import GenerationTimer
-from frontend_api.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
+from frontend_api.engine.protocol import (
+    Engine,
+    EngineError,
+    EngineModel,
+    EngineUnavailable,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+)
+from frontend_api.errors import OpenAIError, error_body, model_not_found
+from frontend_api.openai.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
+from frontend_api.openai.timing import GenerationTimer
+from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.policy.auth import Principal
+from frontend_api.policy.limits import Admission, Limiter
 from frontend_api.settings import Settings
-from frontend_api.tokenization import Tokenizers
 
 SSE_DONE = "data: [DONE]\n\n"
 FINISH_REASONS = ("stop", "length")
@@ -31,6 +39,12 @@ FINISH_REASONS = ("stop", "length")
 def sse_event(payload: BaseModel | dict[str, Any]) -> str:
     data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n"
+
+
+def engine_error_body(exc: EngineError) -> dict[str, Any]:
+    """The OpenAI error body of an engine failure (an HTTP answer, or the last SSE event of a stream)."""
+    code = "engine_unavailable" if isinstance(exc, EngineUnavailable) else None
+    return error_body(exc.status, exc.message, param=exc.param, code=code)
 
 
 def new_id(prefix: str) -> str:
@@ -46,6 +60,7 @@ class Prepared:
     prompt_tokens: int
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    arrived: float | None = None  # time.perf_counter() of a WebSocket chat frame (HTTP: the request's own)
     timer: GenerationTimer | None = None  # set by start(): metrics and usage.stats
 
 
@@ -147,6 +162,7 @@ class OpenAIServing:
         names: tuple[str, str],
         id_prefix: str,
         prompt_tokens: int | None = None,  # when the caller has counted the prompt already
+        arrived: float | None = None,
     ) -> Prepared:
         if prompt_tokens is None:
             prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
@@ -167,10 +183,12 @@ class OpenAIServing:
             params=sampling_params(request, max_tokens),
             stream=request.stream,
         )
-        return Prepared(model=model, engine_request=engine_request, prompt_tokens=prompt_tokens, id=request_id)
+        return Prepared(
+            model=model, engine_request=engine_request, prompt_tokens=prompt_tokens, id=request_id, arrived=arrived
+        )
 
     async def admit(self, prepared: Prepared) -> Admission | None:
-        """Apply the limits (frontend_api/limits.py) to a generation about to start: raises 429/503, or returns the
+        """Apply the limits (frontend_api/policy/limits.py) to a generation about to start: raises 429/503, or returns the
         admission that the generation's EngineStream finishes when it closes."""
         if self.limiter is None:
             return None
@@ -182,7 +200,8 @@ class OpenAIServing:
         The returned stream must be closed; closing it releases the admission. The timer records the metrics."""
         admission = await self.admit(prepared)
         timer = prepared.timer = GenerationTimer(prepared.model.id, self.principal.name,
-                                                 prepared.engine_request.params.max_tokens, prepared.prompt_tokens)
+                                                 prepared.engine_request.params.max_tokens, prepared.prompt_tokens,
+                                                 prepared.arrived)
         stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
         try:
             await stream.receive_first()

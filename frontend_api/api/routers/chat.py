@@ -1,8 +1,9 @@
 from fastapi import APIRouter, Request, Response
 
-from frontend_api.deps import ChatServingDep
-from frontend_api.http_utils import to_response, with_cancellation
-from frontend_api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from frontend_api.api.deps import ChatServingDep
+from frontend_api.api.http import to_response, with_cancellation
+from frontend_api.errors import ErrorResponse
+from frontend_api.openai.protocol import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(tags=["chat"])
 

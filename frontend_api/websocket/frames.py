@@ -1,4 +1,4 @@
-"""The WebSocket chat protocol (/v1/chat/ws), as JSON text frames. Documented in the README.
+"""The WebSocket chat protocol (/v1/chat/ws), as JSON text frames. Documented in docs/SESSIONS.md.
 
 client -> server
   {"type": "auth", "api_key": "..."}                    first frame, when auth is on and no Authorization header
@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from frontend_api.storage.models import SessionSettings
+from frontend_api.openai.protocol import SessionSettings
 
 PROTOCOL_VERSION = 1
 MAX_CONTENT_CHARS = 200_000

@@ -13,22 +13,24 @@ from collections.abc import AsyncIterator
 
 from frontend_api.engine.protocol import GenerationChunk
 from frontend_api.observability.context import RequestContext, current_request
-from frontend_api.protocol import GenerationStats
+from frontend_api.openai.protocol import GenerationStats
 
 FINISHED = ("stop", "length")
 
 
 class GenerationTimer:
-    def __init__(self, model: str, key_name: str, max_tokens: int, prompt_tokens: int):
+    def __init__(self, model: str, key_name: str, max_tokens: int, prompt_tokens: int, arrived: float | None = None):
         self.context: RequestContext | None = current_request()
         self.metrics = self.context.metrics if self.context else None
         self.model = model
         self.key_name = key_name
         self.max_tokens = max_tokens
         self.sent = time.perf_counter()
-        # TTFT counts from the HTTP request's arrival (template and tokenization included); a WebSocket message
-        # has no arrival of its own here, so from when it is sent to the engine.
-        self.arrived = self.context.started if self.context and self.context.kind == "http" else self.sent
+        # TTFT counts from the request's arrival (template and tokenization included): the HTTP request's, or the
+        # `arrived` the caller gives (a WebSocket chat frame's); without either, from when it is sent to the engine.
+        if arrived is None and self.context and self.context.kind == "http":
+            arrived = self.context.started
+        self.arrived = self.sent if arrived is None else arrived
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.prompt_tokens = prompt_tokens

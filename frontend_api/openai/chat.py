@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from frontend_api.auth import Principal
 from frontend_api.engine.protocol import Engine, EngineError
-from frontend_api.errors import engine_error_body
-from frontend_api.limits import Limiter
-from frontend_api.protocol import (
+from frontend_api.openai.protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
@@ -20,11 +17,22 @@ from frontend_api.protocol import (
     DeltaMessage,
     Usage,
 )
-from frontend_api.serving import SSE_DONE, EngineStream, EventStream, OpenAIServing, Prepared, Tally, sse_event
-from frontend_api.session_chat import SessionTurn, open_turn, reply_reserve
+from frontend_api.openai.serving import (
+    SSE_DONE,
+    EngineStream,
+    EventStream,
+    OpenAIServing,
+    Prepared,
+    Tally,
+    engine_error_body,
+    sse_event,
+)
+from frontend_api.openai.session_turns import SessionTurn, open_turn, reply_reserve
+from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.policy.auth import Principal
+from frontend_api.policy.limits import Limiter
 from frontend_api.settings import Settings
 from frontend_api.storage.sessions import SessionStore
-from frontend_api.tokenization import Tokenizers
 
 
 class ChatRun:
@@ -85,7 +93,8 @@ class OpenAIServingChat(OpenAIServing):
         super().__init__(engine, tokenizers, settings, principal, limiter)
         self.sessions = sessions
 
-    async def start_chat(self, request: ChatCompletionRequest) -> ChatRun:
+    async def start_chat(self, request: ChatCompletionRequest, arrived: float | None = None) -> ChatRun:
+        """Start a chat generation; `arrived` (time.perf_counter()) is when a WebSocket frame asked for it."""
         model = await self.resolve_model(request.model)
         turn, prompt_tokens = None, None
         if request.session_id is not None:
@@ -100,7 +109,7 @@ class OpenAIServingChat(OpenAIServing):
         else:
             requested, names = request.max_tokens, ("max_tokens", "messages")
         prepared = await self.prepare(request, model, prompt, requested, names, id_prefix="chatcmpl",
-                                      prompt_tokens=prompt_tokens)  # fmt: skip
+                                      prompt_tokens=prompt_tokens, arrived=arrived)  # fmt: skip
         return ChatRun(self, prepared, await self.start(prepared), turn)
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
 
-from frontend_api.auth import PrincipalDep
-from frontend_api.deps import SessionStoreDep
-from frontend_api.protocol import ErrorResponse
-from frontend_api.storage.models import (
-    ChatSession,
+from frontend_api.api.deps import SessionStoreDep
+from frontend_api.api.session_models import (
+    MessageList,
     MessagePublic,
+    RollbackRequest,
+    RollbackResult,
     SessionCreate,
+    SessionDeleted,
     SessionExport,
+    SessionList,
     SessionPublic,
     SessionUpdate,
-    now,
 )
+from frontend_api.errors import ErrorResponse, session_not_found
+from frontend_api.policy.auth import PrincipalDep
+from frontend_api.storage.models import ChatSession, Message, now
 
 INT64_MAX = 2**63 - 1  # what the databases' integers hold; a larger offset would fail in the driver
 
@@ -26,43 +29,24 @@ router = APIRouter(tags=["sessions"], responses={400: {"model": ErrorResponse}, 
                                                   503: {"model": ErrorResponse}})  # fmt: skip
 
 
-class SessionList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[SessionPublic]
-    has_more: bool
-
-
-class MessageList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[MessagePublic]
-    has_more: bool
-
-
-class SessionDeleted(BaseModel):
-    id: str
-    object: Literal["chat.session.deleted"] = "chat.session.deleted"
-    deleted: bool = True
-
-
-class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    count: int = Field(1, ge=1, le=10_000, description="How many of the newest messages to remove.")
-
-
-class RollbackResult(BaseModel):
-    object: Literal["chat.session.rollback"] = "chat.session.rollback"
-    removed: int
-    session: SessionPublic
-
-
-def public(record: ChatSession) -> SessionPublic:
+def public(record: ChatSession | None, session_id: str) -> SessionPublic:
+    """The API's view of a stored session; a 404 when storage found none."""
+    if record is None:
+        raise session_not_found(session_id)
     return SessionPublic.model_validate(record, from_attributes=True)
+
+
+def found(rows: list[Message] | None, session_id: str) -> list[MessagePublic]:
+    if rows is None:
+        raise session_not_found(session_id)
+    return [MessagePublic.model_validate(m, from_attributes=True) for m in rows]
 
 
 @router.post("/v1/sessions", status_code=201)
 async def create_session(body: SessionCreate, principal: PrincipalDep, store: SessionStoreDep) -> SessionPublic:
-    return public(await store.create(principal.key_id, body))
+    record = await store.create(principal.key_id, title=body.title, model=body.model, system_prompt=body.system_prompt,
+                                settings=body.settings.model_dump(exclude_none=True))  # fmt: skip
+    return public(record, record.id)
 
 
 @router.get("/v1/sessions")
@@ -73,24 +57,28 @@ async def list_sessions(
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> SessionList:
     rows = await store.list(principal.key_id, limit + 1, offset)
-    return SessionList(data=[public(r) for r in rows[:limit]], has_more=len(rows) > limit)
+    return SessionList(data=[public(r, r.id) for r in rows[:limit]], has_more=len(rows) > limit)
 
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, principal: PrincipalDep, store: SessionStoreDep) -> SessionPublic:
-    return public(await store.get(principal.key_id, session_id))
+    return public(await store.get(principal.key_id, session_id), session_id)
 
 
 @router.patch("/v1/sessions/{session_id}")
 async def update_session(
     session_id: str, body: SessionUpdate, principal: PrincipalDep, store: SessionStoreDep
 ) -> SessionPublic:
-    return public(await store.update(principal.key_id, session_id, body))
+    values = body.model_dump(exclude_unset=True)
+    if "settings" in values:
+        values["settings"] = body.settings.model_dump(exclude_none=True) if body.settings else {}
+    return public(await store.update(principal.key_id, session_id, values), session_id)
 
 
 @router.delete("/v1/sessions/{session_id}")
 async def delete_session(session_id: str, principal: PrincipalDep, store: SessionStoreDep) -> SessionDeleted:
-    await store.delete(principal.key_id, session_id)
+    if not await store.delete(principal.key_id, session_id):
+        raise session_not_found(session_id)
     return SessionDeleted(id=session_id)
 
 
@@ -102,9 +90,8 @@ async def list_messages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="Only messages with a larger id (pagination).")] = None,
 ) -> MessageList:
-    rows = await store.messages(principal.key_id, session_id, limit + 1, after)
-    data = [MessagePublic.model_validate(m, from_attributes=True) for m in rows[:limit]]
-    return MessageList(data=data, has_more=len(rows) > limit)
+    data = found(await store.messages(principal.key_id, session_id, limit + 1, after), session_id)
+    return MessageList(data=data[:limit], has_more=len(data) > limit)
 
 
 @router.post("/v1/sessions/{session_id}/rollback")
@@ -112,14 +99,15 @@ async def rollback_session(
     session_id: str, body: RollbackRequest, principal: PrincipalDep, store: SessionStoreDep
 ) -> RollbackResult:
     removed = await store.rollback(principal.key_id, session_id, body.count)
-    return RollbackResult(removed=removed, session=public(await store.get(principal.key_id, session_id)))
+    if removed is None:
+        raise session_not_found(session_id)
+    return RollbackResult(removed=removed, session=public(await store.get(principal.key_id, session_id), session_id))
 
 
 @router.get("/v1/sessions/{session_id}/export", response_model=SessionExport)
 async def export_session(session_id: str, principal: PrincipalDep, store: SessionStoreDep) -> Response:
-    record = await store.get(principal.key_id, session_id)
-    messages = await store.messages(principal.key_id, session_id, limit=1_000_000, after=None)
-    export = SessionExport(exported_at=now(), session=public(record),
-                           messages=[MessagePublic.model_validate(m, from_attributes=True) for m in messages])  # fmt: skip
+    session = public(await store.get(principal.key_id, session_id), session_id)
+    messages = found(await store.messages(principal.key_id, session_id, limit=1_000_000, after=None), session_id)
+    export = SessionExport(exported_at=now(), session=session, messages=messages)
     return Response(export.model_dump_json(indent=2), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{session_id}.json"'})  # fmt: skip

@@ -1,6 +1,6 @@
 """Chat inside a stored session: the history goes in front of the new messages, and the turn is stored.
 
-What is stored (documented in the README):
+What is stored (documented in docs/SESSIONS.md):
 - a completed reply: the request's user/assistant messages and the reply, in one transaction, exactly once,
   before the client sees the end of the reply;
 - a reply that did not complete (stop, client gone, engine failure): the request's messages and, if any text
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from frontend_api.engine.protocol import EngineModel
-from frontend_api.protocol import ChatCompletionRequest, ChatMessage, Usage
+from frontend_api.errors import session_not_found
+from frontend_api.openai.protocol import ChatCompletionRequest, ChatMessage, Usage
+from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.storage.models import ChatSession, Message
 from frontend_api.storage.sessions import SessionStore
-from frontend_api.tokenization import Tokenizers
 
 DEFAULT_REPLY_RESERVE = 512  # tokens kept free for the reply when the request sets no max_tokens
 _background: set[asyncio.Task[Any]] = set()
@@ -94,6 +95,8 @@ async def open_turn(
 ) -> tuple[SessionTurn, ChatCompletionRequest]:
     assert request.session_id is not None
     session = await store.get(owner, request.session_id)
+    if session is None:
+        raise session_not_found(request.session_id)
     return SessionTurn(store, session, list(request.messages)), with_session_defaults(request, session)
 
 

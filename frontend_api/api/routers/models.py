@@ -1,7 +1,8 @@
 from fastapi import APIRouter
 
-from frontend_api.deps import ServingDep, StartedAtDep
-from frontend_api.protocol import ErrorResponse, ModelCard, ModelList
+from frontend_api.api.deps import ServingDep, StartedAtDep
+from frontend_api.errors import ErrorResponse
+from frontend_api.openai.protocol import ModelCard, ModelList
 
 router = APIRouter(tags=["models"])
 

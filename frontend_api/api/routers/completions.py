@@ -1,8 +1,9 @@
 from fastapi import APIRouter, Request, Response
 
-from frontend_api.deps import CompletionServingDep
-from frontend_api.http_utils import to_response, with_cancellation
-from frontend_api.protocol import Completion, CompletionRequest, ErrorResponse
+from frontend_api.api.deps import CompletionServingDep
+from frontend_api.api.http import to_response, with_cancellation
+from frontend_api.errors import ErrorResponse
+from frontend_api.openai.protocol import Completion, CompletionRequest
 
 router = APIRouter(tags=["completions"])
 

@@ -1,0 +1,1 @@
+"""HTTP routes and their dependencies: each router only translates HTTP to calls on the layers below."""

@@ -1,0 +1,1 @@
+"""The WebSocket chat protocol (/v1/chat/ws): typed frames and the per-connection handler."""

@@ -1,0 +1,65 @@
+"""The launcher's settings: the front-end's (frontend_api/settings.py) plus Triton, the engine and the models.
+
+One class for the whole command line, so that `--config`, LLMSERVE_* variables and `config show` cover every key
+the stack has; each front-end process receives only the front-end's part (`frontend()`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from frontend_api.settings import Settings, check_address
+
+
+class LauncherSettings(Settings):
+    workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
+
+    # Triton, started and supervised by `llmserve serve` / `llmserve triton`
+    triton_address: str = Field("127.0.0.1", description="Address of `llmserve triton` (Triton alone, e.g. 0.0.0.0 "
+                                "in a container); `llmserve serve` keeps its Triton on loopback.")  # fmt: skip
+    triton_http_port: int = Field(8100, ge=1, le=65535)
+    triton_grpc_port: int = Field(8101, ge=1, le=65535)
+    triton_metrics_port: int = Field(8102, ge=1, le=65535)
+    triton_startup_timeout_s: float = Field(600, gt=0)
+    triton_restart_max_backoff_s: float = Field(30, ge=1, description="`serve` restarts a Triton that died, waiting "
+                                                "1, 2, 4 ... s between attempts, at most this long.")  # fmt: skip
+    triton_restart_max_attempts: int = Field(0, ge=0, description="`serve` exits with code 1 after this many failed "
+                                             "Triton restarts in a row (for a process manager to act on); 0: never.")  # fmt: skip
+
+    # What is served. Each entry is `builtin:smollm2`, a local Hugging Face checkpoint directory, or
+    # `ID=DIR` to choose the served model id. Converted checkpoints and repositories are cached under `home`.
+    models: list[str] = ["builtin:smollm2"]
+    model_repository: Path | None = Field(
+        None, description="Serve this already-rendered Triton model repository instead of preparing one."
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    instance_count: int = Field(1, ge=1, le=16)
+    max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
+    kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
+    engine_core: Literal["transformers", "fast"] = Field(
+        "transformers", description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
+    )
+
+    @field_validator("triton_address")
+    @classmethod
+    def _triton_address(cls, value: str) -> str:
+        return check_address(value)
+
+    @model_validator(mode="after")
+    def _workers_share_limits(self) -> LauncherSettings:
+        if self.workers > 1 and (self.rate_limit_rpm or self.rate_limit_tpm) and not self.redis_url:
+            raise ValueError("workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
+                             "would otherwise keep a budget of its own")  # fmt: skip
+        return self
+
+    @property
+    def local_triton_grpc_port(self) -> int:
+        return self.triton_grpc_port
+
+    def frontend(self) -> Settings:
+        """The front-end's part, as handed to its worker processes."""
+        return Settings.model_validate(self.model_dump(include=set(Settings.model_fields)))

@@ -20,7 +20,7 @@ WEB_SOURCES := $(shell find $(WEB)/src -type f 2>/dev/null) $(addprefix $(WEB)/,
 
 help:
 	@echo "make serve   install, prepare the default model, start Triton + the OpenAI API on http://127.0.0.1:8000/v1"
-	@echo "             (ARGS='--port 9000 --model ID=DIR ...' or LLMSERVE_* variables; see README)"
+	@echo "             (ARGS='--port 9000 --model ID=DIR ...' or LLMSERVE_* variables; see docs/CONFIGURATION.md)"
 	@echo "make test    install, then run the whole test suite"
 	@echo "make web     build the web chat UI served at / (needs Node.js 20+ and npm; serve and test do it)"
 	@echo "make lint    ruff over the code"

@@ -73,7 +73,7 @@ def check_cuda() -> None:
     if not torch.cuda.is_available():
         raise ValueError(
             f"--device cuda, but this environment's torch ({torch.__version__}) sees no CUDA GPU; install a CUDA "
-            "build of torch into the virtual environment (README: GPU) or serve with --device cpu"
+            "build of torch into the virtual environment (docs/TRITON_AND_GPU.md) or serve with --device cpu"
         )
 
 

@@ -3,7 +3,7 @@
 The flow is TensorRT-LLM's documented two-step one, `convert_checkpoint.py` (or `quantize.py` for fp8 / int4_awq)
 then `trtllm-build`, rather than the LLM API: the C++ `tensorrtllm` Triton backend serves engine directories,
 which `trtllm-build` writes; each step is a plain command we can print (`--dry-run`), log and rerun by hand; and
-it is the flow the tensorrtllm_backend documents. TensorRT-LLM cannot be installed here (PLATFORM.md): a real run
+it is the flow the tensorrtllm_backend documents. TensorRT-LLM cannot be installed here (docs/TENSORRT_LLM.md): a real run
 happens in the NGC container; here `--dry-run` prints the commands and renders the repository.
 """
 
@@ -125,7 +125,7 @@ def missing_tensorrt_llm(options: BuildOptions) -> str | None:
         f"  git clone --depth 1 --branch v{TRTLLM_VERSION} https://github.com/NVIDIA/TensorRT-LLM.git trtllm-src\n"
         f'  docker run --rm --gpus all --ipc=host -v "$PWD:$PWD" -w "$PWD" -e TRTLLM_EXAMPLES="$PWD/trtllm-src/examples" '
         f"{NGC_IMAGE} \\\n    bash -c 'pip install -e . && llmserve build --engine trtllm ...'\n"
-        "(README: TensorRT-LLM). Add --dry-run to print the commands and render the repository without it."
+        "(docs/TENSORRT_LLM.md). Add --dry-run to print the commands and render the repository without it."
     )
 
 

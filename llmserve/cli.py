@@ -45,7 +45,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 def _add_api_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="front-end address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
-    parser.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see README)")
+    parser.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see docs/CONFIGURATION.md)")
     parser.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
     parser.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
                         help="allow a non-loopback --host although authentication is off")

@@ -1,7 +1,7 @@
 """Find, prepare and run a Triton Inference Server process.
 
 Order of search: $TRITONSERVER, /opt/tritonserver/bin/tritonserver (the NGC container), then the complete
-Triton that the nvidia-pytriton wheel ships. The wheel's server needs two things prepared (see PLATFORM.md):
+Triton that the nvidia-pytriton wheel ships. The wheel's server needs two things prepared (docs/TRITON_AND_GPU.md):
 the python backend stub for this interpreter next to libtriton_python.so, and LD_LIBRARY_PATH starting with
 this interpreter's libpython, then the wheel's bundled libraries.
 """

@@ -1,5 +1,5 @@
 """The front-end's Prometheus metrics: one `Metrics` per app, in its own registry (apps in one process, as in
-tests, do not collide). Names and labels are documented in the README ("Metrics and logs").
+tests, do not collide). Names and labels are documented in docs/METRICS_AND_LOGS.md.
 
 Label values stay bounded: routes are templates (`/v1/sessions/{session_id}`, never the raw path), models are
 the served ids, key names are the names of API keys (never the keys) or "anonymous".

@@ -203,7 +203,7 @@ class CompletionRequest(BaseGenerationRequest):
 
 
 class GenerationStats(OpenAIBaseModel):
-    """Our extension of `usage` (README, "Metrics and logs"): where the time of this response went."""
+    """Our extension of `usage` (docs/METRICS_AND_LOGS.md): where the time of this response went."""
 
     ttft_ms: float = Field(description="Request arrival to the first generated token.")
     prefill_ms: float = Field(description="Request sent to the engine to the first token: engine queue + prefill.")

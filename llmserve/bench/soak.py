@@ -1,5 +1,5 @@
 """A bounded soak test: many streaming chat clients in sessions for a set time, some of them hanging up at random;
-then every session is read back to check that each reply was stored exactly once (README, "Sessions").
+then every session is read back to check that each reply was stored exactly once (docs/SESSIONS.md).
 
     python -m llmserve.bench.soak --url http://127.0.0.1:8000 --clients 200 --duration 300 --out soak/
 

@@ -1,4 +1,4 @@
-"""The soak test's checks and report: every turn stored as README's "Sessions" says, server-side 5xx from
+"""The soak test's checks and report: every turn stored as docs/SESSIONS.md says, server-side 5xx from
 /metrics, outcomes, front-end RSS over time; JSON and a PNG plot."""
 
 from __future__ import annotations

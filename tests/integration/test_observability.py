@@ -64,7 +64,7 @@ def assert_stats(usage: dict) -> dict:
     assert 0 < stats["prefill_ms"] <= stats["ttft_ms"] <= stats["e2e_ms"]
     assert stats["e2e_ms"] == pytest.approx(stats["ttft_ms"] + stats["decode_ms"], abs=0.01)
     assert stats["decode_ms"] > 0 and stats["tokens_per_second"] > 0
-    # decode throughput as defined in the README: the tokens after the first over the decode time
+    # decode throughput as defined in docs/METRICS_AND_LOGS.md: the tokens after the first over the decode time
     rate = (usage["completion_tokens"] - 1) / (stats["decode_ms"] / 1000)
     assert stats["tokens_per_second"] == pytest.approx(rate, rel=0.01, abs=0.006)  # reported to 0.01
     return stats

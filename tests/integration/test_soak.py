@@ -1,7 +1,7 @@
 """The soak test's short version (llmserve/bench/soak.py; the long run is in docs/RELIABILITY.md): 200 streaming
 chat clients in sessions, SSE and WebSocket, a quarter of the messages hung up early, for about half a minute of
 new messages. Checked: no 5xx (client side and the server's own count), no transport or stream errors, every
-completed reply stored exactly once in its session and every hung-up one stored as the README says, and the
+completed reply stored exactly once in its session and every hung-up one stored as docs/SESSIONS.md says, and the
 front-end's memory within a generous bound. Timings are reported, not asserted."""
 
 from __future__ import annotations

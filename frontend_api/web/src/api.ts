@@ -1,4 +1,4 @@
-// The REST side of the front-end: models and sessions (README "Sessions"). The API key, when auth is on, goes
+// The REST side of the front-end: models and sessions (docs/SESSIONS.md). The API key, when auth is on, goes
 // in the Authorization header, never in a URL.
 
 export interface ChatSettingsValues {

@@ -1,4 +1,4 @@
-// The WebSocket chat (README "WebSocket chat: /v1/chat/ws", protocol 1), with automatic reconnect.
+// The WebSocket chat (docs/SESSIONS.md, protocol 1), with automatic reconnect.
 // When auth is on, the key is sent as the first frame ({"type": "auth"}); it never goes in the URL.
 
 export interface DoneFrame {

@@ -8,7 +8,7 @@ export interface Settings extends ChatSettingsValues {
   system_prompt: string;
 }
 
-// repetition_penalty 1.0 is neutral: the default `llm` engine rejects any other value (README).
+// repetition_penalty 1.0 is neutral: the default `llm` engine rejects any other value (docs/API.md).
 export const DEFAULT_SETTINGS: Settings = {
   model: "",
   temperature: 0.7,

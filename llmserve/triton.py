@@ -51,7 +51,8 @@ def find_triton(home: Path) -> TritonInstall:
         binary = Path(env_binary)
         if not binary.is_file():
             raise TritonError(f"TRITONSERVER={env_binary} does not exist; unset it or point it at a tritonserver binary")
-        if _pytriton_root() and binary.resolve() == (_pytriton_root() / "bin" / "tritonserver").resolve():
+        bundled = _pytriton_root()
+        if bundled and binary.resolve() == (bundled / "bin" / "tritonserver").resolve():
             return _pytriton_install(home)
         return TritonInstall(binary, None, [])
     if NGC_TRITONSERVER.is_file():

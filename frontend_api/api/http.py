@@ -52,7 +52,7 @@ def with_cancellation(handler: Callable[..., Awaitable[Any]]) -> Callable[..., A
 
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        handler_task = asyncio.create_task(handler(*args, **kwargs))
+        handler_task: asyncio.Task[Any] = asyncio.ensure_future(handler(*args, **kwargs))
         disconnect_task = asyncio.create_task(_wait_for_disconnect(kwargs["raw_request"]))
         try:
             done, _ = await asyncio.wait({handler_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)

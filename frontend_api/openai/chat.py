@@ -3,7 +3,7 @@ as SSE chunks, or as WebSocket messages. With `session_id`, the stored history i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 from frontend_api.engine.protocol import Engine, EngineError
@@ -52,7 +52,7 @@ class ChatRun:
     def session_id(self) -> str | None:
         return self.turn.session_id if self.turn else None
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def deltas(self) -> AsyncGenerator[str, None]:
         ended = "cancelled"
         try:
             async with aclosing(self.chunks):
@@ -104,6 +104,7 @@ class OpenAIServingChat(OpenAIServing):
                                                                self.settings.session_history_messages, reserve)  # fmt: skip
         else:
             prompt = await self.tokenizers.render_chat(model, request.messages)
+        requested: int | None
         if request.max_completion_tokens is not None:
             requested, names = request.max_completion_tokens, ("max_completion_tokens", "messages")
         else:
@@ -122,7 +123,7 @@ class OpenAIServingChat(OpenAIServing):
         return ChatCompletion(id=run.prepared.id, created=run.prepared.created, model=request.model,
                               choices=[choice], usage=run.usage, session_id=run.session_id)  # fmt: skip
 
-    async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncIterator[str]:
+    async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncGenerator[str, None]:
         def event(choices: list[ChatCompletionChunkChoice], usage: Usage | None = None) -> str:
             return sse_event(ChatCompletionChunk(id=run.prepared.id, created=run.prepared.created, model=request.model,
                                                  choices=choices, usage=usage, session_id=run.session_id))  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 from frontend_api.engine.protocol import EngineError
@@ -31,7 +31,7 @@ class OpenAIServingCompletion(OpenAIServing):
         reason, usage = await self.finish(prepared, tally)
         return self._completion(request, prepared, [CompletionChoice(text=tally.text, finish_reason=reason)], usage)
 
-    async def _stream(self, request: CompletionRequest, prepared: Prepared, chunks: EngineStream) -> AsyncIterator[str]:
+    async def _stream(self, request: CompletionRequest, prepared: Prepared, chunks: EngineStream) -> AsyncGenerator[str, None]:
         tally = Tally()
         async with aclosing(chunks):
             try:

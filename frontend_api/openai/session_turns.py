@@ -80,14 +80,16 @@ class SessionTurn:
         if self.stored:
             return
         self.stored = True
-        rows = [Message(role=m.role, content=m.content) for m in self.new_messages if m.role in ("user", "assistant")]
+        session_id = self.session.id
+        rows = [Message(session_id=session_id, role=m.role, content=m.content, finish_reason=None)
+                for m in self.new_messages if m.role in ("user", "assistant")]  # fmt: skip
         if reply or finish_reason in ("stop", "length"):
             rows.append(Message(
-                role="assistant", content=reply, finish_reason=finish_reason,
+                session_id=session_id, role="assistant", content=reply, finish_reason=finish_reason,
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
             ))  # fmt: skip
-        await run_shielded(self.store.append(self.session.id, rows))
+        await run_shielded(self.store.append(session_id, rows))
 
 
 async def open_turn(

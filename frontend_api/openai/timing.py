@@ -78,6 +78,7 @@ class GenerationTimer:
                 self.metrics.time_to_first_token.labels(self.model).observe(now - self.arrived)
         elif self.metrics:
             # A chunk carrying n tokens after a gap g counts as n tokens g/n apart.
+            assert self.last_token_at is not None  # set with the first token
             gap = (now - self.last_token_at) / new
             for _ in range(new):
                 self.inter_token_latency.observe(gap)

@@ -110,7 +110,7 @@ class Limiter:
             )
             scheme, rest = settings.redis_url.split("://", 1)
             uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
-            storage = RedisStorage(uri, implementation="redispy", connection_pool=self._pool,
+            storage = RedisStorage(uri, implementation="redispy", connection_pool=self._pool,  # type: ignore[arg-type]  # limits types its **options as scalars
                                    key_prefix=settings.redis_key_prefix, wrap_exceptions=True)  # fmt: skip
         else:
             storage = MemoryStorage()

@@ -39,7 +39,7 @@ class SessionStore:
             await session.refresh(record)
         return record
 
-    async def list(self, owner: int | None, limit: int, offset: int) -> Sequence[ChatSession]:
+    async def list_sessions(self, owner: int | None, limit: int, offset: int) -> Sequence[ChatSession]:
         query = (select(ChatSession).where(_owned_by(owner))
                  .order_by(col(ChatSession.updated_at).desc(), col(ChatSession.id)).offset(offset).limit(limit))  # fmt: skip
         async with self.db.session() as session:
@@ -66,7 +66,7 @@ class SessionStore:
     async def delete(self, owner: int | None, session_id: str) -> bool:
         async with self.db.session() as session:
             removed = await session.exec(
-                delete(ChatSession).where(col(ChatSession.id) == session_id, _owned_by(owner))  # type: ignore[call-overload]
+                delete(ChatSession).where(col(ChatSession.id) == session_id, _owned_by(owner))
             )
             await session.commit()
         return bool(removed.rowcount)
@@ -96,7 +96,7 @@ class SessionStore:
         async with self.db.session() as session:
             ids = list((await session.exec(newest)).all())
             if ids:
-                await session.exec(delete(Message).where(col(Message.id).in_(ids)))  # type: ignore[call-overload]
+                await session.exec(delete(Message).where(col(Message.id).in_(ids)))
                 await self._touch(session, session_id)
                 await session.commit()
         return len(ids)

@@ -57,6 +57,13 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
     return None
 
 
+def _uncancel() -> None:
+    """A `stop` cancelled the generation task: it handles that itself and ends normally."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.uncancel()
+
+
 class ChatSocket:
     def __init__(self, websocket: WebSocket, principal: Principal, serving: Callable[[], OpenAIServingChat]):
         """`serving` makes the caller's chat serving object (the same factory as HTTP chat's), once per chat: the
@@ -114,7 +121,7 @@ class ChatSocket:
         if frame.type == "ping":
             await self.send({"type": "pong"})
         elif frame.type == "stop":
-            if self.generating:
+            if self.generation is not None and not self.generation.done():
                 self.generation.cancel()
         elif frame.type == "auth":
             await self.send(error_frame("invalid_message", "Already authenticated.", "type"))
@@ -141,7 +148,7 @@ class ChatSocket:
         except DatabaseUnavailable:
             await self.send(error_frame("database_unavailable", "The session store is unavailable; retry shortly."))
         except asyncio.CancelledError:  # stopped before the engine answered; nothing was generated
-            asyncio.current_task().uncancel()
+            _uncancel()
             await self.send({"type": "done", "finish_reason": "cancelled", "usage": None, "session_id": frame.session_id,
                              "stats": None})  # fmt: skip
 
@@ -178,7 +185,7 @@ class ChatSocket:
                     await self.send({"type": "delta", "content": text})
             finish_reason = run.finish_reason or "stop"
         except asyncio.CancelledError:  # {"type": "stop"}: deltas() closed the engine stream and stored the turn
-            asyncio.current_task().uncancel()
+            _uncancel()
         tally = run.tally
         completion = run.usage.completion_tokens if run.usage else (tally.num_output_tokens or 0)
         usage = run.usage.model_dump() if run.usage else {

@@ -103,16 +103,18 @@ async def run_level(target: str, url: str, model: str, concurrency: int, num_req
 
         limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
         client = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
+        close = client.aclose
 
         def send(prompt):
             return openai_completion(client, url, model, prompt, output_tokens)
     elif target == "triton":
         import tritonclient.grpc.aio as aiogrpc
 
-        client = aiogrpc.InferenceServerClient(url)
+        triton_client = aiogrpc.InferenceServerClient(url)
+        close = triton_client.close
 
         def send(prompt):
-            return triton_stream(client, model, prompt, output_tokens)
+            return triton_stream(triton_client, model, prompt, output_tokens)
     else:
         raise ValueError(f"target must be openai or triton, not {target!r}")
 
@@ -128,5 +130,5 @@ async def run_level(target: str, url: str, model: str, concurrency: int, num_req
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     finally:
-        await (client.aclose() if target == "openai" else client.close())
+        await close()
     return results

@@ -23,8 +23,9 @@ def summarize(results: list[RequestResult], concurrency: int) -> dict:
     start, end = min(r.start for r in ok), max(r.end for r in ok)
     seconds = max(end - start, 1e-9)
     tokens = sum(r.output_tokens for r in ok)
-    ttft = np.array([r.first_token - r.start for r in ok]) * 1000
-    itl = np.array([(r.end - r.first_token) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]) * 1000
+    firsts = [(r, r.first_token) for r in ok if r.first_token is not None]  # all of ok (typed for the checker)
+    ttft = np.array([first - r.start for r, first in firsts]) * 1000
+    itl = np.array([(r.end - first) / (r.output_tokens - 1) for r, first in firsts if r.output_tokens > 1]) * 1000
     level.update(
         seconds=round(seconds, 3),
         output_tokens=tokens,

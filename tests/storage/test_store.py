@@ -57,7 +57,7 @@ async def test_sessions_are_scoped_to_their_owner(db: Database):
         assert await store.update(owner, mine.id, {"title": "theirs"}) is None
         assert await store.messages(owner, mine.id, 10, None) is None
         assert await store.rollback(owner, mine.id, 1) is None
-        assert await store.list(owner, 10, 0) == []
+        assert await store.list_sessions(owner, 10, 0) == []
     assert (await store.get(alice, mine.id)).title == "mine"
 
 

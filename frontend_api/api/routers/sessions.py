@@ -56,7 +56,7 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> SessionList:
-    rows = await store.list(principal.key_id, limit + 1, offset)
+    rows = await store.list_sessions(principal.key_id, limit + 1, offset)
     return SessionList(data=[public(r, r.id) for r in rows[:limit]], has_more=len(rows) > limit)
 
 

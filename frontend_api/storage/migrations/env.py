@@ -11,7 +11,9 @@ POSTGRES_MIGRATION_LOCK = 0x6C6C6D7365727665
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "Database.migrate sets sqlalchemy.url"
+    engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=SQLModel.metadata,
                           render_as_batch=connection.dialect.name == "sqlite")  # fmt: skip

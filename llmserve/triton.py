@@ -11,11 +11,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NGC_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
+# What Triton prints at start-up on a host without an NVIDIA driver. Expected there (the `llm` model runs on CPU),
+# so these lines are not shown: a new user should not read "E... CudaDriverHelper has not been initialized".
+_NO_GPU_NOISE = re.compile(
+    rb"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|CUDA memory pool disabled"
+    rb"|Failed to initialize NVML|DCGM unable to start"
+)
+
+
+def has_nvidia_driver() -> bool:
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def _pass_output(source, sink) -> None:
+    """Copy Triton's output to `sink` line by line, without the no-GPU start-up noise."""
+    for line in iter(source.readline, b""):
+        if not _NO_GPU_NOISE.search(line):
+            sink.write(line)
+            sink.flush()
 
 
 class TritonError(RuntimeError):
@@ -146,11 +166,17 @@ class TritonProcess:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         return env
 
-    def start(self, log_file=None) -> None:
+    def start(self) -> None:
+        """Start tritonserver; its output goes to ours (on a host without an NVIDIA driver, filtered)."""
+        filtered = not has_nvidia_driver()
         self.process = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=log_file, stderr=subprocess.STDOUT if log_file else None,
-            preexec_fn=_die_with_parent,
+            self.command(), env=self.environment(), preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE if filtered else None, stderr=subprocess.STDOUT if filtered else None,
         )  # fmt: skip
+        if filtered:
+            sink = sys.stdout.buffer
+            sink.write(b"llmserve: no NVIDIA driver here: Triton runs on CPU (its CUDA/NVML start-up notices are hidden)\n")
+            threading.Thread(target=_pass_output, args=(self.process.stdout, sink), daemon=True).start()
 
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()

@@ -54,3 +54,22 @@ def test_bundled_tritonserver_gets_a_stub_for_this_python(monkeypatch, tmp_path)
     command = TritonProcess(install, tmp_path, 1, 2, 3).command()
     assert f"--backend-directory={install.backend_dir}" in command
     assert "--grpc-address=127.0.0.1" in command and "--http-address=127.0.0.1" in command
+
+
+def test_triton_output_on_a_cpu_host_hides_only_the_no_gpu_notices():
+    import io
+
+    from llmserve.triton import _pass_output
+
+    lines = [
+        b'W1201 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory, pinned memory pool will not be '
+        b'available: CUDA driver version is insufficient for CUDA runtime version"\n',
+        b'E1201 server.cc:241] "CudaDriverHelper has not been initialized."\n',
+        b"Error: Failed to initialize NVML\n",
+        b'W1201 metrics.cc:798] "DCGM unable to start: DCGM initialization error"\n',
+        b'E1201 model_lifecycle.cc:641] "failed to load \'llm\' version 1: Internal: ImportError"\n',
+        b'I1201 grpc_server.cc:2558] "Started GRPCInferenceService at 127.0.0.1:8101"\n',
+    ]
+    sink = io.BytesIO()
+    _pass_output(io.BytesIO(b"".join(lines)), sink)
+    assert sink.getvalue() == lines[4] + lines[5]  # a real error still shows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +57,7 @@ class Update:
 Sink = Callable[[Update], None]
 
 
+@runtime_checkable
 class EngineCore(Protocol):
     """An in-flight batching core. Constructed as
     `Core(checkpoint_dir, device=, dtype=, max_num_seqs=, kv_cache_blocks=, max_model_len=)`."""

@@ -7,6 +7,8 @@ import shutil
 import string
 from pathlib import Path
 
+import engine_contract
+
 TEMPLATE_SUFFIXES = {".pbtxt"}
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
@@ -15,9 +17,28 @@ class TemplateError(ValueError):
     pass
 
 
+def contract_tensors_block() -> str:
+    """The `input [...]` and `output [...]` blocks of a model that implements the whole engine contract."""
+
+    def line(spec: engine_contract.TensorSpec) -> str:
+        optional = " optional: true" if spec.optional else ""
+        dims = ", ".join(map(str, spec.dims))
+        return f'  {{ name: "{spec.name}" data_type: {spec.triton_type} dims: [ {dims} ]{optional} }}'
+
+    def block(kind: str, specs: tuple[engine_contract.TensorSpec, ...]) -> str:
+        return f"{kind} [\n" + ",\n".join(map(line, specs)) + "\n]"
+
+    return block("input", engine_contract.INPUTS) + "\n\n" + block("output", engine_contract.OUTPUTS)
+
+
+# Placeholders any template may use without being given a value: they are rendered from the repository itself.
+BUILT_IN_VALUES = {"engine_contract_tensors": contract_tensors_block}
+
+
 def fill(text: str, values: dict[str, object], source: str) -> str:
     """Substitute `${name}`; raise naming every placeholder that has no value (and every unused value)."""
     wanted = set(_PLACEHOLDER.findall(text))
+    values = {**{name: make() for name, make in BUILT_IN_VALUES.items() if name in wanted}, **values}
     missing = sorted(wanted - values.keys())
     if missing:
         raise TemplateError(f"{source}: no value for {', '.join('${' + m + '}' for m in missing)}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ import pytest
 from stack import Server, prepare_repository, start_frontend, start_stack
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE_DIR = REPO / "model_repository" / "llm" / "1"
 ARTIFACTS = REPO / "test-artifacts"
 POSTGRES_ADMIN_URL = os.environ.get("LLMSERVE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -64,14 +62,6 @@ def tokenizer(checkpoint_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
-
-
-@pytest.fixture(scope="session")
-def engine_modules():
-    """The Triton model's own modules (they import as top-level names inside Triton)."""
-    sys.path.insert(0, str(ENGINE_DIR))
-    yield
-    sys.path.remove(str(ENGINE_DIR))
 
 
 # One real stack per test session (`llmserve serve`: the real Triton and SmolLM2), shared by tests/integration

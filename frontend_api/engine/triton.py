@@ -1,4 +1,5 @@
-"""The Engine protocol over Triton's gRPC API: one bidirectional stream per generation request.
+"""The Engine protocol over Triton's gRPC API: one bidirectional stream per generation request, carrying the
+tensors of engine_contract.
 
 Every request is sent with stream=True (also for non-streaming HTTP requests, which accumulate): the models
 are decoupled and answer with several responses, the last one flagged `triton_final_response`.
@@ -14,28 +15,30 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
+import engine_contract as contract
 from frontend_api.engine.protocol import EngineError, EngineModel, EngineUnavailable, GenerationChunk, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-# Optional inputs of the tensor contract, sent only when the request sets them: (SamplingParams field, dtype).
-_OPTIONAL_INPUTS: tuple[tuple[str, type, str], ...] = (
-    ("temperature", np.float32, "FP32"),
-    ("top_p", np.float32, "FP32"),
-    ("top_k", np.int32, "INT32"),
-    ("seed", np.uint64, "UINT64"),
-    ("min_tokens", np.int32, "INT32"),
-    ("repetition_penalty", np.float32, "FP32"),
-    ("presence_penalty", np.float32, "FP32"),
-    ("frequency_penalty", np.float32, "FP32"),
-)
+# What every request sends, whatever it asks: the models answer on a decoupled stream (also for non-streaming HTTP
+# requests, which accumulate), with only the generated text, and with the token counts for `usage`.
+_ALWAYS_SENT = ((contract.STREAM, True), (contract.EXCLUDE_INPUT_IN_OUTPUT, True),
+                (contract.RETURN_NUM_INPUT_TOKENS, True), (contract.RETURN_NUM_OUTPUT_TOKENS, True))  # fmt: skip
+# SamplingParams field -> the contract input that carries it, sent only when the request sets it.
+_FROM_PARAMS = {
+    "temperature": contract.TEMPERATURE, "top_p": contract.TOP_P, "top_k": contract.TOP_K, "seed": contract.SEED,
+    "min_tokens": contract.MIN_TOKENS, "repetition_penalty": contract.REPETITION_PENALTY,
+    "presence_penalty": contract.PRESENCE_PENALTY, "frequency_penalty": contract.FREQUENCY_PENALTY,
+}  # fmt: skip
 # Contract input name -> the OpenAI request field it comes from (for the `param` of a 400).
-_INPUT_TO_PARAM = {name: name for name, _, _ in _OPTIONAL_INPUTS} | {"max_tokens": "max_tokens", "stop_words": "stop"}
+_INPUT_TO_PARAM = {spec.name: field for field, spec in _FROM_PARAMS.items()} | {
+    contract.MAX_TOKENS.name: "max_tokens",
+    contract.STOP_WORDS.name: "stop",
+}
 _INVALID_MARKER = "invalid request:"
 _UNEXPECTED_INPUT = re.compile(r"unexpected inference input '(\w+)'")
 _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -53,8 +56,9 @@ _CHANNEL_ARGS = [
 ]
 
 
-def _tensor(name: str, array: np.ndarray, datatype: str) -> InferInput:
-    tensor = InferInput(name, list(array.shape), datatype)
+def _tensor(spec: contract.TensorSpec, value: Any) -> InferInput:
+    array = spec.array(value)
+    tensor = InferInput(spec.name, list(array.shape), spec.wire_type)
     tensor.set_data_from_numpy(array)
     return tensor
 
@@ -62,41 +66,28 @@ def _tensor(name: str, array: np.ndarray, datatype: str) -> InferInput:
 def build_inputs(request: GenerationRequest) -> list[InferInput]:
     """Tensors with a leading batch dim of 1 (the models have max_batch_size > 0)."""
     params = request.params
-    inputs = [
-        _tensor("text_input", np.array([[request.prompt.encode("utf-8")]], dtype=np.object_), "BYTES"),
-        _tensor("max_tokens", np.array([[params.max_tokens]], dtype=np.int32), "INT32"),
-        _tensor("stream", np.array([[True]], dtype=np.bool_), "BOOL"),
-        _tensor("exclude_input_in_output", np.array([[True]], dtype=np.bool_), "BOOL"),
-        _tensor("return_num_input_tokens", np.array([[True]], dtype=np.bool_), "BOOL"),
-        _tensor("return_num_output_tokens", np.array([[True]], dtype=np.bool_), "BOOL"),
-    ]
-    for name, dtype, datatype in _OPTIONAL_INPUTS:
-        value = getattr(params, name)
+    inputs = [_tensor(contract.TEXT_INPUT, request.prompt), _tensor(contract.MAX_TOKENS, params.max_tokens)]
+    inputs += [_tensor(spec, value) for spec, value in _ALWAYS_SENT]
+    for field, spec in _FROM_PARAMS.items():
+        value = getattr(params, field)
         if value is not None:
-            inputs.append(_tensor(name, np.array([[value]], dtype=dtype), datatype))
+            inputs.append(_tensor(spec, value))
     if params.stop:
-        stop = np.array([[s.encode("utf-8") for s in params.stop]], dtype=np.object_)
-        inputs.append(_tensor("stop_words", stop, "BYTES"))
+        inputs.append(_tensor(contract.STOP_WORDS, params.stop))
     return inputs
-
-
-def _decode_all(array: np.ndarray | None) -> str:
-    if array is None:
-        return ""
-    return "".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1))
-
-
-def _first_int(array: np.ndarray | None) -> int | None:
-    return int(array.reshape(-1)[0]) if array is not None and array.size else None
 
 
 def parse_result(result: InferResult) -> tuple[GenerationChunk, bool]:
     """(chunk, is_final) of one stream response."""
+
+    def value(spec: contract.TensorSpec) -> Any:
+        return spec.read(result.as_numpy(spec.name))
+
     chunk = GenerationChunk(
-        text=_decode_all(result.as_numpy("text_output")),
-        finish_reason=_decode_all(result.as_numpy("finish_reason")) or None,
-        num_input_tokens=_first_int(result.as_numpy("num_input_tokens")),
-        num_output_tokens=_first_int(result.as_numpy("num_output_tokens")),
+        text="".join(value(contract.TEXT_OUTPUT)),
+        finish_reason=value(contract.FINISH_REASON) or None,
+        num_input_tokens=value(contract.NUM_INPUT_TOKENS),
+        num_output_tokens=value(contract.NUM_OUTPUT_TOKENS),
     )
     parameters = result.get_response().parameters
     final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpc
 
+import engine_contract as contract
+
 from stack import MODEL
 
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-NP_TYPES = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_, "UINT64": np.uint64}
 
 
-def tensor(name, value, datatype):
-    array = np.array([value if isinstance(value, list) else [value]], dtype=NP_TYPES[datatype])
-    t = grpcclient.InferInput(name, list(array.shape), datatype)
+def tensor(name, value):
+    spec = contract.INPUTS_BY_NAME[name]
+    array = spec.array(value)
+    t = grpcclient.InferInput(name, list(array.shape), spec.wire_type)
     t.set_data_from_numpy(array)
     return t
 
@@ -30,16 +31,8 @@ def engine_stack(request):
 
 
 def inputs(prompt=PROMPT, max_tokens=8, **extra):
-    tensors = [tensor("text_input", prompt.encode(), "BYTES"), tensor("max_tokens", max_tokens, "INT32"),
-               tensor("stream", extra.pop("stream", True), "BOOL")]  # fmt: skip
-    types = {"temperature": "FP32", "top_k": "INT32", "seed": "UINT64", "repetition_penalty": "FP32",
-             "presence_penalty": "FP32", "min_tokens": "INT32", "end_id": "INT32", "top_p": "FP32",
-             "exclude_input_in_output": "BOOL", "stop_words": "BYTES", "bad_words": "BYTES"}  # fmt: skip
-    for name, value in extra.items():
-        if isinstance(value, list):
-            value = [v.encode() for v in value]
-        tensors.append(tensor(name, value, types[name]))
-    return tensors
+    extra = {"stream": True, **extra}
+    return [tensor(name, value) for name, value in {"text_input": prompt, "max_tokens": max_tokens, **extra}.items()]
 
 
 async def run(stack, tensors, stop_after=None):
@@ -67,12 +60,11 @@ async def run(stack, tensors, stop_after=None):
 
 
 def text(responses):
-    return "".join(r.as_numpy("text_output")[0][0].decode() for r in responses)
+    return "".join("".join(contract.TEXT_OUTPUT.read(r.as_numpy("text_output"))) for r in responses)
 
 
 def final(responses, name):
-    value = responses[-1].as_numpy(name)[0][0]
-    return value.decode() if isinstance(value, bytes) else int(value)
+    return contract.OUTPUTS_BY_NAME[name].read(responses[-1].as_numpy(name))
 
 
 async def test_greedy_stream_names_paris_and_reports_counts(engine_stack, tokenizer):

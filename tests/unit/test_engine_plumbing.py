@@ -6,8 +6,8 @@ import threading
 import time
 
 
-def test_merge_joins_deltas_per_writer_and_keeps_the_final_outcome(engine_modules):
-    from engine import Update
+def test_merge_joins_deltas_per_writer_and_keeps_the_final_outcome():
+    from core import Update
     from response_queue import merge
 
     a, b = object(), object()
@@ -19,8 +19,8 @@ def test_merge_joins_deltas_per_writer_and_keeps_the_final_outcome(engine_module
     assert merged[b] == Update("x", None, None, 5, 1)
 
 
-def test_response_queue_delivers_everything_in_order_from_one_thread(engine_modules):
-    from engine import Update
+def test_response_queue_delivers_everything_in_order_from_one_thread():
+    from core import Update
     from response_queue import ResponseQueue
 
     received, threads, done = [], set(), threading.Event()
@@ -43,7 +43,7 @@ def test_response_queue_delivers_everything_in_order_from_one_thread(engine_modu
     assert threads == {"llm-responses"}
 
 
-def test_cancellation_poller_bounds_the_checks_and_covers_everyone(engine_modules):
+def test_cancellation_poller_bounds_the_checks_and_covers_everyone():
     from cancellation import CancellationPoller
 
     poller = CancellationPoller(rate=100.0)

@@ -17,7 +17,7 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def fast_engine(engine_modules, checkpoint_dir):
+def fast_engine(checkpoint_dir):
     from fast_core import FastEngine
 
     engine = FastEngine(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
@@ -34,7 +34,7 @@ def reference(checkpoint_dir):
 
 def generate(engine, prompts, **sampling):
     """Submit all prompts at once (more than the engine's slots: some wait); return [(text, last update)]."""
-    from engine import Sampling
+    from core import Sampling
 
     results = []
     for i, prompt in enumerate(prompts):
@@ -79,7 +79,7 @@ def test_sampling_with_top_k_and_top_p_stays_in_the_nucleus(fast_engine):
 
 
 def test_stop_string_and_too_long_requests(fast_engine):
-    from engine import InvalidRequest, Sampling
+    from core import InvalidRequest, Sampling
 
     [(text, last)] = generate(fast_engine, PROMPTS[:1], max_tokens=20, temperature=0.0, stop=("Paris",))
     assert "Paris" not in text and last.finish_reason == "stop"

@@ -4,28 +4,31 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+import engine_contract
 from build_engines.prepare import EngineOptions, prepare
 from build_engines.render import TemplateError, fill
 
-# The engine contract (shared/DESIGN.md): name -> (Triton type, dims), excluding the batch dimension.
-CONTRACT_INPUTS = {
-    "text_input": ("TYPE_STRING", [1]), "max_tokens": ("TYPE_INT32", [1]), "stream": ("TYPE_BOOL", [1]),
-    "temperature": ("TYPE_FP32", [1]), "top_p": ("TYPE_FP32", [1]), "top_k": ("TYPE_INT32", [1]),
-    "repetition_penalty": ("TYPE_FP32", [1]), "presence_penalty": ("TYPE_FP32", [1]),
-    "frequency_penalty": ("TYPE_FP32", [1]), "min_tokens": ("TYPE_INT32", [1]), "seed": ("TYPE_UINT64", [1]),
-    "stop_words": ("TYPE_STRING", [-1]), "bad_words": ("TYPE_STRING", [-1]), "end_id": ("TYPE_INT32", [1]),
-    "exclude_input_in_output": ("TYPE_BOOL", [1]), "return_num_input_tokens": ("TYPE_BOOL", [1]),
-    "return_num_output_tokens": ("TYPE_BOOL", [1]),
-}  # fmt: skip
-CONTRACT_OUTPUTS = {
-    "text_output": ("TYPE_STRING", [-1]), "num_input_tokens": ("TYPE_INT32", [1]),
-    "num_output_tokens": ("TYPE_INT32", [1]), "finish_reason": ("TYPE_STRING", [1]),
-}  # fmt: skip
+
+def declared(specs) -> dict[str, tuple[str, list[int]]]:
+    """name -> (Triton type, dims) of contract tensors, as a parsed config lists them (no batch dimension)."""
+    return {spec.name: (spec.triton_type, list(spec.dims)) for spec in specs}
+
+
+# Every tensor of the engine contract: the `llm` model declares them all (and refuses what its core cannot honour).
+CONTRACT_INPUTS = declared(engine_contract.INPUTS)
+CONTRACT_OUTPUTS = declared(engine_contract.OUTPUTS)
 
 
 def test_unfilled_placeholder_is_named():
     with pytest.raises(TemplateError, match=r"\$\{device\}"):
         fill("a: ${model}\nb: ${device}\n", {"model": "x"}, "t.pbtxt")
+
+
+def test_the_contract_placeholder_is_filled_from_the_contract_without_being_given():
+    rendered = fill('name: "${model}"\n${engine_contract_tensors}\n', {"model": "x"}, "t.pbtxt")
+    config = text_format.Parse(rendered, model_config_pb2.ModelConfig())
+    assert [i.name for i in config.input] == [spec.name for spec in engine_contract.INPUTS]
+    assert [o.name for o in config.output] == [spec.name for spec in engine_contract.OUTPUTS]
 
 
 def test_value_for_an_unknown_placeholder_is_an_error():

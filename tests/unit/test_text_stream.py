@@ -4,7 +4,7 @@ import pytest
 
 
 @pytest.fixture(params=["transformers", "rust"])
-def stream_of(tokenizer, engine_modules, request):
+def stream_of(tokenizer, request):
     """Every test runs with the transformers tokenizer and with the Rust one the engines use (fast_decoder)."""
     from text_stream import TextStream, fast_decoder
 

@@ -5,9 +5,10 @@ import dataclasses
 
 import pytest
 from google.protobuf import json_format, text_format
-from test_render import CONTRACT_INPUTS, CONTRACT_OUTPUTS
+from test_render import declared
 from tritonclient.grpc import model_config_pb2
 
+import engine_contract
 from build_engines.render import TemplateError, render_model
 from build_engines.trtllm_repository import (
     MODELS,
@@ -21,8 +22,10 @@ from frontend_api.engine.triton import build_inputs, engine_model_from_config
 
 DataType = model_config_pb2.DataType
 # tritonclient's wire datatype -> the config's type
-WIRE_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL",
-              "UINT64": "TYPE_UINT64"}  # fmt: skip
+WIRE_TYPES = {spec.wire_type: spec.triton_type for spec in engine_contract.INPUTS}
+# The contract's tensors the TensorRT-LLM path honours: its entry models (ensemble, BLS) declare exactly these.
+TRTLLM_INPUTS = declared(engine_contract.honoured(engine_contract.TENSORRT_LLM))
+TRTLLM_OUTPUTS = declared(engine_contract.honoured(engine_contract.TENSORRT_LLM, engine_contract.OUTPUTS))
 
 
 def options(tmp_path, **changes) -> RepositoryOptions:
@@ -73,8 +76,8 @@ def test_tensorrt_llm_model_is_the_cpp_inflight_batcher(repository, tmp_path):
 def test_entry_models_implement_the_engine_contract(repository, model):
     config = load(repository, model)
     assert config.max_batch_size > 0
-    assert tensors(config.input) == CONTRACT_INPUTS
-    assert tensors(config.output) == CONTRACT_OUTPUTS
+    assert tensors(config.input) == TRTLLM_INPUTS
+    assert tensors(config.output) == TRTLLM_OUTPUTS
     assert {i.name for i in config.input if not i.optional} == {"text_input", "max_tokens"}
 
 

@@ -1,4 +1,4 @@
-"""The fast engine core (`engine_core: fast`): in-flight batching over fast_runner.SlotRunner, same API as engine.Engine.
+"""The fast engine core (`engine_core: fast`): in-flight batching over fast_runner.SlotRunner, an EngineCore (core.py).
 
 ONE thread does everything after `submit`: admit waiting requests (batched prefill into free slots), launch a
 decode step, and, while the GPU runs it, hand the previous step's tokens to their requests (incremental
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from cancellation import CancellationPoller
-from engine import InvalidRequest, Sampling, Update, load_checkpoint, tokenize_prompt, validate_sampling
+from core import InvalidRequest, Sampling, Update, load_checkpoint, tokenize_prompt, validate_sampling
 from fast_runner import SlotRunner
 from text_stream import TextStream
 
@@ -51,6 +51,8 @@ class _Sequence:
 
 
 class FastEngine:
+    """core.EngineCore over fast_runner.SlotRunner."""
+
     def __init__(
         self,
         checkpoint_dir: str,
@@ -85,7 +87,7 @@ class FastEngine:
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ API used by model.py
+    # ------------------------------------------------------------------ core.EngineCore
     @property
     def num_active(self) -> int:
         return len(self._active)

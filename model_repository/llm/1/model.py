@@ -1,96 +1,34 @@
-"""Triton python backend (decoupled) serving the engine contract of the TensorRT-LLM ensemble.
+"""Triton python backend (decoupled) serving the engine contract (engine_contract) with one engine core.
 
-This file only translates: Triton tensors in -> engine.Sampling, engine.Update -> Triton responses.
-The batching engine is engine.py; text handling is text_stream.py.
+This file is Triton glue only: the `engine_core` config parameter picks a core from core.CORES; contract_io.py
+translates the contract's tensors to and from the core's types; response_queue.py sends the responses.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import sys
 import threading
 import uuid
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-sys.path.insert(0, os.path.dirname(__file__))  # siblings (engine, text_stream) import as top-level modules
-
-from engine import Engine, InvalidRequest, Sampling, Update  # noqa: E402
-from fast_core import FastEngine  # noqa: E402
-from response_queue import ResponseQueue  # noqa: E402
-
-ENGINE_CORES = {"transformers": Engine, "fast": FastEngine}
+# Triton's python backend puts this folder on sys.path (pb_stub's ModelContext::StubSetup): siblings import as
+# top-level modules.
+from contract_io import parse_request, response_arrays
+from core import DEFAULT_CORE, InvalidRequest, Sampling, Update, load_core
+from response_queue import ResponseQueue
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
-# Inputs of the contract this engine cannot honour when they ask for anything but the neutral value.
-NEUTRAL_INPUTS = {
-    "repetition_penalty": (1.0, "repetition_penalty is not supported by the llm engine"),
-    "presence_penalty": (0.0, "presence_penalty is not supported by the llm engine"),
-    "frequency_penalty": (0.0, "frequency_penalty is not supported by the llm engine"),
-}
 
-
-def _scalar(request, name, default=None):
+def _input_array(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    value = tensor.as_numpy().reshape(-1)
-    if value.size == 0:
-        return default
-    value = value[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
-
-
-def _strings(request, name) -> tuple[str, ...]:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return ()
-    return tuple(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1))
-
-
-def _parse(request) -> tuple[str, Sampling, bool, bool]:
-    """Return (prompt, sampling, stream, exclude_input_in_output); raise InvalidRequest on what we cannot honour."""
-    prompt = _scalar(request, "text_input")
-    if prompt is None:
-        raise InvalidRequest("text_input is required")
-    max_tokens = _scalar(request, "max_tokens")
-    if max_tokens is None:
-        raise InvalidRequest("max_tokens is required")
-    for name, (neutral, message) in NEUTRAL_INPUTS.items():
-        value = _scalar(request, name)
-        if value is not None and value != neutral:
-            raise InvalidRequest(message)
-    if _scalar(request, "seed") is not None:
-        raise InvalidRequest(
-            "seed is not supported by the llm engine (its batching loop has one random generator for all requests)"
-        )
-    if any(_strings(request, "bad_words")):
-        raise InvalidRequest("bad_words is not supported by the llm engine")
-    sampling = Sampling(
-        max_tokens=int(max_tokens),
-        temperature=float(_scalar(request, "temperature", 1.0)),
-        top_p=float(_scalar(request, "top_p", 1.0)),
-        top_k=int(_scalar(request, "top_k", 0)),
-        min_tokens=int(_scalar(request, "min_tokens", 0)),
-        end_id=_scalar(request, "end_id"),
-        stop=tuple(s for s in _strings(request, "stop_words") if s),
-    )
-    stream = bool(_scalar(request, "stream", False))
-    exclude_input = bool(_scalar(request, "exclude_input_in_output", False))
-    return prompt, sampling, stream, exclude_input
+    return None if tensor is None else tensor.as_numpy()
 
 
 def _response(update: Update, text: str) -> pb_utils.InferenceResponse:
-    tensors = [
-        pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-        pb_utils.Tensor("num_input_tokens", np.array([[update.num_input_tokens]], dtype=np.int32)),
-        pb_utils.Tensor("num_output_tokens", np.array([[update.num_output_tokens]], dtype=np.int32)),
-    ]
-    if update.finish_reason:
-        tensors.append(pb_utils.Tensor("finish_reason", np.array([[update.finish_reason.encode()]], np.object_)))
+    tensors = [pb_utils.Tensor(name, array) for name, array in response_arrays(update, text).items()]
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
@@ -129,10 +67,12 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         if device == "cuda":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        core = params.get("engine_core", "transformers")
-        if core not in ENGINE_CORES:
-            raise pb_utils.TritonModelException(f"engine_core must be one of {sorted(ENGINE_CORES)}, not {core!r}")
-        self.engine = ENGINE_CORES[core](
+        self.core_name = params.get("engine_core", DEFAULT_CORE)
+        try:
+            core_class = load_core(self.core_name)
+        except ValueError as exc:  # an unknown engine_core: the model must not load
+            raise pb_utils.TritonModelException(str(exc)) from exc
+        self.engine = core_class(
             checkpoint_dir=params["checkpoint_dir"],
             device=device,
             dtype=params.get("dtype", "float32"),
@@ -181,11 +121,12 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, sampling, stream, exclude_input = _parse(request)
-                prefix = "" if exclude_input or stream else prompt
-                writer = _ResponseWriter(sender, stream, prefix, self._count_finished)
+                parsed = parse_request(functools.partial(_input_array, request), self.core_name)
+                prefix = "" if parsed.exclude_input_in_output or parsed.stream else parsed.prompt
+                writer = _ResponseWriter(sender, parsed.stream, prefix, self._count_finished)
                 request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-                self.engine.submit(request_id, prompt, sampling, self.responses.sink_for(writer), sender.is_cancelled)
+                sink = self.responses.sink_for(writer)
+                self.engine.submit(request_id, parsed.prompt, parsed.sampling, sink, sender.is_cancelled)
             except (InvalidRequest, ValueError, TypeError) as exc:
                 error = pb_utils.TritonError(f"invalid request: {exc}")
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from engine import Update
+from core import Update
 
 log = logging.getLogger("llm.responses")
 

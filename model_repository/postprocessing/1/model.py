@@ -14,8 +14,6 @@ front-end resolves from the token counts). text_stream.py is the `llm` engine's 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,9 +22,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from text_stream import TextStream  # noqa: E402
+# Triton's python backend puts this folder on sys.path (pb_stub's ModelContext::StubSetup).
+from text_stream import TextStream
 
 
 @dataclass

@@ -10,17 +10,16 @@ stream, so the engine finishes that request on its own (bounded by max_tokens).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-sys.path.insert(0, os.path.dirname(__file__))
+import engine_contract as contract
 
-from text_stream import TextStream  # noqa: E402
+# Triton's python backend puts this folder on sys.path (pb_stub's ModelContext::StubSetup).
+from text_stream import TextStream
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Contract input -> tensorrt_llm input, passed through unchanged when the request has it.
@@ -58,12 +57,9 @@ def _output(response, name) -> np.ndarray | None:
 
 
 def _contract_response(text: str, num_input: int, num_output: int, finish_reason: str) -> pb_utils.InferenceResponse:
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-        pb_utils.Tensor("num_input_tokens", np.array([[num_input]], dtype=np.int32)),
-        pb_utils.Tensor("num_output_tokens", np.array([[num_output]], dtype=np.int32)),
-        pb_utils.Tensor("finish_reason", np.array([[finish_reason.encode()]], dtype=np.object_)),
-    ])  # fmt: skip
+    values = {contract.TEXT_OUTPUT: [text], contract.NUM_INPUT_TOKENS: num_input,
+              contract.NUM_OUTPUT_TOKENS: num_output, contract.FINISH_REASON: finish_reason}  # fmt: skip
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(s.name, s.array(v)) for s, v in values.items()])
 
 
 class TritonPythonModel:

@@ -1,4 +1,4 @@
-"""An in-flight batching engine core: transformers continuous batching (paged KV cache) plus one dispatcher.
+"""The `transformers` engine core: transformers continuous batching (paged KV cache) plus one dispatcher.
 
 Threads: transformers runs the generation loop in its own thread; ONE dispatcher thread here takes every
 output from that loop, turns tokens into text and hands it to the request's sink, and polls cancellations.
@@ -14,88 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from cancellation import CancellationPoller
-from text_stream import TextStream, fast_decoder
+from core import InvalidRequest, Sampling, Update, load_checkpoint, tokenize_prompt, validate_sampling
+from text_stream import TextStream
 
-log = logging.getLogger("llm.engine")
+log = logging.getLogger("llm.transformers_core")
 
 CANCEL_POLL_INTERVAL_S = 0.05
 PAGE_SIZE = 256  # tokens per KV-cache block (transformers' default)
-
-
-class InvalidRequest(ValueError):
-    """The request asks for something this engine cannot honour."""
-
-
-@dataclass
-class Sampling:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_tokens: int = 0
-    end_id: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
-    """Reject what neither engine core can honour (shared by engine.Engine and fast_core.FastEngine)."""
-    if sampling.max_tokens < 1:
-        raise InvalidRequest("max_tokens must be at least 1")
-    if not 0 <= sampling.temperature:
-        raise InvalidRequest("temperature must be >= 0")
-    if not 0 < sampling.top_p <= 1:
-        raise InvalidRequest("top_p must be in (0, 1]")
-    if sampling.top_k < 0:
-        raise InvalidRequest("top_k must be >= 0")
-    if 0 < sampling.min_tokens < sampling.max_tokens:
-        raise InvalidRequest(
-            "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
-            "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
-        )
-    if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
-        raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
-
-
-def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
-    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids) for both cores."""
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    model = model.to(device).eval()
-    eos = model.generation_config.eos_token_id or model.config.eos_token_id
-    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
-
-
-def tokenize_prompt(
-    tokenizer, prompt: str, sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
-) -> tuple[list[int], frozenset[int]]:
-    """(prompt token ids, the ids that end this request) — the same for both engine cores. No end ids when
-    min_tokens >= max_tokens: exactly max_tokens tokens are generated (benchmarks)."""
-    input_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    if not input_ids:
-        raise InvalidRequest("text_input is empty after tokenization")
-    if len(input_ids) + sampling.max_tokens > max_model_len:
-        raise InvalidRequest(
-            f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context of "
-            f"{max_model_len} tokens this engine holds per sequence"
-        )
-    if sampling.min_tokens >= sampling.max_tokens:
-        return input_ids, frozenset()
-    return input_ids, frozenset([sampling.end_id]) if sampling.end_id is not None else default_eos_ids
-
-
-@dataclass
-class Update:
-    """What the engine reports to a request's sink: a text delta, and on the last update the outcome."""
-
-    text: str
-    finish_reason: str | None = None  # stop | length | cancelled | error
-    error: str | None = None
-    num_input_tokens: int = 0
-    num_output_tokens: int = 0
 
 
 @dataclass
@@ -109,7 +37,9 @@ class _Active:
     started: float = field(default_factory=time.monotonic)
 
 
-class Engine:
+class TransformersEngine:
+    """core.EngineCore over transformers' continuous batching manager."""
+
     def __init__(
         self,
         checkpoint_dir: str,
@@ -156,7 +86,7 @@ class Engine:
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="llm-dispatcher", daemon=True)
         self._dispatcher.start()
 
-    # ------------------------------------------------------------------ API used by model.py
+    # ------------------------------------------------------------------ core.EngineCore
     @property
     def num_active(self) -> int:
         return len(self._active)

@@ -1,0 +1,152 @@
+"""The engine contract: every tensor the front-end and the Triton models exchange, defined once.
+
+The names are the TensorRT-LLM ensemble's (tensorrtllm_backend), plus ours where it has none (`finish_reason`).
+The front-end's Triton client builds its inputs and parses its outputs from this table, the `llm` model reads
+and writes its tensors by it, its config is rendered from it, and the TensorRT-LLM templates are tested against it.
+Nothing here imports the rest of the repository: both the front-end and the Triton models install it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# The engines that speak the contract: our `llm` model's cores, and TensorRT-LLM (ensemble / tensorrt_llm_bls).
+TRANSFORMERS = "transformers"
+FAST = "fast"
+TENSORRT_LLM = "tensorrt_llm"
+ENGINES = (TRANSFORMERS, FAST, TENSORRT_LLM)
+_ALL = frozenset(ENGINES)
+_TRTLLM_ONLY = frozenset({TENSORRT_LLM})
+
+# Triton config type -> (the wire datatype tritonclient and KServe v2 use, the numpy dtype of its arrays)
+_TYPES: dict[str, tuple[str, type]] = {
+    "TYPE_STRING": ("BYTES", np.object_),
+    "TYPE_BOOL": ("BOOL", np.bool_),
+    "TYPE_INT32": ("INT32", np.int32),
+    "TYPE_UINT64": ("UINT64", np.uint64),
+    "TYPE_FP32": ("FP32", np.float32),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the contract. `dims` exclude the batch dimension (every model has max_batch_size > 0)."""
+
+    name: str
+    triton_type: str  # as in config.pbtxt: TYPE_FP32
+    dims: tuple[int, ...]
+    optional: bool
+    meaning: str
+    honoured_by: frozenset[str]  # the engines that act on it (the others refuse any value but `default`)
+    default: Any = None  # what an absent optional input means
+
+    def __post_init__(self) -> None:
+        if self.triton_type not in _TYPES:
+            raise ValueError(f"{self.name}: unknown Triton type {self.triton_type}")
+        if not self.honoured_by <= _ALL:
+            raise ValueError(f"{self.name}: unknown engines {sorted(self.honoured_by - _ALL)}")
+
+    @property
+    def wire_type(self) -> str:
+        """The datatype on the wire (tritonclient's InferInput): FP32, BYTES, ..."""
+        return _TYPES[self.triton_type][0]
+
+    @property
+    def numpy_dtype(self) -> type:
+        return _TYPES[self.triton_type][1]
+
+    @property
+    def is_list(self) -> bool:
+        """A variable-length list (dims [-1]) rather than one value."""
+        return self.dims == (-1,)
+
+    def array(self, value: Any) -> np.ndarray:
+        """A batch of one: [[value]], or [[v, ...]] for a list tensor; strings are sent as UTF-8 bytes."""
+        values = list(value) if self.is_list else [value]
+        if self.numpy_dtype is np.object_:
+            values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        return np.array([values], dtype=self.numpy_dtype)
+
+    def read(self, array: np.ndarray | None) -> Any:
+        """The value of a received array (the inverse of `array`): one value, or a tuple of a list tensor's
+        values (empty strings dropped); `default` when the tensor is absent or empty."""
+        if array is None or array.size == 0:
+            return self.default
+        values = [_python(v) for v in array.reshape(-1)]
+        if self.is_list:
+            return tuple(v for v in values if v != "")
+        return values[0]
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _input(name, triton_type, meaning, honoured_by=_ALL, default=None, dims=(1,), optional=True) -> TensorSpec:
+    return TensorSpec(name, triton_type, dims, optional, meaning, frozenset(honoured_by), default)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+TEXT_INPUT = _input("text_input", "TYPE_STRING", "the prompt, already templated", optional=False)
+MAX_TOKENS = _input("max_tokens", "TYPE_INT32", "the most tokens to generate", optional=False)
+STREAM = _input("stream", "TYPE_BOOL", "send text deltas as they come, else one response at the end", default=False)
+TEMPERATURE = _input("temperature", "TYPE_FP32", "sampling temperature; 0 is greedy", default=1.0)
+TOP_P = _input("top_p", "TYPE_FP32", "nucleus sampling: keep the tokens of this much probability", default=1.0)
+TOP_K = _input("top_k", "TYPE_INT32", "keep the k most likely tokens; 0 keeps all", default=0)
+REPETITION_PENALTY = _input("repetition_penalty", "TYPE_FP32", "divide the logits of tokens seen so far",
+                            _TRTLLM_ONLY, default=1.0)  # fmt: skip
+PRESENCE_PENALTY = _input("presence_penalty", "TYPE_FP32", "subtract from the logits of tokens generated so far",
+                          _TRTLLM_ONLY, default=0.0)  # fmt: skip
+FREQUENCY_PENALTY = _input("frequency_penalty", "TYPE_FP32", "subtract per occurrence of a generated token",
+                           _TRTLLM_ONLY, default=0.0)  # fmt: skip
+MIN_TOKENS = _input("min_tokens", "TYPE_INT32", "no end of sequence before this many tokens (the llm cores: only "
+                    "0, or >= max_tokens for exactly max_tokens)", default=0)  # fmt: skip
+SEED = _input("seed", "TYPE_UINT64", "the random seed of this request's sampling", _TRTLLM_ONLY)
+STOP_WORDS = _input("stop_words", "TYPE_STRING", "strings that end the output (not included in it)", dims=(-1,),
+                    default=())  # fmt: skip
+BAD_WORDS = _input("bad_words", "TYPE_STRING", "strings never to generate", _TRTLLM_ONLY, dims=(-1,), default=())
+END_ID = _input("end_id", "TYPE_INT32", "the token that ends the sequence instead of the model's own")
+EXCLUDE_INPUT_IN_OUTPUT = _input("exclude_input_in_output", "TYPE_BOOL",
+                                 "leave the prompt out of a non-streamed output", default=False)  # fmt: skip
+RETURN_NUM_INPUT_TOKENS = _input("return_num_input_tokens", "TYPE_BOOL", "send num_input_tokens (the llm cores "
+                                 "always do)", default=False)  # fmt: skip
+RETURN_NUM_OUTPUT_TOKENS = _input("return_num_output_tokens", "TYPE_BOOL", "send num_output_tokens (the llm cores "
+                                  "always do)", default=False)  # fmt: skip
+
+INPUTS: tuple[TensorSpec, ...] = (
+    TEXT_INPUT, MAX_TOKENS, STREAM, TEMPERATURE, TOP_P, TOP_K, REPETITION_PENALTY, PRESENCE_PENALTY,
+    FREQUENCY_PENALTY, MIN_TOKENS, SEED, STOP_WORDS, BAD_WORDS, END_ID, EXCLUDE_INPUT_IN_OUTPUT,
+    RETURN_NUM_INPUT_TOKENS, RETURN_NUM_OUTPUT_TOKENS,
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------------- outputs
+TEXT_OUTPUT = TensorSpec("text_output", "TYPE_STRING", (-1,), False, "the text delta (streaming) or the whole text",
+                         _ALL, "")  # fmt: skip
+NUM_INPUT_TOKENS = TensorSpec("num_input_tokens", "TYPE_INT32", (1,), False, "tokens of the prompt", _ALL)
+NUM_OUTPUT_TOKENS = TensorSpec("num_output_tokens", "TYPE_INT32", (1,), False, "tokens generated so far", _ALL)
+FINISH_REASON = TensorSpec("finish_reason", "TYPE_STRING", (1,), False, "stop | length, on the final response "
+                           "(ours: TensorRT-LLM has none)", _ALL, "")  # fmt: skip
+
+OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON)
+
+INPUTS_BY_NAME = {spec.name: spec for spec in INPUTS}
+OUTPUTS_BY_NAME = {spec.name: spec for spec in OUTPUTS}
+
+
+def honoured(engine: str, specs: Iterable[TensorSpec] = INPUTS) -> tuple[TensorSpec, ...]:
+    """The tensors `engine` acts on."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return tuple(spec for spec in specs if engine in spec.honoured_by)
+
+
+def not_honoured(engine: str, specs: Iterable[TensorSpec] = INPUTS) -> tuple[TensorSpec, ...]:
+    """The inputs `engine` must refuse when a request sets them to anything but their default."""
+    honoured(engine, ())  # checks the name
+    return tuple(spec for spec in specs if engine not in spec.honoured_by)

@@ -1,0 +1,138 @@
+"""What every engine core of the `llm` model shares: the request and update types, the checks and the tokenization
+they apply alike, the `EngineCore` interface model.py drives, and the registry model.py picks a core from.
+
+A new core is one module implementing `EngineCore`, one line in `CORES` (and its name in engine_contract's
+`honoured_by` of the inputs it acts on), and a run of tests/unit/test_engine_cores.py (parametrized over `CORES`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import engine_contract
+
+from text_stream import fast_decoder
+
+# `engine_core` config parameter -> "module:class" in this folder, imported only when chosen (a core may need
+# what another does not, e.g. CUDA).
+CORES = {
+    "transformers": "transformers_core:TransformersEngine",  # transformers continuous batching (paged KV cache)
+    "fast": "fast_core:FastEngine",  # slot KV cache, CUDA-graph decode (fast_runner.py)
+}
+DEFAULT_CORE = "transformers"
+
+
+class InvalidRequest(ValueError):
+    """The request asks for something this engine cannot honour."""
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_tokens: int = 0
+    end_id: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Update:
+    """What a core reports to a request's sink: a text delta, and on the last update the outcome."""
+
+    text: str
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None
+    num_input_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+Sink = Callable[[Update], None]
+
+
+@runtime_checkable
+class EngineCore(Protocol):
+    """An in-flight batching core. Constructed as
+    `Core(checkpoint_dir, device=, dtype=, max_num_seqs=, kv_cache_blocks=, max_model_len=)`."""
+
+    max_model_len: int  # prompt + max_tokens must fit
+
+    @property
+    def num_active(self) -> int:
+        """Requests submitted and not finished (queued or generating)."""
+        ...
+
+    def submit(
+        self, request_id: str, prompt: str, sampling: Sampling, sink: Sink, is_cancelled: Callable[[], bool]
+    ) -> None:
+        """Queue a request, or raise InvalidRequest. `sink` is called from the core's own thread, never from
+        `submit`; its last call has a finish_reason. `is_cancelled` is polled: once true, the request ends
+        "cancelled" and frees its KV cache."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the core's threads; requests still in flight end with finish_reason "error"."""
+        ...
+
+
+def load_core(name: str) -> type[EngineCore]:
+    """The core class registered as `name`."""
+    if name not in CORES:
+        raise ValueError(f"engine_core must be one of {sorted(CORES)}, not {name!r}")
+    if name not in engine_contract.ENGINES:  # it must say which contract inputs the core honours
+        raise ValueError(f"engine core {name!r} is not among engine_contract.ENGINES")
+    module, cls = CORES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
+    """Reject what no engine core can honour."""
+    if sampling.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1")
+    if not 0 <= sampling.temperature:
+        raise InvalidRequest("temperature must be >= 0")
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidRequest("top_p must be in (0, 1]")
+    if sampling.top_k < 0:
+        raise InvalidRequest("top_k must be >= 0")
+    if 0 < sampling.min_tokens < sampling.max_tokens:
+        raise InvalidRequest(
+            "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
+            "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+        )
+    if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
+        raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
+
+
+def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
+    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model = model.to(device).eval()
+    eos = model.generation_config.eos_token_id or model.config.eos_token_id
+    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+
+def tokenize_prompt(
+    tokenizer, prompt: str, sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
+) -> tuple[list[int], frozenset[int]]:
+    """(prompt token ids, the ids that end this request). No end ids when min_tokens >= max_tokens: exactly
+    max_tokens tokens are generated (benchmarks)."""
+    input_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not input_ids:
+        raise InvalidRequest("text_input is empty after tokenization")
+    if len(input_ids) + sampling.max_tokens > max_model_len:
+        raise InvalidRequest(
+            f"prompt ({len(input_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context of "
+            f"{max_model_len} tokens this engine holds per sequence"
+        )
+    if sampling.min_tokens >= sampling.max_tokens:
+        return input_ids, frozenset()
+    return input_ids, frozenset([sampling.end_id]) if sampling.end_id is not None else default_eos_ids

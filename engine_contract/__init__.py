@@ -19,6 +19,7 @@ TRANSFORMERS = "transformers"
 FAST = "fast"
 TENSORRT_LLM = "tensorrt_llm"
 ENGINES = (TRANSFORMERS, FAST, TENSORRT_LLM)
+LLM_CORES = (TRANSFORMERS, FAST)  # the engine cores of our `llm` model (its core.py registers their modules)
 _ALL = frozenset(ENGINES)
 _TRTLLM_ONLY = frozenset({TENSORRT_LLM})
 

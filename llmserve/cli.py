@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from build_engines.trtllm import add_build_arguments
+from engine_contract import LLM_CORES
 from frontend_api.settings import ConfigFileError, load_settings
 from llmserve.bench.run import add_arguments as add_bench_arguments
 from llmserve.settings import LauncherSettings
@@ -35,7 +36,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-count", type=int, help="engine instances per model (default 1)")
     parser.add_argument("--max-num-seqs", type=int, help="requests batched together per instance (default 32)")
     parser.add_argument("--kv-cache-blocks", type=int, help="paged KV cache blocks per instance (0 = automatic)")
-    parser.add_argument("--engine-core", choices=["transformers", "fast"],
+    parser.add_argument("--engine-core", choices=LLM_CORES,
                         help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
                              "for GPUs (docs/PERFORMANCE.md)")
     parser.add_argument("--home", help="cache directory for converted models and the rendered repository "

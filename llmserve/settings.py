@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from engine_contract import LLM_CORES, TRANSFORMERS
 from frontend_api.settings import Settings, check_address
 
 
@@ -40,9 +41,16 @@ class LauncherSettings(Settings):
     instance_count: int = Field(1, ge=1, le=16)
     max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
     kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
-    engine_core: Literal["transformers", "fast"] = Field(
-        "transformers", description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
+    engine_core: str = Field(
+        TRANSFORMERS, description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
     )
+
+    @field_validator("engine_core")
+    @classmethod
+    def _known_core(cls, value: str) -> str:
+        if value not in LLM_CORES:
+            raise ValueError(f"must be one of {', '.join(LLM_CORES)}, got {value!r}")
+        return value
 
     @field_validator("triton_address")
     @classmethod

@@ -22,10 +22,11 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path[:0] = [".", "model_repository/llm/1"]
+from engine import Engine, Sampling  # noqa: E402
+
 from llmserve.bench.loadgen import RequestResult, make_prompt  # noqa: E402
 from llmserve.bench.report import summarize  # noqa: E402
 
-from engine import Engine, Sampling  # noqa: E402
 from fast_core import FastEngine  # noqa: E402
 from text_stream import TextStream, fast_decoder  # noqa: E402
 

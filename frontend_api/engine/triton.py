@@ -248,7 +248,8 @@ class TritonEngine:
             raise _rpc_error(exc) from None
         except asyncio.CancelledError:
             # abort() cancelled the gRPC call (gRPC reports that as CancelledError); a cancelled task is not ours.
-            if self._abort_message is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            if self._abort_message is None or (task is not None and task.cancelling()):
                 raise
             raise EngineUnavailable(self._abort_message) from None
         finally:

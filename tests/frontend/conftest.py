@@ -19,7 +19,7 @@ from openai import AsyncOpenAI, OpenAI
 from frontend_api.app import create_app
 from frontend_api.settings import Settings
 
-from fake_engine import FakeEngine
+from fake_engine import REPLY_WORDS, FakeEngine
 from stack import free_port
 
 
@@ -78,17 +78,18 @@ def serve(engine: FakeEngine, settings: Settings, timeout_s: float = 30) -> Live
 
 @pytest.fixture
 def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., LiveApp]]:
-    """start_app(token_delay_s=0.0, **settings): the app with a fresh FakeEngine, settings given as Settings
-    fields over test defaults (SQLite in tmp_path); every app started is stopped after the test."""
+    """start_app(token_delay_s=0.0, reply_words=REPLY_WORDS, **settings): the app with a fresh FakeEngine (those
+    two are its arguments), settings given as Settings fields over test defaults (SQLite in tmp_path); every app
+    started is stopped after the test."""
     started: list[LiveApp] = []
 
-    def start(token_delay_s: float = 0.0, **fields) -> LiveApp:
+    def start(token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, **fields) -> LiveApp:
         folder = tmp_path / f"app-{len(started)}"
         folder.mkdir()
         defaults = {"home": folder, "database_url": f"sqlite:///{folder / 'llmserve.db'}", "log_level": "warning",
                     "log_format": "text", "ws_keepalive_s": 0.3, "ws_auth_timeout_s": 1}  # fmt: skip
         settings = Settings(**(defaults | fields))
-        started.append(serve(FakeEngine(checkpoint_dir, token_delay_s=token_delay_s), settings))
+        started.append(serve(FakeEngine(checkpoint_dir, token_delay_s, reply_words), settings))
         return started[-1]
 
     yield start

@@ -3,7 +3,10 @@ the real app and FakeEngine. tests/integration/test_openai_api.py asks the same 
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+import httpx
 
 from fake_engine import MAX_MODEL_LEN, MODEL, REPLY_WORDS, reply_words
 
@@ -13,6 +16,11 @@ HI = [{"role": "user", "content": "Say something."}]
 def chat_prompt_tokens(tokenizer, messages) -> int:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return len(tokenizer(text)["input_ids"])
+
+
+def test_health_and_ready(app):
+    assert httpx.get(f"{app.base_url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{app.base_url}/ready").status_code == 200
 
 
 def test_models_lists_the_served_model(client):
@@ -92,8 +100,6 @@ def test_completions_stream_and_non_stream(client, tokenizer):
 
 
 async def test_concurrent_streams_all_complete(aclient, app):
-    import asyncio
-
     async def one(i: int) -> tuple[str, list[str]]:
         stream = await aclient.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"Count from {i}."}], max_tokens=6, stream=True)

@@ -57,6 +57,14 @@ def test_a_stop_string_trims_the_reply(client):
     assert reply.choices[0].message.content == " ".join(words[:3]) + " "
 
 
+def test_a_streamed_stop_string_never_shows_even_in_part(client):
+    words = client.chat.completions.create(model=MODEL, messages=HI).choices[0].message.content.split()
+    stop = f"{words[2]} {words[3][:2]}"  # spans two tokens: the first must be held back until the second arrives
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HI, stop=[stop], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == " ".join(words[:2]) + " "
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_streamed_chat_equals_non_streamed_with_usage_last(client):
     whole = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
     chunks = list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5, stream=True,

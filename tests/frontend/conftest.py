@@ -5,6 +5,7 @@ weights: only the real SmolLM2 tokenizer (the `checkpoint_dir` fixture converts 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +83,10 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
     two are its arguments), settings given as Settings fields over test defaults (SQLite in tmp_path); every app
     started is stopped after the test."""
     started: list[LiveApp] = []
+    # create_app() configures the root logger for a server process; the tests that run after these must find it
+    # as it was (its level, and no handler bound to this test's captured stderr).
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
 
     def start(token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, **fields) -> LiveApp:
         folder = tmp_path / f"app-{len(started)}"
@@ -95,6 +100,9 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
     yield start
     for app in started:
         app.stop()
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture

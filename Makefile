@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # torch 2.13.0 CPU lies in /opt/wheels on these machines; elsewhere pip takes it from PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install web serve test lint format lock browser prepare clean help
+.PHONY: install web serve test test-fast lint format lock browser prepare clean help
 
 # The web chat UI (frontend_api/web): `npm ci` when the lock file changes, `npm run build` when a source does.
 WEB         := frontend_api/web
@@ -23,6 +23,7 @@ help:
 	@echo "make serve   install, prepare the default model, start Triton + the OpenAI API on http://127.0.0.1:8000/v1"
 	@echo "             (ARGS='--port 9000 --model ID=DIR ...' or LLMSERVE_* variables; see docs/CONFIGURATION.md)"
 	@echo "make test    install, then run the whole test suite"
+	@echo "make test-fast  the unit tests and the front-end against a fake engine (tests/frontend), in about a minute"
 	@echo "make web     build the web chat UI served at / (needs Node.js 20+ and npm; serve and test do it)"
 	@echo "make lint    formatter check (ruff format), linter (ruff) and type checker (mypy)"
 	@echo "make format  apply the formatter"
@@ -59,6 +60,10 @@ serve: install web
 
 test: install web browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# No Triton, no browser, no web build: the front-end runs in process against tests/fake_engine.py.
+test-fast: install
+	$(BIN)/pytest tests/unit tests/frontend $(PYTEST_ARGS)
 
 # tests/browser drive Debian's chromium (they fail, never skip, without it): installed here when it is missing.
 browser:

@@ -52,7 +52,7 @@ _gpu_setup() {
   # Fail here, in seconds, rather than minutes later inside `llmserve serve`.
   python - <<'PY' || return 1
 import importlib, importlib.util
-app = "frontend_api.server.app" if importlib.util.find_spec("frontend_api.server") else "frontend_api.app"
+app = "frontend_api.server.app" if importlib.util.find_spec("frontend_api.server") else "frontend_api.server.app"
 for name in ("llmserve.cli", "llmserve.serve", app, "tritonclient.grpc", "pytriton"):
     importlib.import_module(name)
 import numpy, torch, transformers

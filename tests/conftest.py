@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import Server, prepare_repository, start_frontend, start_stack
+from stack import Server, prepare_repository, running_stack, start_frontend
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -75,11 +75,8 @@ def repository(checkpoint_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stack(repository, tmp_path_factory):
-    stack = start_stack(repository, tmp_path_factory.mktemp("logs") / "llmserve.log")
-    yield stack
-    code = stack.stop(signal.SIGTERM)
-    assert code == 0, f"llmserve serve exited with {code} on SIGTERM:\n{stack.log()[-3000:]}"
-    assert "stopped (tritonserver exit code 0)" in stack.log(), f"Triton did not stop cleanly:\n{stack.log()[-3000:]}"
+    with running_stack(repository, tmp_path_factory.mktemp("logs") / "llmserve.log") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,17 @@ def start_stack(
         stack.stop(signal.SIGTERM, timeout=30)  # the launcher takes Triton down with it
         raise
     return stack
+
+
+@contextmanager
+def running_stack(repository: Path, log_path: Path) -> Iterator[Stack]:
+    """A test session's stack: start_stack(), and on leaving, SIGTERM and check that `llmserve serve` exited 0
+    and stopped its Triton cleanly."""
+    stack = start_stack(repository, log_path)
+    yield stack
+    code = stack.stop(signal.SIGTERM)
+    assert code == 0, f"llmserve serve exited with {code} on SIGTERM:\n{stack.log()[-3000:]}"
+    assert "stopped (tritonserver exit code 0)" in stack.log(), f"Triton did not stop cleanly:\n{stack.log()[-3000:]}"
 
 
 def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60,

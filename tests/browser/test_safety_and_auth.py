@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import uuid
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_ui import stored_chat
+from helpers import create_key_with_cli
 from stack import BIN
 
 pytestmark = pytest.mark.browser
@@ -83,19 +83,12 @@ def test_the_ui_is_served_with_a_content_security_policy_and_the_api_routes_stil
     assert "llmserve_http_requests_total" in httpx.get(f"{stack.base_url}/metrics").text
 
 
-def create_key(env: dict[str, str]) -> str:
-    result = subprocess.run([str(BIN / "llmserve"), "keys", "create", "--name", f"ui-{uuid.uuid4().hex[:6]}"],
-                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    return re.search(r"sk-llms-\S+", result.stdout).group(0)
-
-
 def test_with_auth_on_the_key_is_asked_for_checked_kept_in_the_browser_and_never_put_in_a_url(
     new_ui, start_frontend_with, tmp_path
 ):
     env = {"LLMSERVE_AUTH": "true", "LLMSERVE_HOME": str(tmp_path / "home")}
     frontend = start_frontend_with(env)
-    key = create_key({"PATH": str(BIN), **env})
+    key = create_key_with_cli({"PATH": str(BIN), **env}, "--name", f"ui-{uuid.uuid4().hex[:6]}")
 
     ui = new_ui(server=frontend, settings={"max_tokens": 4, "temperature": 0})
     urls: list[str] = []

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from stack import prepare_repository, start_stack
+from stack import prepare_repository, running_stack
 
 
 @pytest.fixture(scope="session")
 def fast_stack(checkpoint_dir, tmp_path_factory):
     """The same stack with our engine core (fast_core.py) instead of transformers continuous batching."""
     repository = prepare_repository(tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast")
-    stack = start_stack(repository, tmp_path_factory.mktemp("logs-fast") / "llmserve.log")
-    yield stack
-    assert stack.stop(signal.SIGTERM) == 0, f"llmserve serve (fast core) did not stop cleanly:\n{stack.log()[-3000:]}"
+    with running_stack(repository, tmp_path_factory.mktemp("logs-fast") / "llmserve.log") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

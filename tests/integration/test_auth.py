@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from helpers import create_key_with_cli, llmserve_keys
 from stack import BIN, MODEL
 
 
@@ -28,28 +28,25 @@ def secured(start_frontend_with, postgres_database):
 
 
 def keys(frontend, *args: str) -> str:
-    result = subprocess.run([str(BIN / "llmserve"), "keys", *args], env={**frontend.env, "PATH": str(BIN)},
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return llmserve_keys({**frontend.env, "PATH": str(BIN)}, *args)
 
 
 CREATED_KEYS: list[str] = []  # every key made in this module: none may ever show in a log or on /metrics
 
 
-def create_key(frontend, name: str) -> str:
-    CREATED_KEYS.append(re.search(r"sk-llms-\S+", keys(frontend, "create", "--name", name)).group(0))
+def new_key(frontend, name: str) -> str:
+    CREATED_KEYS.append(create_key_with_cli({**frontend.env, "PATH": str(BIN)}, "--name", name))
     return CREATED_KEYS[-1]
 
 
 @pytest.fixture(scope="module")
 def alice(secured) -> str:
-    return create_key(secured, "alice")
+    return new_key(secured, "alice")
 
 
 @pytest.fixture(scope="module")
 def bob(secured) -> str:
-    return create_key(secured, "bob")
+    return new_key(secured, "bob")
 
 
 def as_key(frontend, key: str | None) -> httpx.Client:
@@ -98,7 +95,7 @@ def test_another_keys_session_is_indistinguishable_from_a_missing_one(secured, a
 
 
 def test_a_revoked_key_fails_at_once(secured):
-    key = create_key(secured, "carol")
+    key = new_key(secured, "carol")
     with as_key(secured, key) as c:
         assert c.get("/models").status_code == 200
         keys(secured, "revoke", "--name", "carol")
@@ -155,7 +152,7 @@ def test_every_api_route_in_the_schema_needs_a_key(secured):
 async def test_a_revoked_key_fails_at_once_on_every_replica(secured, start_frontend_with):
     replica = start_frontend_with(secured.env)  # a second front-end process on the same PostgreSQL database
     try:
-        key = create_key(secured, "dave")
+        key = new_key(secured, "dave")
         for server in (secured, replica):
             with as_key(server, key) as d:
                 assert d.get("/models").status_code == 200

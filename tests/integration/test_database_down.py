@@ -12,9 +12,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from frontend_api.storage.database import Database
-from frontend_api.storage.keys import create_key
-
+from helpers import create_key_in_database
 from stack import MODEL, TcpProxy
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3}
@@ -79,15 +77,6 @@ def test_down_at_start_then_back(start_frontend_with, proxied_postgres):
     assert "the database is unavailable at start-up" in server.log() and "reachable again" in server.log()
 
 
-async def _create_key(database_url: str) -> str:
-    database = Database(database_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        await database.migrate()
-        return (await create_key(database, "outage", None, None, None)).key
-    finally:
-        await database.close()
-
-
 async def ws_auth_failure(server, key: str) -> tuple[dict, int]:
     async with connect(server.ws_url) as ws:
         await ws.send(json.dumps({"type": "auth", "api_key": key}))
@@ -99,7 +88,7 @@ async def ws_auth_failure(server, key: str) -> tuple[dict, int]:
 def test_down_mid_run_with_auth_on(start_frontend_with, proxied_postgres):
     proxy, proxied_url, database_url = proxied_postgres
     proxy.restore()
-    key = asyncio.run(_create_key(database_url))
+    key = asyncio.run(create_key_in_database(database_url, "outage"))
     server = start_frontend_with({"LLMSERVE_AUTH": "true", "LLMSERVE_DATABASE_URL": "", "DATABASE_URL": proxied_url})
     http = httpx.Client(base_url=server.base_url, timeout=60, headers={"Authorization": f"Bearer {key}"})
     session_id = http.post("/v1/sessions", json={"title": "kept"}).json()["id"]

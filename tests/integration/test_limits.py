@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from stack import BIN, MODEL, Server, TcpProxy, free_port
+from helpers import create_key_with_cli
+from stack import MODEL, Server, TcpProxy, free_port
 
 HI = [{"role": "user", "content": "Hi"}]
 LONG = {"max_tokens": 2000, "min_tokens": 2000}  # a generation that outlives the test unless cancelled
@@ -309,16 +309,11 @@ def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, re
 # --- per-key limits from `llmserve keys create` ---
 
 
-def create_key(home: str, *args: str) -> str:
-    out = subprocess.run([str(BIN / "llmserve"), "keys", "create", *args], check=True, capture_output=True,
-                         text=True, env={**os.environ, "LLMSERVE_HOME": home}).stdout  # fmt: skip
-    return next(word for word in out.split() if word.startswith("sk-llms-"))
-
-
 def test_per_key_limits_from_keys_create(start_frontend_with, tmp_path):
     home = str(tmp_path / "home")
-    limited = {"Authorization": f"Bearer {create_key(home, '--name', 'limited', '--rpm', '2', '--max-streams', '1')}"}
-    roomy = {"Authorization": f"Bearer {create_key(home, '--name', 'roomy')}"}
+    env = {**os.environ, "LLMSERVE_HOME": home}
+    limited = {"Authorization": f"Bearer {create_key_with_cli(env, '--name', 'limited', '--rpm', '2', '--max-streams', '1')}"}
+    roomy = {"Authorization": f"Bearer {create_key_with_cli(env, '--name', 'roomy')}"}
     server = start_frontend_with({"LLMSERVE_AUTH": "true", "LLMSERVE_HOME": home})
     http = httpx.Client(timeout=120)
     with open_stream(http, server, limited):  # request 1 of 2

@@ -16,9 +16,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from frontend_api.storage.database import Database
-from frontend_api.storage.keys import create_key
-
+from helpers import create_key_in_database
 from stack import MODEL, TcpProxy
 
 CHAT = "/v1/chat/completions"
@@ -195,19 +193,10 @@ def proxied_frontend(start_frontend_with, postgres_database):
             proxy.cut()
 
 
-async def _create_key(database_url: str, name: str) -> str:
-    database = Database(database_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        await database.migrate()
-        return (await create_key(database, name, None, None, None)).key
-    finally:
-        await database.close()
-
-
 def test_metrics_and_logs_name_the_key_never_show_it(proxied_frontend):
     base_url, _, log, database_url = proxied_frontend
     name = f"obs-{uuid.uuid4().hex[:8]}"
-    key = asyncio.run(_create_key(database_url, name))
+    key = asyncio.run(create_key_in_database(database_url, name))
     before = scrape(base_url)
     reply = httpx.post(f"{base_url}{CHAT}", json=chat_body(max_tokens=4), timeout=60,
                        headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"{name}-ok"})  # fmt: skip

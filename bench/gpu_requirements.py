@@ -27,9 +27,6 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 NEVER = {"torch", "nvidia-pytriton"}  # the image's CUDA torch; the Triton server travels trimmed
 EXTRAS = ("engine",)  # the optional dependencies the GPU side needs (bench's extra is all on the image)
-# Imported but not (yet) declared in pyproject.toml: SQLAlchemy's asyncio layer (frontend_api.storage) needs
-# greenlet, which only its `asyncio` extra pulls in. Harmless once pyproject says `sqlalchemy[asyncio]` itself.
-UNDECLARED = ("sqlalchemy[asyncio]",)
 # Markers are evaluated for the GPU machine's interpreter, not this one.
 TARGET_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
               "implementation_name": "cpython", "sys_platform": "linux", "platform_machine": "x86_64"}  # fmt: skip
@@ -51,7 +48,7 @@ def project_requirements() -> list[Requirement]:
     lines = list(project["dependencies"])
     for extra in EXTRAS:
         lines += project.get("optional-dependencies", {}).get(extra, [])
-    return [Requirement(line) for line in [*lines, *UNDECLARED]]
+    return [Requirement(line) for line in lines]
 
 
 def image_satisfies(req: Requirement, image: dict[str, Version | None]) -> bool:

@@ -51,9 +51,8 @@ _gpu_setup() {
     TOKENIZERS_PARALLELISM=false LLMSERVE_HOME=${LLMSERVE_HOME:-/tmp/llmhome}
   # Fail here, in seconds, rather than minutes later inside `llmserve serve`.
   python - <<'PY' || return 1
-import importlib, importlib.util
-app = "frontend_api.server.app" if importlib.util.find_spec("frontend_api.server") else "frontend_api.server.app"
-for name in ("llmserve.cli", "llmserve.serve", app, "tritonclient.grpc", "pytriton"):
+import importlib
+for name in ("llmserve.cli", "llmserve.serve", "frontend_api.server.app", "engine_contract", "tritonclient.grpc", "pytriton"):
     importlib.import_module(name)
 import numpy, torch, transformers
 print(f"gpu_setup: numpy {numpy.__version__}, torch {torch.__version__} (cuda {torch.cuda.is_available()}), "

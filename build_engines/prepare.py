@@ -60,8 +60,16 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "engine_core": options.engine_core,
         }
         render_model(TEMPLATES / "llm", repository / spec.id, values)
-        built.append({"id": spec.id, "source": spec.source, "checkpoint": str(checkpoint), "engine": "llm",
-                      "max_model_len": max_model_len, **{k: getattr(options, k) for k in options.__dataclass_fields__}})  # fmt: skip
+        built.append(
+            {
+                "id": spec.id,
+                "source": spec.source,
+                "checkpoint": str(checkpoint),
+                "engine": "llm",
+                "max_model_len": max_model_len,
+                **{k: getattr(options, k) for k in options.__dataclass_fields__},
+            }
+        )
     write_manifest(output / MANIFEST, built)
     return repository
 

@@ -76,8 +76,9 @@ class Step:
 def architecture(model: Path) -> str:
     architectures = json.loads((model / "config.json").read_text()).get("architectures") or ["?"]
     if architectures[0] not in CONVERTERS:
-        raise BuildError(f"{model}: architecture {architectures[0]} has no converter here; supported: "
-                         f"{', '.join(CONVERTERS)}")  # fmt: skip
+        raise BuildError(
+            f"{model}: architecture {architectures[0]} has no converter here; supported: {', '.join(CONVERTERS)}"
+        )
     return architectures[0]
 
 
@@ -86,24 +87,56 @@ def plan(options: BuildOptions) -> list[Step]:
     examples = options.examples_dir or Path("$TRTLLM_EXAMPLES")
     checkpoint, engines = options.output / "checkpoint", options.output / "engines"
     dtype = DTYPES[options.dtype]
-    common = ["--model_dir", str(options.model), "--output_dir", str(checkpoint), "--dtype", dtype,
-              "--tp_size", str(options.tp)]  # fmt: skip
+    common = [
+        "--model_dir",
+        str(options.model),
+        "--output_dir",
+        str(checkpoint),
+        "--dtype",
+        dtype,
+        "--tp_size",
+        str(options.tp),
+    ]
     if options.quantization == "none":
         script = examples / CONVERTERS[architecture(options.model)]
         convert = Step("convert the checkpoint", [sys.executable, str(script), *common])
     else:
         extra = ["--kv_cache_dtype", "fp8"] if options.quantization == "fp8" else []
-        quantize = [sys.executable, str(examples / QUANTIZER), *common, "--qformat", options.quantization,
-                    "--calib_size", str(options.calib_size), *extra]  # fmt: skip
+        quantize = [
+            sys.executable,
+            str(examples / QUANTIZER),
+            *common,
+            "--qformat",
+            options.quantization,
+            "--calib_size",
+            str(options.calib_size),
+            *extra,
+        ]
         convert = Step(f"quantize the checkpoint ({options.quantization}, ModelOpt calibration)", quantize)
     build = [
-        "trtllm-build", "--checkpoint_dir", str(checkpoint), "--output_dir", str(engines),
-        "--max_batch_size", str(options.max_batch_size), "--max_num_tokens", str(options.max_num_tokens),
-        "--max_input_len", str(options.max_input_len), "--max_seq_len", str(options.max_seq_len),
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged",
+        "trtllm-build",
+        "--checkpoint_dir",
+        str(checkpoint),
+        "--output_dir",
+        str(engines),
+        "--max_batch_size",
+        str(options.max_batch_size),
+        "--max_num_tokens",
+        str(options.max_num_tokens),
+        "--max_input_len",
+        str(options.max_input_len),
+        "--max_seq_len",
+        str(options.max_seq_len),
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
         # paged context attention: needed by KV-cache reuse and chunked context in the tensorrt_llm model
-        "--use_paged_context_fmha", "enable", "--workers", str(options.tp),
-    ]  # fmt: skip
+        "--use_paged_context_fmha",
+        "enable",
+        "--workers",
+        str(options.tp),
+    ]
     return [convert, Step("build the engines", build)]
 
 
@@ -111,8 +144,9 @@ def missing_tensorrt_llm(options: BuildOptions) -> str | None:
     """Why a real build cannot run in this environment, with what to do instead; None if it can."""
     problems = []
     if util.find_spec("tensorrt_llm") is None or shutil.which("trtllm-build") is None:
-        problems.append("TensorRT-LLM is not installed here (it installs only from NVIDIA's index or comes in the "
-                        "NGC container)")  # fmt: skip
+        problems.append(
+            "TensorRT-LLM is not installed here (it installs only from NVIDIA's index or comes in the NGC container)"
+        )
     if options.examples_dir is None:
         problems.append("the TensorRT-LLM examples folder is not given (--trtllm-examples or $TRTLLM_EXAMPLES)")
     elif not options.examples_dir.is_dir():
@@ -180,12 +214,18 @@ def build(options: BuildOptions, dry_run: bool) -> Path:
         options.output.mkdir(parents=True, exist_ok=True)
         seconds = [run_step(index, len(steps), step) for index, step in enumerate(steps, 1)]
     engines = options.output / "engines"
-    repository = render_trtllm_repository(options.output / "model_repository", RepositoryOptions(
-        served_model_name=options.served_model_name or options.model.name,
-        tokenizer_dir=copy_tokenizer(options.model, options.output / "tokenizer"), engine_dir=engines,
-        max_model_len=options.max_seq_len, max_batch_size=options.max_batch_size,
-        max_input_len=options.max_input_len, entry=options.entry,
-    ))  # fmt: skip
+    repository = render_trtllm_repository(
+        options.output / "model_repository",
+        RepositoryOptions(
+            served_model_name=options.served_model_name or options.model.name,
+            tokenizer_dir=copy_tokenizer(options.model, options.output / "tokenizer"),
+            engine_dir=engines,
+            max_model_len=options.max_seq_len,
+            max_batch_size=options.max_batch_size,
+            max_input_len=options.max_input_len,
+            entry=options.entry,
+        ),
+    )
     manifest = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "engine": "tensorrt_llm",
@@ -201,8 +241,9 @@ def build(options: BuildOptions, dry_run: bool) -> Path:
         "step_seconds": None if dry_run else [round(s, 1) for s in seconds],
         "tools": _versions(),
         "container_image": NGC_IMAGE,
-        "engine_files": {} if dry_run else {str(p.relative_to(engines)): _sha256(p)
-                                            for p in sorted(engines.rglob("*")) if p.is_file()},  # fmt: skip
+        "engine_files": {}
+        if dry_run
+        else {str(p.relative_to(engines)): _sha256(p) for p in sorted(engines.rglob("*")) if p.is_file()},
         "model_repository": str(repository),
     }
     (options.output / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -212,34 +253,56 @@ def build(options: BuildOptions, dry_run: bool) -> Path:
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", required=True, choices=["trtllm"], help="what to build (TensorRT-LLM engines)")
     parser.add_argument("--model", required=True, help="a local Hugging Face checkpoint directory")
-    parser.add_argument("--output", required=True, help="writes checkpoint/, engines/, tokenizer/, "
-                                                        "model_repository/ and manifest.json here")  # fmt: skip
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="writes checkpoint/, engines/, tokenizer/, model_repository/ and manifest.json here",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
-                        help="fp8 (Hopper or newer; also an fp8 KV cache) or int4_awq (ModelOpt calibration)")
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="fp8 (Hopper or newer; also an fp8 KV cache) or int4_awq (ModelOpt calibration)",
+    )
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs per engine)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-num-tokens", type=int, default=8192, help="tokens per engine step (chunked context)")
     parser.add_argument("--max-input-len", type=int, default=4096)
     parser.add_argument("--max-seq-len", type=int, default=8192, help="prompt + output tokens (the served context)")
     parser.add_argument("--served-model-name", default="", help="the OpenAI model id (default: the folder name)")
-    parser.add_argument("--entry", choices=ENTRIES, default="ensemble",
-                        help="which model the front-end serves: the ensemble or the BLS model")
-    parser.add_argument("--trtllm-examples", default=os.environ.get("TRTLLM_EXAMPLES"),
-                        help=f"TensorRT-LLM's examples/ folder (v{TRTLLM_VERSION}), for the checkpoint converters "
-                             "(default $TRTLLM_EXAMPLES)")  # fmt: skip
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the commands and render the repository; needs no TensorRT-LLM")
+    parser.add_argument(
+        "--entry",
+        choices=ENTRIES,
+        default="ensemble",
+        help="which model the front-end serves: the ensemble or the BLS model",
+    )
+    parser.add_argument(
+        "--trtllm-examples",
+        default=os.environ.get("TRTLLM_EXAMPLES"),
+        help=f"TensorRT-LLM's examples/ folder (v{TRTLLM_VERSION}), for the checkpoint converters "
+        "(default $TRTLLM_EXAMPLES)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands and render the repository; needs no TensorRT-LLM"
+    )
 
 
 def run_build(args: argparse.Namespace) -> int:
     options = BuildOptions(
-        model=Path(args.model).expanduser().resolve(), output=Path(args.output).expanduser().resolve(),
-        dtype=args.dtype, quantization=args.quantization, tp=args.tp, max_batch_size=args.max_batch_size,
-        max_num_tokens=args.max_num_tokens, max_input_len=args.max_input_len, max_seq_len=args.max_seq_len,
-        served_model_name=args.served_model_name, entry=args.entry,
+        model=Path(args.model).expanduser().resolve(),
+        output=Path(args.output).expanduser().resolve(),
+        dtype=args.dtype,
+        quantization=args.quantization,
+        tp=args.tp,
+        max_batch_size=args.max_batch_size,
+        max_num_tokens=args.max_num_tokens,
+        max_input_len=args.max_input_len,
+        max_seq_len=args.max_seq_len,
+        served_model_name=args.served_model_name,
+        entry=args.entry,
         examples_dir=Path(args.trtllm_examples).expanduser().resolve() if args.trtllm_examples else None,
-    )  # fmt: skip
+    )
     from build_engines.checkpoints import CheckpointError
 
     try:
@@ -247,6 +310,8 @@ def run_build(args: argparse.Namespace) -> int:
     except (BuildError, CheckpointError, TemplateError, ValueError) as exc:
         print(f"llmserve build: {exc}", file=sys.stderr)
         return 2
-    print(f"llmserve build: model repository {repository} (manifest: {options.output / 'manifest.json'})\n"
-          f"  serve it: llmserve serve --model-repository {repository}   (Triton from the NGC container)")  # fmt: skip
+    print(
+        f"llmserve build: model repository {repository} (manifest: {options.output / 'manifest.json'})\n"
+        f"  serve it: llmserve serve --model-repository {repository}   (Triton from the NGC container)"
+    )
     return 0

@@ -50,8 +50,15 @@ class RepositoryOptions:
             raise ValueError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
         if self.max_input_len >= self.max_model_len:
             raise ValueError("max_input_len must be smaller than max_model_len")
-        for name in ("max_model_len", "max_batch_size", "max_input_len", "preprocessing_instance_count", "bls_instance_count",
-                     "cancellation_check_period_ms", "stream_state_ttl_s"):  # fmt: skip
+        for name in (
+            "max_model_len",
+            "max_batch_size",
+            "max_input_len",
+            "preprocessing_instance_count",
+            "bls_instance_count",
+            "cancellation_check_period_ms",
+            "stream_state_ttl_s",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -69,11 +76,16 @@ def model_values(options: RepositoryOptions) -> dict[str, dict[str, object]]:
         return options.served_model_name if options.entry == model else ""
 
     return {
-        "preprocessing": {**batch, "tokenizer_dir": options.tokenizer_dir, "add_special_tokens": "true",
-                          "max_input_len": options.max_input_len,
-                          "preprocessing_instance_count": options.preprocessing_instance_count},
+        "preprocessing": {
+            **batch,
+            "tokenizer_dir": options.tokenizer_dir,
+            "add_special_tokens": "true",
+            "max_input_len": options.max_input_len,
+            "preprocessing_instance_count": options.preprocessing_instance_count,
+        },
         "tensorrt_llm": {
-            **batch, "engine_dir": options.engine_dir,
+            **batch,
+            "engine_dir": options.engine_dir,
             "max_queue_delay_microseconds": options.max_queue_delay_microseconds,
             "batch_scheduler_policy": options.batch_scheduler_policy,
             "kv_cache_free_gpu_mem_fraction": options.kv_cache_free_gpu_mem_fraction,
@@ -81,12 +93,20 @@ def model_values(options: RepositoryOptions) -> dict[str, dict[str, object]]:
             "enable_chunked_context": _bool(options.enable_chunked_context),
             "cancellation_check_period_ms": options.cancellation_check_period_ms,
         },
-        "postprocessing": {**batch, "tokenizer_dir": options.tokenizer_dir, "skip_special_tokens": "true",
-                           "stream_state_ttl_s": options.stream_state_ttl_s},
+        "postprocessing": {
+            **batch,
+            "tokenizer_dir": options.tokenizer_dir,
+            "skip_special_tokens": "true",
+            "stream_state_ttl_s": options.stream_state_ttl_s,
+        },
         "ensemble": {**batch, **served, "ensemble_served_model_name": entry_name("ensemble")},
-        "tensorrt_llm_bls": {**batch, **served, "bls_served_model_name": entry_name("tensorrt_llm_bls"),
-                             "bls_instance_count": options.bls_instance_count},
-    }  # fmt: skip
+        "tensorrt_llm_bls": {
+            **batch,
+            **served,
+            "bls_served_model_name": entry_name("tensorrt_llm_bls"),
+            "bls_instance_count": options.bls_instance_count,
+        },
+    }
 
 
 def render_trtllm_repository(repository: Path, options: RepositoryOptions) -> Path:

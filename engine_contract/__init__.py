@@ -100,39 +100,72 @@ STREAM = _input("stream", "TYPE_BOOL", "send text deltas as they come, else one 
 TEMPERATURE = _input("temperature", "TYPE_FP32", "sampling temperature; 0 is greedy", default=1.0)
 TOP_P = _input("top_p", "TYPE_FP32", "nucleus sampling: keep the tokens of this much probability", default=1.0)
 TOP_K = _input("top_k", "TYPE_INT32", "keep the k most likely tokens; 0 keeps all", default=0)
-REPETITION_PENALTY = _input("repetition_penalty", "TYPE_FP32", "divide the logits of tokens seen so far",
-                            _TRTLLM_ONLY, default=1.0)  # fmt: skip
-PRESENCE_PENALTY = _input("presence_penalty", "TYPE_FP32", "subtract from the logits of tokens generated so far",
-                          _TRTLLM_ONLY, default=0.0)  # fmt: skip
-FREQUENCY_PENALTY = _input("frequency_penalty", "TYPE_FP32", "subtract per occurrence of a generated token",
-                           _TRTLLM_ONLY, default=0.0)  # fmt: skip
-MIN_TOKENS = _input("min_tokens", "TYPE_INT32", "no end of sequence before this many tokens (the llm cores: only "
-                    "0, or >= max_tokens for exactly max_tokens)", default=0)  # fmt: skip
+REPETITION_PENALTY = _input(
+    "repetition_penalty", "TYPE_FP32", "divide the logits of tokens seen so far", _TRTLLM_ONLY, default=1.0
+)
+PRESENCE_PENALTY = _input(
+    "presence_penalty", "TYPE_FP32", "subtract from the logits of tokens generated so far", _TRTLLM_ONLY, default=0.0
+)
+FREQUENCY_PENALTY = _input(
+    "frequency_penalty", "TYPE_FP32", "subtract per occurrence of a generated token", _TRTLLM_ONLY, default=0.0
+)
+MIN_TOKENS = _input(
+    "min_tokens",
+    "TYPE_INT32",
+    "no end of sequence before this many tokens (the llm cores: only 0, or >= max_tokens for exactly max_tokens)",
+    default=0,
+)
 SEED = _input("seed", "TYPE_UINT64", "the random seed of this request's sampling", _TRTLLM_ONLY)
-STOP_WORDS = _input("stop_words", "TYPE_STRING", "strings that end the output (not included in it)", dims=(-1,),
-                    default=())  # fmt: skip
+STOP_WORDS = _input(
+    "stop_words", "TYPE_STRING", "strings that end the output (not included in it)", dims=(-1,), default=()
+)
 BAD_WORDS = _input("bad_words", "TYPE_STRING", "strings never to generate", _TRTLLM_ONLY, dims=(-1,), default=())
 END_ID = _input("end_id", "TYPE_INT32", "the token that ends the sequence instead of the model's own")
-EXCLUDE_INPUT_IN_OUTPUT = _input("exclude_input_in_output", "TYPE_BOOL",
-                                 "leave the prompt out of a non-streamed output", default=False)  # fmt: skip
-RETURN_NUM_INPUT_TOKENS = _input("return_num_input_tokens", "TYPE_BOOL", "send num_input_tokens (the llm cores "
-                                 "always do)", default=False)  # fmt: skip
-RETURN_NUM_OUTPUT_TOKENS = _input("return_num_output_tokens", "TYPE_BOOL", "send num_output_tokens (the llm cores "
-                                  "always do)", default=False)  # fmt: skip
+EXCLUDE_INPUT_IN_OUTPUT = _input(
+    "exclude_input_in_output", "TYPE_BOOL", "leave the prompt out of a non-streamed output", default=False
+)
+RETURN_NUM_INPUT_TOKENS = _input(
+    "return_num_input_tokens", "TYPE_BOOL", "send num_input_tokens (the llm cores always do)", default=False
+)
+RETURN_NUM_OUTPUT_TOKENS = _input(
+    "return_num_output_tokens", "TYPE_BOOL", "send num_output_tokens (the llm cores always do)", default=False
+)
 
 INPUTS: tuple[TensorSpec, ...] = (
-    TEXT_INPUT, MAX_TOKENS, STREAM, TEMPERATURE, TOP_P, TOP_K, REPETITION_PENALTY, PRESENCE_PENALTY,
-    FREQUENCY_PENALTY, MIN_TOKENS, SEED, STOP_WORDS, BAD_WORDS, END_ID, EXCLUDE_INPUT_IN_OUTPUT,
-    RETURN_NUM_INPUT_TOKENS, RETURN_NUM_OUTPUT_TOKENS,
-)  # fmt: skip
+    TEXT_INPUT,
+    MAX_TOKENS,
+    STREAM,
+    TEMPERATURE,
+    TOP_P,
+    TOP_K,
+    REPETITION_PENALTY,
+    PRESENCE_PENALTY,
+    FREQUENCY_PENALTY,
+    MIN_TOKENS,
+    SEED,
+    STOP_WORDS,
+    BAD_WORDS,
+    END_ID,
+    EXCLUDE_INPUT_IN_OUTPUT,
+    RETURN_NUM_INPUT_TOKENS,
+    RETURN_NUM_OUTPUT_TOKENS,
+)
 
 # ---------------------------------------------------------------------------------------------------- outputs
-TEXT_OUTPUT = TensorSpec("text_output", "TYPE_STRING", (-1,), False, "the text delta (streaming) or the whole text",
-                         _ALL, "")  # fmt: skip
+TEXT_OUTPUT = TensorSpec(
+    "text_output", "TYPE_STRING", (-1,), False, "the text delta (streaming) or the whole text", _ALL, ""
+)
 NUM_INPUT_TOKENS = TensorSpec("num_input_tokens", "TYPE_INT32", (1,), False, "tokens of the prompt", _ALL)
 NUM_OUTPUT_TOKENS = TensorSpec("num_output_tokens", "TYPE_INT32", (1,), False, "tokens generated so far", _ALL)
-FINISH_REASON = TensorSpec("finish_reason", "TYPE_STRING", (1,), False, "stop | length, on the final response "
-                           "(ours: TensorRT-LLM has none)", _ALL, "")  # fmt: skip
+FINISH_REASON = TensorSpec(
+    "finish_reason",
+    "TYPE_STRING",
+    (1,),
+    False,
+    "stop | length, on the final response (ours: TensorRT-LLM has none)",
+    _ALL,
+    "",
+)
 
 OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON)
 

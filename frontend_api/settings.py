@@ -36,8 +36,9 @@ def _env_alias(field: str, conventional: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid", validate_default=True, env_ignore_empty=True,
-                                      populate_by_name=True)  # fmt: skip
+    model_config = SettingsConfigDict(
+        env_prefix="LLMSERVE_", extra="forbid", validate_default=True, env_ignore_empty=True, populate_by_name=True
+    )
 
     # Front-end (the public API)
     host: str = "127.0.0.1"
@@ -47,12 +48,19 @@ class Settings(BaseSettings):
         False, description="Serve on a non-loopback address although authentication is off."
     )
     cors_origins: list[str] = Field([], description="Origins allowed by CORS; empty (the default) allows none.")
-    api_docs: bool = Field(True, description="Serve /openapi.json, /docs and /redoc without a key (they describe the "
-                           "API, no data); false hides them.")  # fmt: skip
+    api_docs: bool = Field(
+        True,
+        description="Serve /openapi.json, /docs and /redoc without a key (they describe the "
+        "API, no data); false hides them.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
-    drain_timeout_s: float = Field(30, ge=0, description="On SIGTERM: time in-flight generations get to finish "
-                                   "(new requests get 503) before they are ended with an error and the process exits.")
+    drain_timeout_s: float = Field(
+        30,
+        ge=0,
+        description="On SIGTERM: time in-flight generations get to finish "
+        "(new requests get 503) before they are ended with an error and the process exits.",
+    )
 
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str = Field("", description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
@@ -65,11 +73,17 @@ class Settings(BaseSettings):
     session_history_messages: int = Field(20, ge=1, le=1000, description="Stored messages prepended at most.")
 
     # Limits. rpm/tpm/streams are per API key (keys may carry their own), per client address when auth is off.
-    redis_url: str | None = Field(None, validation_alias=_env_alias("redis_url", "REDIS_URL"),
-                                  description="Share rate-limit counters between front-end processes.")  # fmt: skip
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_env_alias("redis_url", "REDIS_URL"),
+        description="Share rate-limit counters between front-end processes.",
+    )
     redis_key_prefix: str = Field("llmserve", min_length=1, description="Prefix of the rate-limit keys in Redis.")
-    rate_limit_fail_open: bool = Field(False, description="Redis unreachable: serve rate-limited requests unlimited "
-                                       "(logged and counted) instead of refusing them with 503.")
+    rate_limit_fail_open: bool = Field(
+        False,
+        description="Redis unreachable: serve rate-limited requests unlimited "
+        "(logged and counted) instead of refusing them with 503.",
+    )
     rate_limit_rpm: int | None = Field(None, ge=1, description="Requests per minute; unset is unlimited.")
     rate_limit_tpm: int | None = Field(None, ge=1, description="Prompt + completion tokens per minute.")
     max_streams_per_key: int | None = Field(None, ge=1, description="Concurrent generations per key in this process.")
@@ -111,9 +125,13 @@ class Settings(BaseSettings):
         if not value:  # an empty DATABASE_URL means the default
             return ""
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        drivers = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
-                   "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-                   "postgresql+psycopg": "postgresql+psycopg"}  # fmt: skip
+        drivers = {
+            "sqlite": "sqlite+aiosqlite",
+            "sqlite+aiosqlite": "sqlite+aiosqlite",
+            "postgresql": "postgresql+psycopg",
+            "postgres": "postgresql+psycopg",
+            "postgresql+psycopg": "postgresql+psycopg",
+        }
         if scheme not in drivers:
             raise ValueError(f"must be a sqlite:/// or postgresql:// URL, got scheme {scheme!r}")
         return drivers[scheme] + value[len(scheme) :]
@@ -139,8 +157,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
         if self.default_max_tokens and self.max_tokens_limit and self.default_max_tokens > self.max_tokens_limit:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
-                             f"({self.max_tokens_limit})")  # fmt: skip
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "
+                f"({self.max_tokens_limit})"
+            )
         if not self.triton_grpc_url:
             self.triton_grpc_url = f"127.0.0.1:{self.local_triton_grpc_port}"
         if not self.database_url:
@@ -182,7 +202,9 @@ S = TypeVar("S", bound=Settings)
 
 
 def load_settings(
-    config_file: str | Path | None = None, settings_cls: type[S] = Settings, **overrides: Any  # type: ignore[assignment]
+    config_file: str | Path | None = None,
+    settings_cls: type[S] = Settings,
+    **overrides: Any,  # type: ignore[assignment]
 ) -> S:
     """Settings (of `settings_cls`) from the TOML file (`config_file`, else $LLMSERVE_CONFIG), the environment and
     `overrides`."""
@@ -196,8 +218,9 @@ def load_settings(
         raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"the config file {path} is not valid TOML: {exc}") from None
-    configured = type(settings_cls.__name__, (settings_cls,),
-                      {"model_config": {**settings_cls.model_config, "toml_file": path}})  # fmt: skip
+    configured = type(
+        settings_cls.__name__, (settings_cls,), {"model_config": {**settings_cls.model_config, "toml_file": path}}
+    )
     return configured(**overrides)
 
 

@@ -35,8 +35,10 @@ async def _keys(settings: LauncherSettings, action: str, args) -> int:
                 print(f"{'NAME':24} {'PREFIX':14} {'RPM':>8} {'TPM':>9} {'STREAMS':>8}  {'CREATED':20}  STATUS")
                 for key in rows:
                     status = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
-                    print(f"{key.name:24} {key.prefix + '…':14} {_limit(key.rpm):>8} {_limit(key.tpm):>9} "
-                          f"{_limit(key.max_streams):>8}  {_when(key.created_at):20}  {status}")  # fmt: skip
+                    print(
+                        f"{key.name:24} {key.prefix + '…':14} {_limit(key.rpm):>8} {_limit(key.tpm):>9} "
+                        f"{_limit(key.max_streams):>8}  {_when(key.created_at):20}  {status}"
+                    )
                 if not rows:
                     print("(no keys; create one with `llmserve keys create --name NAME`)")
             else:
@@ -61,8 +63,10 @@ async def _create_given_key(keys: KeyAdmin, args) -> int:
     existing = await keys.find(args.name)
     if existing is not None:
         if not keys.is_key_of(existing, key) or existing.revoked_at is not None:
-            print(f"llmserve keys create: a key named {args.name!r} exists with another key (or revoked); "
-                  "revoke it and choose another --name")  # fmt: skip
+            print(
+                f"llmserve keys create: a key named {args.name!r} exists with another key (or revoked); "
+                "revoke it and choose another --name"
+            )
             return 1
         print(f"Key {args.name!r} is already stored.")
         return 0
@@ -80,8 +84,10 @@ def _toml_value(value) -> str:
 
 
 def run_config_show(settings: LauncherSettings) -> int:
-    print("# effective llmserve configuration (flags > LLMSERVE_* / DATABASE_URL / REDIS_URL > config file "
-          "> defaults); secrets masked")  # fmt: skip
+    print(
+        "# effective llmserve configuration (flags > LLMSERVE_* / DATABASE_URL / REDIS_URL > config file "
+        "> defaults); secrets masked"
+    )
     for name, value in public_view(settings).items():
         print(f"# {name} = (unset)" if value is None else f"{name} = {_toml_value(value)}")
     return 0

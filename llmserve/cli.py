@@ -16,40 +16,67 @@ from llmserve.settings import LauncherSettings
 
 # flag -> Settings field, for the flags both subcommands share
 MODEL_FLAGS = {
-    "model": "models", "device": "device", "dtype": "dtype", "instance_count": "instance_count",
-    "max_num_seqs": "max_num_seqs", "kv_cache_blocks": "kv_cache_blocks", "home": "home",
+    "model": "models",
+    "device": "device",
+    "dtype": "dtype",
+    "instance_count": "instance_count",
+    "max_num_seqs": "max_num_seqs",
+    "kv_cache_blocks": "kv_cache_blocks",
+    "home": "home",
     "engine_core": "engine_core",
-}  # fmt: skip
+}
 SERVE_FLAGS = {
-    "host": "host", "port": "port", "workers": "workers", "model_repository": "model_repository", "auth": "auth",
-    "triton_http_port": "triton_http_port", "triton_grpc_port": "triton_grpc_port",
+    "host": "host",
+    "port": "port",
+    "workers": "workers",
+    "model_repository": "model_repository",
+    "auth": "auth",
+    "triton_http_port": "triton_http_port",
+    "triton_grpc_port": "triton_grpc_port",
     "triton_metrics_port": "triton_metrics_port",
-    "allow_unauthenticated_public_bind": "allow_unauthenticated_public_bind", "log_level": "log_level",
-}  # fmt: skip
+    "allow_unauthenticated_public_bind": "allow_unauthenticated_public_bind",
+    "log_level": "log_level",
+}
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", metavar="SPEC",
-                        help="builtin:smollm2 (default), a local HF checkpoint DIR, or ID=DIR; repeat to serve several")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="builtin:smollm2 (default), a local HF checkpoint DIR, or ID=DIR; repeat to serve several",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where the llm engine runs (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
     parser.add_argument("--instance-count", type=int, help="engine instances per model (default 1)")
     parser.add_argument("--max-num-seqs", type=int, help="requests batched together per instance (default 32)")
     parser.add_argument("--kv-cache-blocks", type=int, help="paged KV cache blocks per instance (0 = automatic)")
-    parser.add_argument("--engine-core", choices=LLM_CORES,
-                        help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
-                             "for GPUs (docs/PERFORMANCE.md)")
-    parser.add_argument("--home", help="cache directory for converted models and the rendered repository "
-                                       "(default ~/.cache/llmserve, or LLMSERVE_HOME)")  # fmt: skip
+    parser.add_argument(
+        "--engine-core",
+        choices=LLM_CORES,
+        help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
+        "for GPUs (docs/PERFORMANCE.md)",
+    )
+    parser.add_argument(
+        "--home",
+        help="cache directory for converted models and the rendered repository "
+        "(default ~/.cache/llmserve, or LLMSERVE_HOME)",
+    )
 
 
 def _add_api_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="front-end address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
-    parser.add_argument("--workers", type=int, help="front-end processes sharing the port (default 1; see docs/CONFIGURATION.md)")
+    parser.add_argument(
+        "--workers", type=int, help="front-end processes sharing the port (default 1; see docs/CONFIGURATION.md)"
+    )
     parser.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
-    parser.add_argument("--allow-unauthenticated-public-bind", action="store_true", default=None,
-                        help="allow a non-loopback --host although authentication is off")
+    parser.add_argument(
+        "--allow-unauthenticated-public-bind",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host although authentication is off",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -68,8 +95,12 @@ def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--rpm", type=int, help="requests per minute (default: the server's rate_limit_rpm)")
     create.add_argument("--tpm", type=int, help="prompt + completion tokens per minute (default: rate_limit_tpm)")
     create.add_argument("--max-streams", type=int, help="concurrent generations (default: max_streams_per_key)")
-    create.add_argument("--key-env", metavar="VAR", help="store the key held in this environment variable instead "
-                        "of a random one (deployments: the Helm chart's admin key); same name and key again is a no-op")
+    create.add_argument(
+        "--key-env",
+        metavar="VAR",
+        help="store the key held in this environment variable instead "
+        "of a random one (deployments: the Helm chart's admin key); same name and key again is a no-op",
+    )
     actions.add_parser("list", help="list keys (names, prefixes, limits, status; never the keys)")
     revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, on every replica")
     revoke.add_argument("--name", required=True)
@@ -91,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="the OpenAI API alone, against a Triton elsewhere (containers, Kubernetes)")
     _add_api_flags(api)
-    api.add_argument("--triton-grpc-url", metavar="HOST:PORT",
-                     help="Triton's gRPC address (default 127.0.0.1:8101, or LLMSERVE_TRITON_GRPC_URL)")
+    api.add_argument(
+        "--triton-grpc-url",
+        metavar="HOST:PORT",
+        help="Triton's gRPC address (default 127.0.0.1:8101, or LLMSERVE_TRITON_GRPC_URL)",
+    )
     triton = sub.add_parser("triton", help="prepare, then run Triton alone for front-ends elsewhere (containers)")
     _add_model_flags(triton)
     _add_triton_flags(triton)
@@ -104,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_commands(sub)
     config = sub.add_parser("config", help="inspect the configuration")
     config.add_subparsers(dest="config_command", required=True).add_parser(
-        "show", help="print the effective configuration (all sources merged, secrets masked)")  # fmt: skip
+        "show", help="print the effective configuration (all sources merged, secrets masked)"
+    )
     return parser
 
 
 def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> LauncherSettings:
-    overrides = {field: getattr(args, flag) for flag, field in flags.items()
-                 if getattr(args, flag, None) is not None}  # fmt: skip
+    overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
     return load_settings(args.config, LauncherSettings, **overrides)
 
 
@@ -152,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"]) or "settings"
-            print(f"llmserve: invalid setting {field} (LLMSERVE_{field.upper()}, or `{field}` in the config file): "
-                  f"{error['msg']}", file=sys.stderr)  # fmt: skip
+            print(
+                f"llmserve: invalid setting {field} (LLMSERVE_{field.upper()}, or `{field}` in the config file): "
+                f"{error['msg']}",
+                file=sys.stderr,
+            )
         return 2

@@ -24,10 +24,13 @@ def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
     from build_engines.render import TemplateError
 
     options = EngineOptions(
-        device=settings.device, dtype=settings.dtype, instance_count=settings.instance_count,
-        max_num_seqs=settings.max_num_seqs, kv_cache_blocks=settings.kv_cache_blocks,
+        device=settings.device,
+        dtype=settings.dtype,
+        instance_count=settings.instance_count,
+        max_num_seqs=settings.max_num_seqs,
+        kv_cache_blocks=settings.kv_cache_blocks,
         engine_core=settings.engine_core,
-    )  # fmt: skip
+    )
     try:
         return prepare(settings.models, settings.home, output, options)
     except (CheckpointError, TemplateError, ValueError) as exc:
@@ -43,7 +46,9 @@ def run_prepare(settings: LauncherSettings, output: str | None) -> int:
     out = Path(output) if output else settings.home / "build"
     started = time.monotonic()
     repository = prepare_repository(settings, out)
-    say(f"model repository ready in {time.monotonic() - started:.1f} s: {repository} (manifest: {out / 'manifest.json'})")
+    say(
+        f"model repository ready in {time.monotonic() - started:.1f} s: {repository} (manifest: {out / 'manifest.json'})"
+    )
     return 0
 
 
@@ -55,9 +60,11 @@ def bind_refusal(settings: LauncherSettings) -> str | None:
     """Why the API may not listen where it was asked to, if it may not: without authentication, only loopback."""
     if settings.auth or settings.host_is_loopback or settings.allow_unauthenticated_public_bind:
         return None
-    return (f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
-            "Turn authentication on (--auth, after `llmserve keys create`), use --host 127.0.0.1, or pass "
-            "--allow-unauthenticated-public-bind if you really mean it.")  # fmt: skip
+    return (
+        f"refusing to serve on {settings.host}: authentication is off, so only a loopback address is allowed. "
+        "Turn authentication on (--auth, after `llmserve keys create`), use --host 127.0.0.1, or pass "
+        "--allow-unauthenticated-public-bind if you really mean it."
+    )
 
 
 def run_serve(settings: LauncherSettings) -> int:
@@ -79,10 +86,17 @@ def run_serve(settings: LauncherSettings) -> int:
     except TritonError as exc:
         say(str(exc))
         return 1
-    triton = TritonProcess(install, Path(repository), settings.triton_http_port, settings.triton_grpc_port,
-                           settings.triton_metrics_port)  # fmt: skip
-    supervisor = TritonSupervisor(triton, settings.triton_startup_timeout_s, settings.triton_restart_max_backoff_s,
-                                  say, settings.triton_restart_max_attempts, give_up=_stop_this_process)  # fmt: skip
+    triton = TritonProcess(
+        install, Path(repository), settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port
+    )
+    supervisor = TritonSupervisor(
+        triton,
+        settings.triton_startup_timeout_s,
+        settings.triton_restart_max_backoff_s,
+        say,
+        settings.triton_restart_max_attempts,
+        give_up=_stop_this_process,
+    )
     # uvicorn re-raises the signal it caught after its graceful shutdown (the app drains first on SIGTERM); turn
     # SIGTERM into SystemExit so that Triton is stopped below rather than the process dying on the spot.
     signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -119,10 +133,15 @@ def serve_api(settings: LauncherSettings, started: float) -> bool:
     from frontend_api.server.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings.frontend()), host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=30, server_header=False,
-        log_config=None, access_log=False,  # create_app set up logging; its middleware writes the access lines
-    )  # fmt: skip
+        create_app(settings.frontend()),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        log_config=None,
+        access_log=False,  # create_app set up logging; its middleware writes the access lines
+    )
     server = uvicorn.Server(config)
 
     def announce():
@@ -140,8 +159,10 @@ def _announce_ready(settings: LauncherSettings, started: float) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     root = f"http://{host}:{settings.port}"
     ui = f"  Web UI: {root}/" if settings.web_dir.joinpath("index.html").is_file() else ""
-    say(f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {root}/v1{ui}  "
-        f"(e.g. OpenAI(base_url='{root}/v1', api_key='none'); curl {root}/v1/models). Ctrl-C stops.")  # fmt: skip
+    say(
+        f"ready in {time.monotonic() - started:.0f} s. OpenAI API: {root}/v1{ui}  "
+        f"(e.g. OpenAI(base_url='{root}/v1', api_key='none'); curl {root}/v1/models). Ctrl-C stops."
+    )
 
 
 def _serve_workers(settings: LauncherSettings, started: float) -> bool:
@@ -159,10 +180,17 @@ def _serve_workers(settings: LauncherSettings, started: float) -> bool:
     os.environ[SETTINGS_JSON_ENV] = settings.frontend().model_dump_json()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     config = uvicorn.Config(
-        "frontend_api.server.app:create_app", factory=True, workers=settings.workers, host=settings.host,
-        port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30, server_header=False,
-        log_config=None, access_log=False,
-    )  # fmt: skip
+        "frontend_api.server.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        log_config=None,
+        access_log=False,
+    )
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "localhost") else settings.host
     ready_url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/health"
 

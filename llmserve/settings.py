@@ -19,16 +19,26 @@ class LauncherSettings(Settings):
     workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
 
     # Triton, started and supervised by `llmserve serve` / `llmserve triton`
-    triton_address: str = Field("127.0.0.1", description="Address of `llmserve triton` (Triton alone, e.g. 0.0.0.0 "
-                                "in a container); `llmserve serve` keeps its Triton on loopback.")  # fmt: skip
+    triton_address: str = Field(
+        "127.0.0.1",
+        description="Address of `llmserve triton` (Triton alone, e.g. 0.0.0.0 "
+        "in a container); `llmserve serve` keeps its Triton on loopback.",
+    )
     triton_http_port: int = Field(8100, ge=1, le=65535)
     triton_grpc_port: int = Field(8101, ge=1, le=65535)
     triton_metrics_port: int = Field(8102, ge=1, le=65535)
     triton_startup_timeout_s: float = Field(600, gt=0)
-    triton_restart_max_backoff_s: float = Field(30, ge=1, description="`serve` restarts a Triton that died, waiting "
-                                                "1, 2, 4 ... s between attempts, at most this long.")  # fmt: skip
-    triton_restart_max_attempts: int = Field(0, ge=0, description="`serve` exits with code 1 after this many failed "
-                                             "Triton restarts in a row (for a process manager to act on); 0: never.")  # fmt: skip
+    triton_restart_max_backoff_s: float = Field(
+        30,
+        ge=1,
+        description="`serve` restarts a Triton that died, waiting 1, 2, 4 ... s between attempts, at most this long.",
+    )
+    triton_restart_max_attempts: int = Field(
+        0,
+        ge=0,
+        description="`serve` exits with code 1 after this many failed "
+        "Triton restarts in a row (for a process manager to act on); 0: never.",
+    )
 
     # What is served. Each entry is `builtin:smollm2`, a local Hugging Face checkpoint directory, or
     # `ID=DIR` to choose the served model id. Converted checkpoints and repositories are cached under `home`.
@@ -60,8 +70,10 @@ class LauncherSettings(Settings):
     @model_validator(mode="after")
     def _workers_share_limits(self) -> LauncherSettings:
         if self.workers > 1 and (self.rate_limit_rpm or self.rate_limit_tpm) and not self.redis_url:
-            raise ValueError("workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
-                             "would otherwise keep a budget of its own")  # fmt: skip
+            raise ValueError(
+                "workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
+                "would otherwise keep a budget of its own"
+            )
         return self
 
     @property

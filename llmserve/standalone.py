@@ -42,12 +42,20 @@ def run_triton(settings: LauncherSettings) -> int:
         say(str(exc))
         return 1
     repository = served_repository(settings)
-    triton = TritonProcess(install, Path(repository), settings.triton_http_port, settings.triton_grpc_port,
-                           settings.triton_metrics_port, address=settings.triton_address)  # fmt: skip
+    triton = TritonProcess(
+        install,
+        Path(repository),
+        settings.triton_http_port,
+        settings.triton_grpc_port,
+        settings.triton_metrics_port,
+        address=settings.triton_address,
+    )
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
-        say(f"starting {install.binary} on {settings.triton_address}: HTTP {settings.triton_http_port}, "
-            f"gRPC {settings.triton_grpc_port}, metrics {settings.triton_metrics_port}, with {repository}")  # fmt: skip
+        say(
+            f"starting {install.binary} on {settings.triton_address}: HTTP {settings.triton_http_port}, "
+            f"gRPC {settings.triton_grpc_port}, metrics {settings.triton_metrics_port}, with {repository}"
+        )
         triton.start()
         triton.wait_ready(settings.triton_startup_timeout_s, progress=say)
         assert triton.process is not None  # started above

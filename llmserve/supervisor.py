@@ -21,8 +21,15 @@ POLL_S = 0.2
 
 
 class TritonSupervisor:
-    def __init__(self, triton: TritonProcess, startup_timeout_s: float, max_backoff_s: float,
-                 say: Callable[[str], None], max_attempts: int = 0, give_up: Callable[[], None] = lambda: None):  # fmt: skip
+    def __init__(
+        self,
+        triton: TritonProcess,
+        startup_timeout_s: float,
+        max_backoff_s: float,
+        say: Callable[[str], None],
+        max_attempts: int = 0,
+        give_up: Callable[[], None] = lambda: None,
+    ):
         self.triton = triton
         self.startup_timeout_s = startup_timeout_s
         self.max_backoff_s = max_backoff_s
@@ -62,15 +69,19 @@ class TritonSupervisor:
                 continue
             self.triton.kill_leftovers()
             if self.max_attempts and failures >= self.max_attempts:
-                self.say(f"ERROR: giving up: {failures} restarts of Triton in a row failed "
-                         "(triton_restart_max_attempts); stopping so that a process manager can start llmserve again")  # fmt: skip
+                self.say(
+                    f"ERROR: giving up: {failures} restarts of Triton in a row failed "
+                    "(triton_restart_max_attempts); stopping so that a process manager can start llmserve again"
+                )
                 self.gave_up = True
                 self._give_up()
                 return
             if time.monotonic() - up_since >= STABLE_S:
                 backoff = FIRST_BACKOFF_S
-            self.say(f"ERROR: tritonserver exited with code {code}; the API answers 503 until it is back. "
-                     f"Restarting it in {backoff:.0f} s (restart {self.restarts + 1})")  # fmt: skip
+            self.say(
+                f"ERROR: tritonserver exited with code {code}; the API answers 503 until it is back. "
+                f"Restarting it in {backoff:.0f} s (restart {self.restarts + 1})"
+            )
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, self.max_backoff_s)
@@ -94,6 +105,8 @@ class TritonSupervisor:
                 with self._lock:
                     self.triton.stop()  # not ready in time: make sure it is gone before the next attempt
             return False
-        self.say(f"Triton restarted (restart {self.restarts}) and ready in {time.monotonic() - started:.1f} s; "
-                 "the API serves again")  # fmt: skip
+        self.say(
+            f"Triton restarted (restart {self.restarts}) and ready in {time.monotonic() - started:.1f} s; "
+            "the API serves again"
+        )
         return True

@@ -70,7 +70,9 @@ def find_triton(home: Path) -> TritonInstall:
     if env_binary:
         binary = Path(env_binary)
         if not binary.is_file():
-            raise TritonError(f"TRITONSERVER={env_binary} does not exist; unset it or point it at a tritonserver binary")
+            raise TritonError(
+                f"TRITONSERVER={env_binary} does not exist; unset it or point it at a tritonserver binary"
+            )
         bundled = _pytriton_root()
         if bundled and binary.resolve() == (bundled / "bin" / "tritonserver").resolve():
             return _pytriton_install(home)
@@ -120,8 +122,15 @@ def _die_with_parent() -> None:
 
 
 class TritonProcess:
-    def __init__(self, install: TritonInstall, repository: Path, http_port: int, grpc_port: int, metrics_port: int,
-                 address: str = "127.0.0.1"):  # fmt: skip
+    def __init__(
+        self,
+        install: TritonInstall,
+        repository: Path,
+        http_port: int,
+        grpc_port: int,
+        metrics_port: int,
+        address: str = "127.0.0.1",
+    ):
         self.install = install
         self.address = address  # loopback under `llmserve serve`; `llmserve triton` in a container listens wider
         self.repository = repository
@@ -170,12 +179,17 @@ class TritonProcess:
         """Start tritonserver; its output goes to ours (on a host without an NVIDIA driver, filtered)."""
         filtered = not has_nvidia_driver()
         self.process = subprocess.Popen(
-            self.command(), env=self.environment(), preexec_fn=_die_with_parent,
-            stdout=subprocess.PIPE if filtered else None, stderr=subprocess.STDOUT if filtered else None,
-        )  # fmt: skip
+            self.command(),
+            env=self.environment(),
+            preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE if filtered else None,
+            stderr=subprocess.STDOUT if filtered else None,
+        )
         if filtered:
             sink = sys.stdout.buffer
-            sink.write(b"llmserve: no NVIDIA driver here: Triton runs on CPU (its CUDA/NVML start-up notices are hidden)\n")
+            sink.write(
+                b"llmserve: no NVIDIA driver here: Triton runs on CPU (its CUDA/NVML start-up notices are hidden)\n"
+            )
             threading.Thread(target=_pass_output, args=(self.process.stdout, sink), daemon=True).start()
 
     def exit_code(self) -> int | None:

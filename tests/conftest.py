@@ -27,8 +27,10 @@ def postgres_database():
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is needed by these tests ({POSTGRES_ADMIN_URL}; set LLMSERVE_TEST_POSTGRES "
-                    f"to another server): {exc}")  # fmt: skip
+        pytest.fail(
+            f"PostgreSQL is needed by these tests ({POSTGRES_ADMIN_URL}; set LLMSERVE_TEST_POSTGRES "
+            f"to another server): {exc}"
+        )
 
     @contextmanager
     def fresh() -> Iterator[str]:

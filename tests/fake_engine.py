@@ -40,8 +40,10 @@ MODEL = "SmolLM2-135M-Instruct"  # the id the real stack serves the default mode
 ENGINE_MODEL = "llm"
 MAX_MODEL_LEN = 8192  # SmolLM2's max_position_embeddings, what `llmserve prepare` configures
 REPLY_WORDS = 8
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()  # fmt: skip
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
 # The real llm engine refuses these unless neutral (model_repository/llm/1/model.py NEUTRAL_INPUTS).
 NEUTRAL = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
@@ -74,8 +76,9 @@ class FakeEngine:
 
     @property
     def model(self) -> EngineModel:
-        return EngineModel(id=MODEL, engine_model=ENGINE_MODEL, tokenizer_dir=str(self.tokenizer_dir),
-                           max_model_len=MAX_MODEL_LEN)  # fmt: skip
+        return EngineModel(
+            id=MODEL, engine_model=ENGINE_MODEL, tokenizer_dir=str(self.tokenizer_dir), max_model_len=MAX_MODEL_LEN
+        )
 
     async def ready(self) -> bool:
         return not self.closed
@@ -138,15 +141,21 @@ class FakeEngine:
     def _reject_what_the_engine_cannot_honour(request: GenerationRequest) -> None:
         params = request.params
         if params.seed is not None:
-            raise EngineError("seed is not supported by the llm engine (its batching loop has one random generator "
-                              "for all requests)", status=400, param="seed")  # fmt: skip
+            raise EngineError(
+                "seed is not supported by the llm engine (its batching loop has one random generator for all requests)",
+                status=400,
+                param="seed",
+            )
         for name, neutral in NEUTRAL.items():
             value = getattr(params, name)
             if value is not None and value != neutral:
                 raise EngineError(f"{name} is not supported by the llm engine", status=400, param=name)
         if params.min_tokens is not None and 0 < params.min_tokens < params.max_tokens:
-            raise EngineError("min_tokens between 1 and max_tokens-1 is not supported by the llm engine",
-                              status=400, param="min_tokens")  # fmt: skip
+            raise EngineError(
+                "min_tokens between 1 and max_tokens-1 is not supported by the llm engine",
+                status=400,
+                param="min_tokens",
+            )
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:

@@ -90,19 +90,37 @@ def prepare_repository(output: Path, *extra: str) -> Path:
 
 
 def start_stack(
-    repository: Path, log_path: Path, ready_timeout: float = 300, env: dict[str, str] | None = None,
+    repository: Path,
+    log_path: Path,
+    ready_timeout: float = 300,
+    env: dict[str, str] | None = None,
     log_level: str = "info",
 ) -> Stack:
     """`llmserve serve` on free ports; its database is a SQLite file beside the log unless `env` says otherwise."""
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     command = [
-        str(BIN / "llmserve"), "serve", "--model-repository", str(repository), "--port", str(port),
-        "--triton-http-port", str(http_port), "--triton-grpc-port", str(grpc_port),
-        "--triton-metrics-port", str(metrics_port), "--log-level", log_level,  # info: the JSON access lines
-    ]  # fmt: skip
+        str(BIN / "llmserve"),
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--port",
+        str(port),
+        "--triton-http-port",
+        str(http_port),
+        "--triton-grpc-port",
+        str(grpc_port),
+        "--triton-metrics-port",
+        str(metrics_port),
+        "--log-level",
+        log_level,  # info: the JSON access lines
+    ]
     log = log_path.open("w")
-    env = {"PYTHONUNBUFFERED": "1", "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'llmserve.db'}",
-           **os.environ, **(env or {})}  # fmt: skip
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "LLMSERVE_DATABASE_URL": f"sqlite:///{log_path.parent / 'llmserve.db'}",
+        **os.environ,
+        **(env or {}),
+    }
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, grpc_port, metrics_port)
     try:
@@ -124,15 +142,32 @@ def running_stack(repository: Path, log_path: Path) -> Iterator[Stack]:
     assert "stopped (tritonserver exit code 0)" in stack.log(), f"Triton did not stop cleanly:\n{stack.log()[-3000:]}"
 
 
-def start_frontend(triton_grpc_port: int, log_path: Path, env: Mapping[str, str], ready_timeout: float = 60,
-                   wait_for: str = "/ready", host: str = "127.0.0.1") -> Server:  # fmt: skip
+def start_frontend(
+    triton_grpc_port: int,
+    log_path: Path,
+    env: Mapping[str, str],
+    ready_timeout: float = 60,
+    wait_for: str = "/ready",
+    host: str = "127.0.0.1",
+) -> Server:
     """One more front-end process (`uvicorn --factory frontend_api.server.app:create_app`) against the Triton at
     127.0.0.1:triton_grpc_port, configured by `env` (LLMSERVE_*, REDIS_URL, ...) over this process's environment.
     Returns once `wait_for` (/ready, or /health for a front-end that cannot be ready) answers 200; the caller
     stops it."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "frontend_api.server.app:create_app",
-               "--host", host, "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "frontend_api.server.app:create_app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", LLMSERVE_TRITON_GRPC_URL=f"127.0.0.1:{triton_grpc_port}", **env)
     log = log_path.open("w")
     server = Server(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env), log_path, port)

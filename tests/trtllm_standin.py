@@ -26,15 +26,33 @@ def install_standin(repository: Path, checkpoint_dir: Path) -> Path:
     shutil.rmtree(model_dir)
     (model_dir / "1").mkdir(parents=True)
     shutil.copy2(STANDIN, model_dir / "1" / "model.py")
-    (model_dir / "config.pbtxt").write_text("# STAND-IN for tests: see tests/trtllm_standin.py\n"
-                                            + text_format.MessageToString(config))  # fmt: skip
+    (model_dir / "config.pbtxt").write_text(
+        "# STAND-IN for tests: see tests/trtllm_standin.py\n" + text_format.MessageToString(config)
+    )
     return repository
 
 
 def start_trtllm_stack(checkpoint_dir: Path, out: Path, entry: str, max_input_len: int) -> Stack:
     """`llmserve build --dry-run` (the real rendering), the stand-in swapped in, then `llmserve serve` on it."""
-    subprocess.run([str(BIN / "llmserve"), "build", "--engine", "trtllm", "--model", str(checkpoint_dir),
-                    "--output", str(out), "--dry-run", "--max-batch-size", "8", "--max-input-len", str(max_input_len),
-                    "--entry", entry], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(BIN / "llmserve"),
+            "build",
+            "--engine",
+            "trtllm",
+            "--model",
+            str(checkpoint_dir),
+            "--output",
+            str(out),
+            "--dry-run",
+            "--max-batch-size",
+            "8",
+            "--max-input-len",
+            str(max_input_len),
+            "--entry",
+            entry,
+        ],
+        check=True,
+    )
     repository = install_standin(out / "model_repository", checkpoint_dir)
     return start_stack(repository, out / "llmserve.log")

@@ -1,5 +1,5 @@
 """Summarize py-spy's raw (collapsed) stacks: where the front-end process spends its samples.
-    python bench/frontend_profile/summarize.py frontend.pyspy.txt [--top 25]"""
+python bench/frontend_profile/summarize.py frontend.pyspy.txt [--top 25]"""
 
 from __future__ import annotations
 

@@ -36,15 +36,17 @@ prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", 
 matches = 0
 for i, prompt in enumerate(prompts):
     done, texts = threading.Event(), []
+
     def sink(u, texts=texts, done=done):
         texts.append(u.text)
         if u.finish_reason:
             done.set()
+
     engine.submit(f"eq{i}", prompt, Sampling(max_tokens=32, temperature=0.0, min_tokens=32), sink, lambda: False)
     done.wait(120)
     ids = tok(prompt, return_tensors="pt").input_ids.cuda()
     out = ref.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     same = "".join(texts) == expected
     matches += same
     print("greedy", i, "match" if same else f"DIFF\n  engine: {''.join(texts)!r}\n  hf:     {expected!r}")
@@ -69,17 +71,26 @@ triton.start(log_file=log)
 triton.wait_ready(300)
 prompt = " ".join(["word"] * 127)
 
+
 def tensor(name, value, dt, np_dt):
     arr = np.array([[value]], dtype=np_dt)
     t = grpcclient.InferInput(name, list(arr.shape), dt)
     t.set_data_from_numpy(arr)
     return t
 
+
 async def one(client, i, n):
     async def reqs():
-        yield {"model_name": "gpu", "inputs": [tensor("text_input", prompt.encode(), "BYTES", np.object_),
-               tensor("max_tokens", n, "INT32", np.int32), tensor("min_tokens", n, "INT32", np.int32),
-               tensor("stream", True, "BOOL", np.bool_)]}
+        yield {
+            "model_name": "gpu",
+            "inputs": [
+                tensor("text_input", prompt.encode(), "BYTES", np.object_),
+                tensor("max_tokens", n, "INT32", np.int32),
+                tensor("min_tokens", n, "INT32", np.int32),
+                tensor("stream", True, "BOOL", np.bool_),
+            ],
+        }
+
     t0, first, count = time.perf_counter(), None, 0
     async for result, error in client.stream_infer(reqs()):
         if error:
@@ -88,6 +99,7 @@ async def one(client, i, n):
         count = int(result.as_numpy("num_output_tokens")[0][0])
     return count, first
 
+
 async def sweep(n_streams, n_tokens=128):
     client = aiogrpc.InferenceServerClient("127.0.0.1:8101")
     t0 = time.perf_counter()
@@ -95,9 +107,15 @@ async def sweep(n_streams, n_tokens=128):
     dt = time.perf_counter() - t0
     await client.close()
     ttft = sorted(r[1] for r in res)
-    return {"streams": n_streams, "output_tokens": sum(r[0] for r in res), "seconds": round(dt, 2),
-            "tokens_per_s": round(sum(r[0] for r in res) / dt, 1), "ttft_p50_s": round(statistics.median(ttft), 3),
-            "ttft_max_s": round(ttft[-1], 3)}
+    return {
+        "streams": n_streams,
+        "output_tokens": sum(r[0] for r in res),
+        "seconds": round(dt, 2),
+        "tokens_per_s": round(sum(r[0] for r in res) / dt, 1),
+        "ttft_p50_s": round(statistics.median(ttft), 3),
+        "ttft_max_s": round(ttft[-1], 3),
+    }
+
 
 try:
     asyncio.run(sweep(4, 16))  # warm-up

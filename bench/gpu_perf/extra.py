@@ -13,8 +13,14 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-SHAPE_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, head_dim=64)  # fmt: skip
+SHAPE_1B = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+)
 
 
 def hf_static(model, n: int, tokens: int) -> dict:
@@ -41,14 +47,19 @@ def main() -> None:
     parser.add_argument("--profile-prefill", action="store_true", help="also profile fast_core's prefill (our venv)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     args = parser.parse_args()
-    config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
-                         rope_theta=100000.0, **SHAPE_1B)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0, **SHAPE_1B
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
-    result = {"label": args.label, "transformers": transformers.__version__, "torch": torch.__version__,
-              "attn_implementation": model.config._attn_implementation,
-              "hf_static": [hf_static(model, int(b), 128) for b in args.batches.split(",")]}  # fmt: skip
+    result = {
+        "label": args.label,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "attn_implementation": model.config._attn_implementation,
+        "hf_static": [hf_static(model, int(b), 128) for b in args.batches.split(",")],
+    }
     print(json.dumps(result), flush=True)
     Path(args.out, f"hf-static-{args.label}.json").write_text(json.dumps(result, indent=2))
     if args.profile_prefill:

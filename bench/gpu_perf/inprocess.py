@@ -31,13 +31,31 @@ from text_stream import TextStream, fast_decoder
 from transformers_core import TransformersEngine
 
 SHAPES = {  # 1b: the shape of docs/PERFORMANCE.md's measurements (1.07B parameters with tied embeddings)
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64),
-    "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3, head_dim=64),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16),
-}  # fmt: skip
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+    ),
+    "smol": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+}
 results: dict = {}
 
 
@@ -46,8 +64,16 @@ def save(out: Path) -> None:
 
 
 def build_checkpoint(shape: str, path: Path, tokenizer_dir: Path, device: str) -> Path:
-    config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                         rope_theta=100000.0, bos_token_id=1, eos_token_id=2, **SHAPES[shape])  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **SHAPES[shape],
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -92,8 +118,9 @@ def drive_once(engine, prompts, sampling) -> list[str]:
 
 def hf_static(model, n: int, prompt_len: int, new: int, device: str) -> dict:
     ids = torch.randint(100, 49000, (n, prompt_len), device=device)
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                  pad_token_id=0)  # fmt: skip
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+    )
     model.generate(ids, **kwargs)  # warm-up at the measured shape (the first call at a shape is much slower)
     sync(device)
     started = time.perf_counter()
@@ -135,8 +162,13 @@ def drive(engine, concurrency: int, total: int, input_tokens: int, output_tokens
                     all_done.set()
 
         sampling = Sampling(max_tokens=output_tokens, min_tokens=output_tokens, temperature=0.0)
-        engine.submit(f"c{concurrency}-{index}-{time.monotonic_ns()}", make_prompt(input_tokens, index), sampling,
-                      sink, lambda: False)  # fmt: skip
+        engine.submit(
+            f"c{concurrency}-{index}-{time.monotonic_ns()}",
+            make_prompt(input_tokens, index),
+            sampling,
+            sink,
+            lambda: False,
+        )
 
     for index in range(min(concurrency, total)):
         launch(index)
@@ -201,8 +233,11 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="/tmp/smol", help="SmolLM2's config and tokenizer (bench/gpu_setup.sh)")
     parser.add_argument("--ckpt", default="/tmp/ckpt")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
-    parser.add_argument("--checkpoint-only", action="store_true",
-                        help="only build the --shape checkpoint at --ckpt (what the served stages load), then exit")
+    parser.add_argument(
+        "--checkpoint-only",
+        action="store_true",
+        help="only build the --shape checkpoint at --ckpt (what the served stages load), then exit",
+    )
     args = parser.parse_args()
     if args.checkpoint_only:
         build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
@@ -210,9 +245,14 @@ def main() -> None:
     out, device, n = Path(args.out), args.device, args.tokens
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
-    results.update(device=torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
-                   torch=torch.__version__, shape=args.shape, tokens=n, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   command=" ".join(sys.argv))  # fmt: skip
+    results.update(
+        device=torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        torch=torch.__version__,
+        shape=args.shape,
+        tokens=n,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        command=" ".join(sys.argv),
+    )
     tokenizer_dir = Path(args.tokenizer)
     check_shape = "tiny" if args.shape == "tiny" else "smol"
     results["greedy_fp32_" + check_shape] = greedy_check(

@@ -52,9 +52,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--requests-per-level", type=int, default=0,
-                        help="requests at every level (default: llmserve bench's 2 x concurrency; levels of 2x at 256 "
-                             "streams last under 2 s and swing +-15 %%: ask for >= 8x the largest level)")
+    parser.add_argument(
+        "--requests-per-level",
+        type=int,
+        default=0,
+        help="requests at every level (default: llmserve bench's 2 x concurrency; levels of 2x at 256 "
+        "streams last under 2 s and swing +-15 %%: ask for >= 8x the largest level)",
+    )
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="serve.log goes here")
     parser.add_argument("--bench-out", default=None, help="bench JSON + PNG (default: --out)")
     args = parser.parse_args()
@@ -63,8 +67,17 @@ def main() -> None:
     options = EngineOptions(device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs, engine_core="fast")
     repository = prepare([f"gpu={args.ckpt}"], home, home / "build", options)
     ports = {"port": 8000, "triton-http-port": 8100, "triton-grpc-port": 8101, "triton-metrics-port": 8102}
-    command = [sys.executable, "-m", "llmserve", "serve", "--model-repository", str(repository), "--log-level", "warning",
-               *(f"--{k}={v}" for k, v in ports.items())]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "llmserve",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--log-level",
+        "warning",
+        *(f"--{k}={v}" for k, v in ports.items()),
+    ]
     log = (out / "serve.log").open("w")
     started = time.monotonic()
     server = subprocess.Popen(
@@ -83,16 +96,41 @@ def main() -> None:
                 raise SystemExit("the stack was not ready in 400 s")
             time.sleep(1)
         print(f"stack ready in {time.monotonic() - started:.0f} s", flush=True)
-        common = ["--model", "gpu", "--input-tokens", str(args.tokens), "--output-tokens", str(args.tokens),
-                  "--processes", str(args.processes), "--out", args.bench_out or str(out),
-                  "--requests-per-level", str(args.requests_per_level)]  # fmt: skip
-        runs = [("triton", "127.0.0.1:8101", args.levels, "triton-fast"),
-                ("openai", "http://127.0.0.1:8000/v1", args.openai_levels, "openai-fast")]  # fmt: skip
+        common = [
+            "--model",
+            "gpu",
+            "--input-tokens",
+            str(args.tokens),
+            "--output-tokens",
+            str(args.tokens),
+            "--processes",
+            str(args.processes),
+            "--out",
+            args.bench_out or str(out),
+            "--requests-per-level",
+            str(args.requests_per_level),
+        ]
+        runs = [
+            ("triton", "127.0.0.1:8101", args.levels, "triton-fast"),
+            ("openai", "http://127.0.0.1:8000/v1", args.openai_levels, "openai-fast"),
+        ]
         for target, url, levels, label in runs:
             if not levels:
                 continue
-            bench = [sys.executable, "-m", "llmserve.bench", "--target", target, "--url", url, "--concurrency", levels,
-                     "--label", label, *common]  # fmt: skip
+            bench = [
+                sys.executable,
+                "-m",
+                "llmserve.bench",
+                "--target",
+                target,
+                "--url",
+                url,
+                "--concurrency",
+                levels,
+                "--label",
+                label,
+                *common,
+            ]
             print("$", " ".join(bench[1:]), flush=True)
             client = subprocess.Popen(bench)
             cpu = sample_cpu(server.pid, client)

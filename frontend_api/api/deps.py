@@ -57,7 +57,10 @@ LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 
 
 def get_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
+    engine: EngineDep,
+    tokenizers: TokenizersDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     limiter: LimiterDep,
 ) -> OpenAIServing:
     return OpenAIServing(engine, tokenizers, settings, principal, limiter)
@@ -65,8 +68,9 @@ def get_serving(
 
 def chat_serving(state: State, principal: Principal) -> OpenAIServingChat:
     """The chat serving object of one caller: for HTTP requests (below) and for each WebSocket connection."""
-    return OpenAIServingChat(get_engine(state), state.tokenizers, state.settings, principal, state.limiter,
-                             SessionStore(state.database))  # fmt: skip
+    return OpenAIServingChat(
+        get_engine(state), state.tokenizers, state.settings, principal, state.limiter, SessionStore(state.database)
+    )
 
 
 def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIServingChat:
@@ -74,7 +78,10 @@ def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIServing
 
 
 def get_completion_serving(
-    engine: EngineDep, tokenizers: TokenizersDep, settings: SettingsDep, principal: PrincipalDep,
+    engine: EngineDep,
+    tokenizers: TokenizersDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     limiter: LimiterDep,
 ) -> OpenAIServingCompletion:
     return OpenAIServingCompletion(engine, tokenizers, settings, principal, limiter)

@@ -26,14 +26,23 @@ logger = logging.getLogger(__name__)
 
 # What every request sends, whatever it asks: the models answer on a decoupled stream (also for non-streaming HTTP
 # requests, which accumulate), with only the generated text, and with the token counts for `usage`.
-_ALWAYS_SENT = ((contract.STREAM, True), (contract.EXCLUDE_INPUT_IN_OUTPUT, True),
-                (contract.RETURN_NUM_INPUT_TOKENS, True), (contract.RETURN_NUM_OUTPUT_TOKENS, True))  # fmt: skip
+_ALWAYS_SENT = (
+    (contract.STREAM, True),
+    (contract.EXCLUDE_INPUT_IN_OUTPUT, True),
+    (contract.RETURN_NUM_INPUT_TOKENS, True),
+    (contract.RETURN_NUM_OUTPUT_TOKENS, True),
+)
 # SamplingParams field -> the contract input that carries it, sent only when the request sets it.
 _FROM_PARAMS = {
-    "temperature": contract.TEMPERATURE, "top_p": contract.TOP_P, "top_k": contract.TOP_K, "seed": contract.SEED,
-    "min_tokens": contract.MIN_TOKENS, "repetition_penalty": contract.REPETITION_PENALTY,
-    "presence_penalty": contract.PRESENCE_PENALTY, "frequency_penalty": contract.FREQUENCY_PENALTY,
-}  # fmt: skip
+    "temperature": contract.TEMPERATURE,
+    "top_p": contract.TOP_P,
+    "top_k": contract.TOP_K,
+    "seed": contract.SEED,
+    "min_tokens": contract.MIN_TOKENS,
+    "repetition_penalty": contract.REPETITION_PENALTY,
+    "presence_penalty": contract.PRESENCE_PENALTY,
+    "frequency_penalty": contract.FREQUENCY_PENALTY,
+}
 # Contract input name -> the OpenAI request field it comes from (for the `param` of a 400).
 _INPUT_TO_PARAM = {spec.name: field for field, spec in _FROM_PARAMS.items()} | {
     contract.MAX_TOKENS.name: "max_tokens",

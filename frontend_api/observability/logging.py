@@ -29,11 +29,16 @@ class RequestIdFilter(logging.Filter):
 def _formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
         # uvicorn passes a `color_message` extra (ANSI codes): not a field worth keeping
-        return JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
-                             rename_fields={"levelname": "level", "name": "logger"},
-                             reserved_attrs=[*RESERVED_ATTRS, "color_message"])  # fmt: skip
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
-                             defaults={"request_id": "-"})  # fmt: skip
+        return JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            timestamp="time",
+            rename_fields={"levelname": "level", "name": "logger"},
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        )
+    return logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", defaults={"request_id": "-"}
+    )
 
 
 def configure_logging(level: str, log_format: str) -> None:

@@ -22,39 +22,88 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         # HTTP (and WebSocket handshakes), recorded by ObservabilityMiddleware
-        self.http_requests = Counter("llmserve_http_requests", "HTTP requests by method, route template and status.",
-                                     ["method", "route", "status"], registry=registry)  # fmt: skip
-        self.http_duration = Histogram("llmserve_http_request_duration_seconds",
-                                       "Time from request arrival to the end of the response (streams included).",
-                                       ["method", "route"], buckets=HTTP_BUCKETS, registry=registry)  # fmt: skip
-        self.websocket_connections = Gauge("llmserve_websocket_connections", "Open (accepted) WebSocket connections.",
-                                           registry=registry, multiprocess_mode="livesum")  # fmt: skip
+        self.http_requests = Counter(
+            "llmserve_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "llmserve_http_request_duration_seconds",
+            "Time from request arrival to the end of the response (streams included).",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.websocket_connections = Gauge(
+            "llmserve_websocket_connections",
+            "Open (accepted) WebSocket connections.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         # Generations, recorded by GenerationTimer
-        self.in_flight = Gauge("llmserve_generations_in_flight", "Generations sent to the engine and not yet over.",
-                               ["model"], registry=registry, multiprocess_mode="livesum")  # fmt: skip
-        self.generations = Counter("llmserve_generations", "Generations by outcome: stop, length, cancelled, error.",
-                                   ["model", "key_name", "finish_reason"], registry=registry)  # fmt: skip
-        self.time_to_first_token = Histogram("llmserve_time_to_first_token_seconds",
-                                             "From request arrival to the first generated token.",
-                                             ["model"], buckets=TTFT_BUCKETS, registry=registry)  # fmt: skip
-        self.inter_token_latency = Histogram("llmserve_inter_token_latency_seconds",
-                                             "Gap between generated tokens (one observation per token after the first).",
-                                             ["model"], buckets=INTER_TOKEN_BUCKETS, registry=registry)  # fmt: skip
-        self.e2e_latency = Histogram("llmserve_e2e_request_latency_seconds",
-                                     "From request arrival to the last token, for generations that finished.",
-                                     ["model"], buckets=E2E_BUCKETS, registry=registry)  # fmt: skip
-        self.prompt_tokens = Counter("llmserve_prompt_tokens", "Prompt tokens of generations the engine accepted.",
-                                     ["model", "key_name"], registry=registry)  # fmt: skip
-        self.completion_tokens = Counter("llmserve_completion_tokens", "Generated tokens (cancelled ones included).",
-                                         ["model", "key_name"], registry=registry)  # fmt: skip
+        self.in_flight = Gauge(
+            "llmserve_generations_in_flight",
+            "Generations sent to the engine and not yet over.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.generations = Counter(
+            "llmserve_generations",
+            "Generations by outcome: stop, length, cancelled, error.",
+            ["model", "key_name", "finish_reason"],
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "llmserve_time_to_first_token_seconds",
+            "From request arrival to the first generated token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency = Histogram(
+            "llmserve_inter_token_latency_seconds",
+            "Gap between generated tokens (one observation per token after the first).",
+            ["model"],
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.e2e_latency = Histogram(
+            "llmserve_e2e_request_latency_seconds",
+            "From request arrival to the last token, for generations that finished.",
+            ["model"],
+            buckets=E2E_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "llmserve_prompt_tokens",
+            "Prompt tokens of generations the engine accepted.",
+            ["model", "key_name"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "llmserve_completion_tokens",
+            "Generated tokens (cancelled ones included).",
+            ["model", "key_name"],
+            registry=registry,
+        )
         # Limits and storage
-        self.rate_limited_requests = Counter("llmserve_rate_limited", "Requests refused by a limit (429/503).",
-                                             ["key_name", "limit"], registry=registry)  # fmt: skip
-        self.rate_limit_fail_open = Counter("llmserve_rate_limit_fail_open", "Requests served without rate limits "
-                                            "because Redis was unreachable (rate_limit_fail_open).", ["key_name"],
-                                            registry=registry)  # fmt: skip
-        self.sessions_stored = Gauge("llmserve_sessions_stored", "Chat sessions in the database (read at scrape time).",
-                                     registry=registry, multiprocess_mode="mostrecent")  # fmt: skip
+        self.rate_limited_requests = Counter(
+            "llmserve_rate_limited", "Requests refused by a limit (429/503).", ["key_name", "limit"], registry=registry
+        )
+        self.rate_limit_fail_open = Counter(
+            "llmserve_rate_limit_fail_open",
+            "Requests served without rate limits because Redis was unreachable (rate_limit_fail_open).",
+            ["key_name"],
+            registry=registry,
+        )
+        self.sessions_stored = Gauge(
+            "llmserve_sessions_stored",
+            "Chat sessions in the database (read at scrape time).",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
 
     def exposition(self) -> bytes:
         """The text format. With several worker processes (PROMETHEUS_MULTIPROC_DIR set by the launcher) every

@@ -79,17 +79,31 @@ class ObservabilityMiddleware:
         principal = scope.get("state", {}).get("principal")
         client = scope.get("client")
         fields = {
-            "request_id": context.request_id, "method": method, "path": scope["path"], "route": template, "status": status,
-            "latency_ms": round(elapsed * 1000, 1), "key_name": principal.name if principal else None,
-            "client": f"{client[0]}:{client[1]}" if client else None, **context.fields,
-        }  # fmt: skip
+            "request_id": context.request_id,
+            "method": method,
+            "path": scope["path"],
+            "route": template,
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 1),
+            "key_name": principal.name if principal else None,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            **context.fields,
+        }
         level = logging.DEBUG if template in PROBE_ROUTES and status < 400 else logging.INFO
         access_logger.log(level, "%s %s %s %.1f ms", method, scope["path"], status, fields["latency_ms"], extra=fields)
 
 
 async def _internal_error(request_id: str, send: Send) -> None:
     body = json.dumps(error_body(500, f"Internal server error (request id {request_id}).")).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (REQUEST_ID_HEADER.encode(), request_id.encode())]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (REQUEST_ID_HEADER.encode(), request_id.encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

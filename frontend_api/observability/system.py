@@ -37,17 +37,20 @@ class SystemProbe:
         gpus, gpu_error = self._gpus()
         return {
             "cpu": {
-                "count": psutil.cpu_count(), "percent": psutil.cpu_percent(None),
+                "count": psutil.cpu_count(),
+                "percent": psutil.cpu_percent(None),
                 "load_average": [round(x, 2) for x in os.getloadavg()],
                 "process_percent": self.process.cpu_percent(None),
             },
             "memory": {
-                "total_bytes": memory.total, "available_bytes": memory.available,
-                "percent": memory.percent, "process_rss_bytes": self.process.memory_info().rss,
+                "total_bytes": memory.total,
+                "available_bytes": memory.available,
+                "percent": memory.percent,
+                "process_rss_bytes": self.process.memory_info().rss,
             },
             "gpus": gpus,
             "gpu_error": gpu_error,
-        }  # fmt: skip
+        }
 
     def _init_nvml(self) -> bool:
         if not self._nvml_ready and self._nvml_error is None:

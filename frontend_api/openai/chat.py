@@ -100,8 +100,9 @@ class OpenAIServingChat(OpenAIServing):
         if request.session_id is not None:
             turn, request = await open_turn(self.sessions, self.principal.key_id, request)
             reserve = reply_reserve(request, self.settings.default_max_tokens, model.max_model_len)
-            _, prompt, prompt_tokens = await turn.conversation(self.tokenizers, model,
-                                                               self.settings.session_history_messages, reserve)  # fmt: skip
+            _, prompt, prompt_tokens = await turn.conversation(
+                self.tokenizers, model, self.settings.session_history_messages, reserve
+            )
         else:
             prompt = await self.tokenizers.render_chat(model, request.messages)
         requested: int | None
@@ -109,8 +110,9 @@ class OpenAIServingChat(OpenAIServing):
             requested, names = request.max_completion_tokens, ("max_completion_tokens", "messages")
         else:
             requested, names = request.max_tokens, ("max_tokens", "messages")
-        prepared = await self.prepare(request, model, prompt, requested, names, id_prefix="chatcmpl",
-                                      prompt_tokens=prompt_tokens, arrived=arrived)  # fmt: skip
+        prepared = await self.prepare(
+            request, model, prompt, requested, names, id_prefix="chatcmpl", prompt_tokens=prompt_tokens, arrived=arrived
+        )
         return ChatRun(self, prepared, await self.start(prepared), turn)
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
@@ -120,13 +122,27 @@ class OpenAIServingChat(OpenAIServing):
         text = await run.text()
         assert run.finish_reason is not None and run.usage is not None
         choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=run.finish_reason)
-        return ChatCompletion(id=run.prepared.id, created=run.prepared.created, model=request.model,
-                              choices=[choice], usage=run.usage, session_id=run.session_id)  # fmt: skip
+        return ChatCompletion(
+            id=run.prepared.id,
+            created=run.prepared.created,
+            model=request.model,
+            choices=[choice],
+            usage=run.usage,
+            session_id=run.session_id,
+        )
 
     async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncGenerator[str, None]:
         def event(choices: list[ChatCompletionChunkChoice], usage: Usage | None = None) -> str:
-            return sse_event(ChatCompletionChunk(id=run.prepared.id, created=run.prepared.created, model=request.model,
-                                                 choices=choices, usage=usage, session_id=run.session_id))  # fmt: skip
+            return sse_event(
+                ChatCompletionChunk(
+                    id=run.prepared.id,
+                    created=run.prepared.created,
+                    model=request.model,
+                    choices=choices,
+                    usage=usage,
+                    session_id=run.session_id,
+                )
+            )
 
         async with aclosing(run.deltas()) as deltas:
             try:

@@ -31,7 +31,9 @@ class OpenAIServingCompletion(OpenAIServing):
         reason, usage = await self.finish(prepared, tally)
         return self._completion(request, prepared, [CompletionChoice(text=tally.text, finish_reason=reason)], usage)
 
-    async def _stream(self, request: CompletionRequest, prepared: Prepared, chunks: EngineStream) -> AsyncGenerator[str, None]:
+    async def _stream(
+        self, request: CompletionRequest, prepared: Prepared, chunks: EngineStream
+    ) -> AsyncGenerator[str, None]:
         tally = Tally()
         async with aclosing(chunks):
             try:

@@ -128,8 +128,12 @@ class OpenAIServing:
         limit = model.max_model_len
         cap = self.settings.max_tokens_limit
         if requested is not None and cap is not None and requested > cap:
-            raise OpenAIError(400, f"{tokens_param} is {requested}, more than this server's limit of {cap}.",
-                              param=tokens_param, code="max_tokens_exceeded")  # fmt: skip
+            raise OpenAIError(
+                400,
+                f"{tokens_param} is {requested}, more than this server's limit of {cap}.",
+                param=tokens_param,
+                code="max_tokens_exceeded",
+            )
         if requested is not None:
             if prompt_tokens + requested > limit:
                 raise OpenAIError(
@@ -168,8 +172,13 @@ class OpenAIServing:
             prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
         longest = self.settings.max_prompt_tokens
         if longest is not None and prompt_tokens > longest:
-            raise OpenAIError(400, f"The {names[1]} has {prompt_tokens} tokens, more than this server's limit of "
-                              f"{longest}. Please shorten it.", param=names[1], code="prompt_too_long")  # fmt: skip
+            raise OpenAIError(
+                400,
+                f"The {names[1]} has {prompt_tokens} tokens, more than this server's limit of "
+                f"{longest}. Please shorten it.",
+                param=names[1],
+                code="prompt_too_long",
+            )
         max_tokens = self.max_tokens(model, prompt_tokens, requested_max_tokens, names)
         if request.min_tokens is not None and request.min_tokens > max_tokens:
             raise OpenAIError(
@@ -199,9 +208,13 @@ class OpenAIServing:
         engine rejects is answered with an HTTP error status instead of an error inside a 200 event stream.
         The returned stream must be closed; closing it releases the admission. The timer records the metrics."""
         admission = await self.admit(prepared)
-        timer = prepared.timer = GenerationTimer(prepared.model.id, self.principal.name,
-                                                 prepared.engine_request.params.max_tokens, prepared.prompt_tokens,
-                                                 prepared.arrived)
+        timer = prepared.timer = GenerationTimer(
+            prepared.model.id,
+            self.principal.name,
+            prepared.engine_request.params.max_tokens,
+            prepared.prompt_tokens,
+            prepared.arrived,
+        )
         stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
         try:
             await stream.receive_first()
@@ -316,4 +329,3 @@ class EventStream:
             await self._events.aclose()
         finally:
             await self._resource.aclose()
-

@@ -60,8 +60,10 @@ class SessionTurn:
         """(messages, rendered prompt, its token count if it was counted): system prompt, then the newest stored
         turns that fit the context with `reserve` tokens left for the reply, then the new messages. Oldest turns
         are dropped first."""
-        history = [ChatMessage(role=m.role, content=m.content)
-                   for m in await self.store.recent_messages(self.session.id, max_history)]  # fmt: skip
+        history = [
+            ChatMessage(role=m.role, content=m.content)
+            for m in await self.store.recent_messages(self.session.id, max_history)
+        ]
         system: list[ChatMessage] = []
         if self.session.system_prompt and not any(m.role in ("system", "developer") for m in self.new_messages):
             system = [ChatMessage(role="system", content=self.session.system_prompt)]
@@ -81,14 +83,22 @@ class SessionTurn:
             return
         self.stored = True
         session_id = self.session.id
-        rows = [Message(session_id=session_id, role=m.role, content=m.content, finish_reason=None)
-                for m in self.new_messages if m.role in ("user", "assistant")]  # fmt: skip
+        rows = [
+            Message(session_id=session_id, role=m.role, content=m.content, finish_reason=None)
+            for m in self.new_messages
+            if m.role in ("user", "assistant")
+        ]
         if reply or finish_reason in ("stop", "length"):
-            rows.append(Message(
-                session_id=session_id, role="assistant", content=reply, finish_reason=finish_reason,
-                prompt_tokens=usage.prompt_tokens if usage else None,
-                completion_tokens=usage.completion_tokens if usage else None,
-            ))  # fmt: skip
+            rows.append(
+                Message(
+                    session_id=session_id,
+                    role="assistant",
+                    content=reply,
+                    finish_reason=finish_reason,
+                    prompt_tokens=usage.prompt_tokens if usage else None,
+                    completion_tokens=usage.completion_tokens if usage else None,
+                )
+            )
         await run_shielded(self.store.append(session_id, rows))
 
 

@@ -67,7 +67,11 @@ class GenerationTimer:
         if chunk.finish_reason:
             self.engine_reason = chunk.finish_reason
         # The engine reports its running count of generated tokens; without one, a chunk with text is one token.
-        count = chunk.num_output_tokens if chunk.num_output_tokens is not None else self.completion_tokens + bool(chunk.text)
+        count = (
+            chunk.num_output_tokens
+            if chunk.num_output_tokens is not None
+            else self.completion_tokens + bool(chunk.text)
+        )
         new = count - self.completion_tokens
         if new <= 0:
             return
@@ -106,7 +110,9 @@ class GenerationTimer:
             prefill_ms=_ms(self.first_token_at - self.sent),
             decode_ms=_ms(decode),
             e2e_ms=_ms(self.last_token_at - self.arrived),
-            tokens_per_second=round((completion_tokens - 1) / decode, 2) if completion_tokens > 1 and decode > 0 else None,
+            tokens_per_second=round((completion_tokens - 1) / decode, 2)
+            if completion_tokens > 1 and decode > 0
+            else None,
         )
 
     def record(self) -> None:

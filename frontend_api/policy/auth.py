@@ -31,13 +31,21 @@ class Principal:
 
 
 def missing_key() -> OpenAIError:
-    return OpenAIError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
-                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    return OpenAIError(
+        401,
+        "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+        code="missing_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def invalid_key() -> OpenAIError:
-    return OpenAIError(401, "Incorrect API key provided, or the key was revoked.", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    return OpenAIError(
+        401,
+        "Incorrect API key provided, or the key was revoked.",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def bearer_token(connection: HTTPConnection) -> str | None:
@@ -47,8 +55,14 @@ def bearer_token(connection: HTTPConnection) -> str | None:
 
 def anonymous(connection: HTTPConnection, settings: Settings) -> Principal:
     address = connection.client.host if connection.client else "unknown"
-    return Principal(None, ANONYMOUS, f"addr:{address}", settings.rate_limit_rpm, settings.rate_limit_tpm,
-                     settings.max_streams_per_key)  # fmt: skip
+    return Principal(
+        None,
+        ANONYMOUS,
+        f"addr:{address}",
+        settings.rate_limit_rpm,
+        settings.rate_limit_tpm,
+        settings.max_streams_per_key,
+    )
 
 
 async def principal_for_key(database: Database, settings: Settings, presented: str) -> Principal:
@@ -56,10 +70,13 @@ async def principal_for_key(database: Database, settings: Settings, presented: s
     if record is None:
         raise invalid_key()
     return Principal(
-        key_id=record.id, name=record.name, limit_id=f"key:{record.id}",
-        rpm=record.rpm or settings.rate_limit_rpm, tpm=record.tpm or settings.rate_limit_tpm,
+        key_id=record.id,
+        name=record.name,
+        limit_id=f"key:{record.id}",
+        rpm=record.rpm or settings.rate_limit_rpm,
+        tpm=record.tpm or settings.rate_limit_tpm,
         max_streams=record.max_streams or settings.max_streams_per_key,
-    )  # fmt: skip
+    )
 
 
 async def authenticate(connection: HTTPConnection) -> Principal:

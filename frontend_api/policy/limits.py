@@ -91,8 +91,12 @@ class Limiter:
     refusal, `on_fail_open(key_name)` of each request let through unlimited because Redis is unreachable and
     `rate_limit_fail_open` is set (the metrics count both)."""
 
-    def __init__(self, settings: Settings, on_refused: Callable[[str, str], None] | None = None,
-                 on_fail_open: Callable[[str], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        on_refused: Callable[[str, str], None] | None = None,
+        on_fail_open: Callable[[str], None] | None = None,
+    ):
         self.on_refused = on_refused
         self.on_fail_open = on_fail_open
         self.fail_open = settings.rate_limit_fail_open
@@ -110,8 +114,13 @@ class Limiter:
             )
             scheme, rest = settings.redis_url.split("://", 1)
             uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
-            storage = RedisStorage(uri, implementation="redispy", connection_pool=self._pool,  # type: ignore[arg-type]  # limits types its **options as scalars
-                                   key_prefix=settings.redis_key_prefix, wrap_exceptions=True)  # fmt: skip
+            storage = RedisStorage(
+                uri,
+                implementation="redispy",
+                connection_pool=self._pool,  # type: ignore[arg-type]  # limits types its **options as scalars
+                key_prefix=settings.redis_key_prefix,
+                wrap_exceptions=True,
+            )
         else:
             storage = MemoryStorage()
         self.storage = storage
@@ -141,13 +150,23 @@ class Limiter:
     def _take_slots(self, principal: Principal) -> None:
         # No await between the checks and the increments: atomic within the event loop.
         if self.in_flight >= self.max_in_flight:
-            raise LimitExceeded("in_flight", 503, f"The server is at its limit of {self.max_in_flight} generations "
-                                "in flight; retry shortly.", code="server_overloaded", headers={"Retry-After": "1"})  # fmt: skip
+            raise LimitExceeded(
+                "in_flight",
+                503,
+                f"The server is at its limit of {self.max_in_flight} generations in flight; retry shortly.",
+                code="server_overloaded",
+                headers={"Retry-After": "1"},
+            )
         cap = principal.max_streams
         if cap is not None and self.streams[principal.limit_id] >= cap:
-            raise LimitExceeded("streams", 429, f"Too many concurrent generations: the limit is {cap} at a time for "
-                              f"{_who(principal)}. Wait for one to finish.", code="too_many_streams",
-                              headers={"Retry-After": "1"})  # fmt: skip
+            raise LimitExceeded(
+                "streams",
+                429,
+                f"Too many concurrent generations: the limit is {cap} at a time for "
+                f"{_who(principal)}. Wait for one to finish.",
+                code="too_many_streams",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += 1
         self.streams[principal.limit_id] += 1
 
@@ -163,9 +182,14 @@ class Limiter:
                 await self._hit(principal, "rpm", principal.rpm, 1, "requests")
             if principal.tpm:
                 if prompt_tokens > principal.tpm:
-                    raise LimitExceeded("tpm", 429, f"Request too large: its prompt has {prompt_tokens} tokens, more than "
-                                      f"the limit of {principal.tpm} tokens per minute for {_who(principal)}. "
-                                      "Shorten the prompt.", code="rate_limit_exceeded")  # fmt: skip
+                    raise LimitExceeded(
+                        "tpm",
+                        429,
+                        f"Request too large: its prompt has {prompt_tokens} tokens, more than "
+                        f"the limit of {principal.tpm} tokens per minute for {_who(principal)}. "
+                        "Shorten the prompt.",
+                        code="rate_limit_exceeded",
+                    )
                 await self._hit(principal, "tpm", principal.tpm, prompt_tokens, "tokens")
         except StorageError as exc:
             if not self.fail_open:
@@ -177,8 +201,11 @@ class Limiter:
             self.on_fail_open(principal.name)
         if time.monotonic() - self._fail_open_logged_at >= FAIL_OPEN_LOG_EVERY_S:
             self._fail_open_logged_at = time.monotonic()
-            logger.warning("rate-limit store unavailable, failing open (rate_limit_fail_open): requests are served "
-                           "without rpm/tpm limits until it is back: %s", exc)  # fmt: skip
+            logger.warning(
+                "rate-limit store unavailable, failing open (rate_limit_fail_open): requests are served "
+                "without rpm/tpm limits until it is back: %s",
+                exc,
+            )
 
     async def _hit(self, principal: Principal, kind: str, amount: int, cost: int, unit: str) -> None:
         item = RateLimitItemPerMinute(amount)
@@ -187,9 +214,13 @@ class Limiter:
         window = await self._window(item, kind, principal.limit_id)
         wait = max(1, math.ceil(seconds_until_room(window, amount, cost, item.get_expiry())))
         asked = "" if cost == 1 else f" This request needs {cost}."
-        raise LimitExceeded(kind, 429, f"Rate limit reached: {amount} {unit} per minute for {_who(principal)}.{asked} "
-                          f"Retry in {wait} s.", code="rate_limit_exceeded",
-                          headers={"Retry-After": str(wait)})  # fmt: skip
+        raise LimitExceeded(
+            kind,
+            429,
+            f"Rate limit reached: {amount} {unit} per minute for {_who(principal)}.{asked} Retry in {wait} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
 
     async def _window(self, item: RateLimitItem, *identifiers: str) -> tuple[int, float, int, float]:
         storage = self.storage
@@ -204,11 +235,17 @@ class Limiter:
         assert isinstance(storage, SlidingWindowCounterSupport)
         started = time.monotonic()
         try:
-            await storage.acquire_sliding_window_entry(item.key_for("tpm", principal.limit_id), UNCAPPED,
-                                                       item.get_expiry(), tokens)  # fmt: skip
+            await storage.acquire_sliding_window_entry(
+                item.key_for("tpm", principal.limit_id), UNCAPPED, item.get_expiry(), tokens
+            )
         except StorageError as exc:  # the response is already out; losing one charge beats failing it
-            logger.warning("could not charge %d completion tokens to %s after %.1f s: %s", tokens,
-                           principal.limit_id, time.monotonic() - started, exc)  # fmt: skip
+            logger.warning(
+                "could not charge %d completion tokens to %s after %.1f s: %s",
+                tokens,
+                principal.limit_id,
+                time.monotonic() - started,
+                exc,
+            )
 
 
 def _who(principal: Principal) -> str:
@@ -218,5 +255,9 @@ def _who(principal: Principal) -> str:
 def limiter_unavailable(exc: Exception) -> OpenAIError:
     """Fail closed while the rate-limit store is unreachable (the default; see `rate_limit_fail_open`)."""
     logger.warning("rate-limit store unavailable: %s", exc)
-    return OpenAIError(503, "The rate limiter's store (Redis) is unavailable; retry shortly.",
-                       code="rate_limiter_unavailable", headers={"Retry-After": "5"})  # fmt: skip
+    return OpenAIError(
+        503,
+        "The rate limiter's store (Redis) is unavailable; retry shortly.",
+        code="rate_limiter_unavailable",
+        headers={"Retry-After": "5"},
+    )

@@ -44,11 +44,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             await database.migrate()
         except DatabaseUnavailable as exc:  # serve stateless chat meanwhile; sessions and keys answer 503
-            logger.error("the database is unavailable at start-up (%s); session routes and API-key lookups answer "
-                         "503 until it is reachable, tried again every few seconds", exc)  # fmt: skip
+            logger.error(
+                "the database is unavailable at start-up (%s); session routes and API-key lookups answer "
+                "503 until it is reachable, tried again every few seconds",
+                exc,
+            )
             migrating = asyncio.create_task(database.migrate_when_reachable())
-        limiter = app.state.limiter = Limiter(settings, on_refused=app.state.metrics.rate_limited,
-                                              on_fail_open=app.state.metrics.failed_open)  # fmt: skip
+        limiter = app.state.limiter = Limiter(
+            settings, on_refused=app.state.metrics.rate_limited, on_fail_open=app.state.metrics.failed_open
+        )
         logger.info("rate limits kept in %s", limiter.backend)
         owned: Engine | None = None
         if app.state.engine is None:
@@ -70,8 +74,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             app.state.tokenizers.close()
             app.state.system_probe.close()
 
-    app = FastAPI(title="llmserve", summary="OpenAI-compatible API in front of Triton", lifespan=lifespan,
-                  openapi_url="/openapi.json" if settings.api_docs else None)  # None: no /docs or /redoc either
+    app = FastAPI(
+        title="llmserve",
+        summary="OpenAI-compatible API in front of Triton",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+    )  # None: no /docs or /redoc either
     app.state.settings = settings
     app.state.engine = engine
     app.state.database = None  # the lifespan opens it
@@ -88,8 +96,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     if not settings.auth and not settings.allow_unauthenticated_public_bind:
         app.add_middleware(LoopbackOnlyMiddleware)
     if settings.cors_origins:  # closed by default: no CORS headers at all, so browsers keep other origins out
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["Retry-After", "X-Request-ID"], max_age=600)  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every response
     app.include_router(health.router)
     app.include_router(metrics.router)

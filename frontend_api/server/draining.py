@@ -71,8 +71,11 @@ class Drain:
     async def _drain(self, app: FastAPI, server_handler) -> None:
         self.draining = True
         limiter = app.state.limiter
-        logger.warning("SIGTERM: draining; %d generations in flight get up to %g s to finish, new requests get 503",
-                       limiter.in_flight, self.timeout_s)  # fmt: skip
+        logger.warning(
+            "SIGTERM: draining; %d generations in flight get up to %g s to finish, new requests get 503",
+            limiter.in_flight,
+            self.timeout_s,
+        )
         started = time.monotonic()
         while (limiter.in_flight > 0 or self._tracked) and time.monotonic() - started < self.timeout_s:
             if self._done.is_set():

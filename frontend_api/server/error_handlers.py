@@ -35,8 +35,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = describe_validation_errors(exc.errors())
     first = exc.errors()[0] if exc.errors() else {}
-    if tuple(first.get("loc", ())) == ("body",) and first.get("type") != "missing" \
-            and not _is_json(request.headers.get("content-type")):  # FastAPI parses JSON only when it is labelled so
+    if (
+        tuple(first.get("loc", ())) == ("body",)
+        and first.get("type") != "missing"
+        and not _is_json(request.headers.get("content-type"))
+    ):  # FastAPI parses JSON only when it is labelled so
         message = "The request body must be JSON sent with the header Content-Type: application/json."
     return error_response(400, message, param=param)
 
@@ -83,5 +86,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineError, _engine_error)
-
-

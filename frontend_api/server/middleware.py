@@ -65,15 +65,19 @@ class LoopbackOnlyMiddleware:
     elsewhere; this covers the front-end started by other means (`uvicorn --factory ... --host 0.0.0.0`), where
     the app cannot see the bind, only the address each connection came in on (ASGI `server`)."""
 
-    MESSAGE = ("Authentication is off, so this server answers on loopback addresses only. Turn auth on "
-               "(LLMSERVE_AUTH=true) or set LLMSERVE_ALLOW_UNAUTHENTICATED_PUBLIC_BIND=true.")  # fmt: skip
+    MESSAGE = (
+        "Authentication is off, so this server answers on loopback addresses only. Turn auth on "
+        "(LLMSERVE_AUTH=true) or set LLMSERVE_ALLOW_UNAUTHENTICATED_PUBLIC_BIND=true."
+    )
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
-        if scope["type"] not in ("http", "websocket") or server is None or is_loopback(server[0]):  # None: a unix socket
+        if (
+            scope["type"] not in ("http", "websocket") or server is None or is_loopback(server[0])
+        ):  # None: a unix socket
             await self.app(scope, receive, send)
         else:
             refusal = error_response(403, self.MESSAGE, code="public_bind_without_auth")

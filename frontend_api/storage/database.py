@@ -60,8 +60,11 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        options = {} if self.is_sqlite else {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
-                                             "connect_args": {"connect_timeout": 5}}  # fmt: skip
+        options = (
+            {}
+            if self.is_sqlite
+            else {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "connect_args": {"connect_timeout": 5}}
+        )
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

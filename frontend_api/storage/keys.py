@@ -38,7 +38,11 @@ MIN_GIVEN_KEY_LENGTH = len(KEY_PREFIX) + 32  # a key chosen by the operator (a K
 
 
 async def create_key(
-    db: Database, name: str, rpm: int | None = None, tpm: int | None = None, max_streams: int | None = None,
+    db: Database,
+    name: str,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_streams: int | None = None,
     key: str | None = None,
 ) -> CreatedKey:
     """Store a new key: a random one, or `key` when the operator supplies it (e.g. the Helm chart's admin key)."""
@@ -48,11 +52,14 @@ async def create_key(
     if not name or len(name) > 64:
         raise ApiKeyError("--name must have 1 to 64 characters")
     if key is not None and (not key.startswith(KEY_PREFIX) or len(key) < MIN_GIVEN_KEY_LENGTH):
-        raise ApiKeyError(f"a given key must start with {KEY_PREFIX!r} and have at least {MIN_GIVEN_KEY_LENGTH} "
-                          f"characters, e.g. {KEY_PREFIX}$(openssl rand -hex 24)")  # fmt: skip
+        raise ApiKeyError(
+            f"a given key must start with {KEY_PREFIX!r} and have at least {MIN_GIVEN_KEY_LENGTH} "
+            f"characters, e.g. {KEY_PREFIX}$(openssl rand -hex 24)"
+        )
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
-    record = ApiKey(name=name, key_hash=hash_key(key), prefix=key[: len(KEY_PREFIX) + 4], rpm=rpm, tpm=tpm,
-                    max_streams=max_streams)  # fmt: skip
+    record = ApiKey(
+        name=name, key_hash=hash_key(key), prefix=key[: len(KEY_PREFIX) + 4], rpm=rpm, tpm=tpm, max_streams=max_streams
+    )
     async with db.session() as session:
         session.add(record)
         try:

@@ -71,7 +71,5 @@ class Message(MessageBase, table=True):
     __tablename__ = "messages"
 
     id: int | None = Field(default=None, primary_key=True)
-    session_id: str = Field(
-        sa_column=Column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True, nullable=False)
-    )
+    session_id: str = Field(sa_column=Column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True, nullable=False))
     created_at: int = Field(default_factory=now, sa_type=BigInteger)

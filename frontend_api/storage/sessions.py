@@ -31,8 +31,9 @@ class SessionStore:
         system_prompt: str | None = None,
         settings: dict[str, Any] | None = None,
     ) -> ChatSession:
-        record = ChatSession(title=title, model=model, system_prompt=system_prompt, settings=settings or {},
-                             owner_key_id=owner)  # fmt: skip
+        record = ChatSession(
+            title=title, model=model, system_prompt=system_prompt, settings=settings or {}, owner_key_id=owner
+        )
         async with self.db.session() as session:
             session.add(record)
             await session.commit()
@@ -40,8 +41,13 @@ class SessionStore:
         return record
 
     async def list_sessions(self, owner: int | None, limit: int, offset: int) -> Sequence[ChatSession]:
-        query = (select(ChatSession).where(_owned_by(owner))
-                 .order_by(col(ChatSession.updated_at).desc(), col(ChatSession.id)).offset(offset).limit(limit))  # fmt: skip
+        query = (
+            select(ChatSession)
+            .where(_owned_by(owner))
+            .order_by(col(ChatSession.updated_at).desc(), col(ChatSession.id))
+            .offset(offset)
+            .limit(limit)
+        )
         async with self.db.session() as session:
             return (await session.exec(query)).all()
 
@@ -65,9 +71,7 @@ class SessionStore:
 
     async def delete(self, owner: int | None, session_id: str) -> bool:
         async with self.db.session() as session:
-            removed = await session.exec(
-                delete(ChatSession).where(col(ChatSession.id) == session_id, _owned_by(owner))
-            )
+            removed = await session.exec(delete(ChatSession).where(col(ChatSession.id) == session_id, _owned_by(owner)))
             await session.commit()
         return bool(removed.rowcount)
 
@@ -82,8 +86,7 @@ class SessionStore:
 
     async def recent_messages(self, session_id: str, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first (the caller has checked ownership)."""
-        query = (select(Message).where(Message.session_id == session_id)
-                 .order_by(col(Message.id).desc()).limit(limit))  # fmt: skip
+        query = select(Message).where(Message.session_id == session_id).order_by(col(Message.id).desc()).limit(limit)
         async with self.db.session() as session:
             return list(reversed((await session.exec(query)).all()))
 
@@ -91,8 +94,9 @@ class SessionStore:
         """Remove the last `count` messages; returns how many were removed (None: no such session)."""
         if await self.get(owner, session_id) is None:
             return None
-        newest = (select(Message.id).where(Message.session_id == session_id)
-                  .order_by(col(Message.id).desc()).limit(count))  # fmt: skip
+        newest = (
+            select(Message.id).where(Message.session_id == session_id).order_by(col(Message.id).desc()).limit(count)
+        )
         async with self.db.session() as session:
             ids = list((await session.exec(newest)).all())
             if ids:

@@ -41,11 +41,15 @@ async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Princ
     except WebSocketDisconnect:
         return None
     except TimeoutError:
-        failure = error_frame("auth_timeout", f"Authenticate within {settings.ws_auth_timeout_s:g} s: send "
-                              '{"type": "auth", "api_key": "..."} first.')  # fmt: skip
+        failure = error_frame(
+            "auth_timeout",
+            f'Authenticate within {settings.ws_auth_timeout_s:g} s: send {{"type": "auth", "api_key": "..."}} first.',
+        )
     except (ValidationError, KeyError):  # KeyError: a binary frame
-        failure = error_frame("missing_api_key", 'The first frame must be {"type": "auth", "api_key": "..."} '
-                              "(or send an Authorization: Bearer header).")  # fmt: skip
+        failure = error_frame(
+            "missing_api_key",
+            'The first frame must be {"type": "auth", "api_key": "..."} (or send an Authorization: Bearer header).',
+        )
     except OpenAIError as exc:
         failure = error_frame(exc.code or "invalid_api_key", exc.message)
     except DatabaseUnavailable:
@@ -128,7 +132,7 @@ class ChatSocket:
         elif self.websocket.app.state.drain.draining:
             await self.send(error_frame("server_shutting_down", SHUTTING_DOWN))
         elif self.generating:
-            await self.send(error_frame("busy", "A reply is being generated; wait for it or send {\"type\": \"stop\"}."))
+            await self.send(error_frame("busy", 'A reply is being generated; wait for it or send {"type": "stop"}.'))
         else:
             self.generation = asyncio.create_task(self._chat(frame))
             self.websocket.app.state.drain.track(self.generation)
@@ -149,8 +153,15 @@ class ChatSocket:
             await self.send(error_frame("database_unavailable", "The session store is unavailable; retry shortly."))
         except asyncio.CancelledError:  # stopped before the engine answered; nothing was generated
             _uncancel()
-            await self.send({"type": "done", "finish_reason": "cancelled", "usage": None, "session_id": frame.session_id,
-                             "stats": None})  # fmt: skip
+            await self.send(
+                {
+                    "type": "done",
+                    "finish_reason": "cancelled",
+                    "usage": None,
+                    "session_id": frame.session_id,
+                    "stats": None,
+                }
+            )
 
     async def _request(self, serving: OpenAIServingChat, frame: ChatFrame) -> ChatCompletionRequest:
         settings = frame.settings
@@ -159,8 +170,12 @@ class ChatSocket:
             if session is None:
                 raise session_not_found(frame.session_id)
         else:
-            session = await serving.sessions.create(self.principal.key_id, title=frame.content[:60],
-                                                    model=settings.model, system_prompt=settings.system_prompt)  # fmt: skip
+            session = await serving.sessions.create(
+                self.principal.key_id,
+                title=frame.content[:60],
+                model=settings.model,
+                system_prompt=settings.system_prompt,
+            )
         model = settings.model or session.model or await self._default_model(serving)
         messages = [{"role": "user", "content": frame.content}]
         if settings.system_prompt and frame.session_id is not None:  # a new session stores it as its prompt
@@ -188,12 +203,27 @@ class ChatSocket:
             _uncancel()
         tally = run.tally
         completion = run.usage.completion_tokens if run.usage else (tally.num_output_tokens or 0)
-        usage = run.usage.model_dump() if run.usage else {
-            "prompt_tokens": run.prepared.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": run.prepared.prompt_tokens + completion}  # fmt: skip
+        usage = (
+            run.usage.model_dump()
+            if run.usage
+            else {
+                "prompt_tokens": run.prepared.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": run.prepared.prompt_tokens + completion,
+            }
+        )
         # The same timer, and so the same TTFT, as the HTTP chat's usage.stats (from the frame's arrival here).
         timed = run.prepared.timer.stats(completion) if run.prepared.timer else None
-        stats = {"ttft_ms": timed.ttft_ms if timed else None,
-                 "tokens_per_second": timed.tokens_per_second if timed else None}  # fmt: skip
-        await self.send({"type": "done", "finish_reason": finish_reason, "usage": usage, "session_id": run.session_id,
-                         "stats": stats})  # fmt: skip
+        stats = {
+            "ttft_ms": timed.ttft_ms if timed else None,
+            "tokens_per_second": timed.tokens_per_second if timed else None,
+        }
+        await self.send(
+            {
+                "type": "done",
+                "finish_reason": finish_reason,
+                "usage": usage,
+                "session_id": run.session_id,
+                "stats": stats,
+            }
+        )

@@ -5,6 +5,8 @@ import sys
 
 from llmserve.bench.run import add_arguments, main
 
-parser = argparse.ArgumentParser(prog="python -m llmserve.bench", description="Load-test the OpenAI endpoint or Triton.")
+parser = argparse.ArgumentParser(
+    prog="python -m llmserve.bench", description="Load-test the OpenAI endpoint or Triton."
+)
 add_arguments(parser)
 sys.exit(main(parser.parse_args()))

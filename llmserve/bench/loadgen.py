@@ -36,9 +36,14 @@ async def openai_completion(client, base_url: str, model: str, prompt: str, outp
     import httpx
 
     body = {
-        "model": model, "prompt": prompt, "max_tokens": output_tokens, "min_tokens": output_tokens,
-        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
-    }  # fmt: skip
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_tokens,
+        "min_tokens": output_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     result = RequestResult(start=time.perf_counter(), end=0.0)
     try:
         async with client.stream("POST", f"{base_url}/completions", json=body) as response:
@@ -95,8 +100,17 @@ async def triton_stream(client, model: str, prompt: str, output_tokens: int) -> 
     return result
 
 
-async def run_level(target: str, url: str, model: str, concurrency: int, num_requests: int, input_tokens: int,
-                    output_tokens: int, first_index: int = 0, on_done=None) -> list[RequestResult]:  # fmt: skip
+async def run_level(
+    target: str,
+    url: str,
+    model: str,
+    concurrency: int,
+    num_requests: int,
+    input_tokens: int,
+    output_tokens: int,
+    first_index: int = 0,
+    on_done=None,
+) -> list[RequestResult]:
     """`concurrency` workers send `num_requests` requests in all, each as soon as its previous one ends."""
     if target == "openai":
         import httpx

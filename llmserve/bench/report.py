@@ -16,8 +16,12 @@ def summarize(results: list[RequestResult], concurrency: int) -> dict:
     """One level's numbers. ITL per request is (end - first token) / (tokens - 1), as genai-perf defines it."""
     ok = [r for r in results if r.error is None and r.first_token is not None]
     errors = sorted({r.error for r in results if r.error})
-    level = {"concurrency": concurrency, "requests": len(results), "failed": len(results) - len(ok),
-             "errors": errors[:5]}  # fmt: skip
+    level = {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "errors": errors[:5],
+    }
     if not ok:
         return level
     start, end = min(r.start for r in ok), max(r.end for r in ok)
@@ -67,8 +71,11 @@ def plot(reports: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = [("output_tokens_per_s", None, "output tokens/s"), ("ttft_p50_ms", "ttft_p99_ms", "TTFT (ms)"),
-              ("itl_p50_ms", "itl_p99_ms", "inter-token latency (ms)")]  # fmt: skip
+    panels = [
+        ("output_tokens_per_s", None, "output tokens/s"),
+        ("ttft_p50_ms", "ttft_p99_ms", "TTFT (ms)"),
+        ("itl_p50_ms", "itl_p99_ms", "inter-token latency (ms)"),
+    ]
     for axis, (p50, p99, ylabel) in zip(axes, panels, strict=True):
         for report in reports:
             levels = [lv for lv in report["levels"] if lv.get(p50) is not None]

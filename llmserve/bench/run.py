@@ -20,21 +20,31 @@ from llmserve.bench.report import plot, summarize, table, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", choices=["openai", "triton"], required=True,
-                        help="openai: the front-end's /v1/completions with SSE; triton: Triton gRPC streaming")
-    parser.add_argument("--url", required=True,
-                        help="openai: base URL such as http://127.0.0.1:8000/v1; triton: host:grpc_port")
+    parser.add_argument(
+        "--target",
+        choices=["openai", "triton"],
+        required=True,
+        help="openai: the front-end's /v1/completions with SSE; triton: Triton gRPC streaming",
+    )
+    parser.add_argument(
+        "--url", required=True, help="openai: base URL such as http://127.0.0.1:8000/v1; triton: host:grpc_port"
+    )
     parser.add_argument("--model", required=True, help="served model id (openai) or Triton model name (triton)")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated levels (default 1,8)")
-    parser.add_argument("--requests-per-level", type=int, default=0,
-                        help="requests per level (default: 2 x concurrency, at least 4)")
+    parser.add_argument(
+        "--requests-per-level", type=int, default=0, help="requests per level (default: 2 x concurrency, at least 4)"
+    )
     parser.add_argument("--input-tokens", type=int, default=128, help="prompt length in tokens (default 128)")
-    parser.add_argument("--output-tokens", type=int, default=128,
-                        help="tokens generated per request; min_tokens = max_tokens (default 128)")
+    parser.add_argument(
+        "--output-tokens",
+        type=int,
+        default=128,
+        help="tokens generated per request; min_tokens = max_tokens (default 128)",
+    )
     parser.add_argument("--processes", type=int, default=1, help="client processes sharing the load (default 1)")
     parser.add_argument("--label", help="name of this run in the table and plot (default: target)")
     parser.add_argument("--out", default="bench-results", help="folder for <label>.json and <label>.png")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the short warm-up level")  # fmt: skip
+    parser.add_argument("--no-warmup", action="store_true", help="skip the short warm-up level")
 
 
 def parse_levels(text: str) -> list[int]:
@@ -54,8 +64,19 @@ def _client_process(args: dict, share: int, requests: int, first: int, start_at:
 
     time.sleep(max(0.0, start_at - time.time()))
     try:
-        results = asyncio.run(run_level(args["target"], args["url"], args["model"], share, requests,
-                                        args["input_tokens"], args["output_tokens"], first, count))  # fmt: skip
+        results = asyncio.run(
+            run_level(
+                args["target"],
+                args["url"],
+                args["model"],
+                share,
+                requests,
+                args["input_tokens"],
+                args["output_tokens"],
+                first,
+                count,
+            )
+        )
         queue.put([r.__dict__ for r in results])
     except Exception as exc:  # report it to the parent rather than hang it
         queue.put(f"{type(exc).__name__}: {exc}")
@@ -109,15 +130,29 @@ def main(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     levels = parse_levels(ns.concurrency)
-    args = {"target": ns.target, "url": ns.url.rstrip("/"), "model": ns.model,
-            "input_tokens": ns.input_tokens, "output_tokens": ns.output_tokens}  # fmt: skip
+    args = {
+        "target": ns.target,
+        "url": ns.url.rstrip("/"),
+        "model": ns.model,
+        "input_tokens": ns.input_tokens,
+        "output_tokens": ns.output_tokens,
+    }
     if ns.input_tokens < 2 or ns.output_tokens < 1 or ns.processes < 1 or ns.requests_per_level < 0:
         raise SystemExit("llmserve bench: --input-tokens >= 2, --output-tokens >= 1, --processes >= 1 please")
     label = ns.label or ns.target
-    report = {"label": label, "target": ns.target, "url": args["url"], "model": ns.model,
-              "input_tokens": ns.input_tokens, "output_tokens": ns.output_tokens, "processes": ns.processes,
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
-              "command": command_line(), "levels": []}  # fmt: skip
+    report = {
+        "label": label,
+        "target": ns.target,
+        "url": args["url"],
+        "model": ns.model,
+        "input_tokens": ns.input_tokens,
+        "output_tokens": ns.output_tokens,
+        "processes": ns.processes,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "command": command_line(),
+        "levels": [],
+    }
     if not ns.no_warmup:
         warm = run_sweep_level({**args, "output_tokens": min(ns.output_tokens, 8)}, 2, 2, 1)
         failed = [r.error for r in warm if r.error]

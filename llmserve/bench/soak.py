@@ -39,7 +39,9 @@ class Turn:
     session_id: str
     content: str  # unique: how the stored user message is recognised
     transport: str  # "sse" or "ws"
-    outcome: str = "pending"  # completed | disconnected | stopped | refused | http_4xx | http_5xx | stream_error | transport_error
+    outcome: str = (
+        "pending"  # completed | disconnected | stopped | refused | http_4xx | http_5xx | stream_error | transport_error
+    )
     status: int | None = None
     reply: str = ""
     finish_reason: str | None = None
@@ -68,8 +70,13 @@ class Soak:
 
 
 async def sse_turn(soak: Soak, client: httpx.AsyncClient, turn: Turn) -> None:
-    body = {"model": soak.model, "session_id": turn.session_id, "max_tokens": soak.max_tokens, "stream": True,
-            "messages": [{"role": "user", "content": turn.content}]}  # fmt: skip
+    body = {
+        "model": soak.model,
+        "session_id": turn.session_id,
+        "max_tokens": soak.max_tokens,
+        "stream": True,
+        "messages": [{"role": "user", "content": turn.content}],
+    }
     hang_up = soak.hang_up_after()
     deltas = 0
     async with client.stream("POST", f"{soak.url}/v1/chat/completions", json=body) as response:
@@ -114,8 +121,16 @@ async def ws_turn(soak: Soak, ws, turn: Turn) -> bool:
     """One chat on an open socket; False when the socket was closed (by us, to hang up)."""
     hang_up = soak.hang_up_after()
     how = soak.rng.choice(("stop", "close")) if hang_up is not None else None
-    await ws.send(json.dumps({"type": "chat", "content": turn.content, "session_id": turn.session_id,
-                              "settings": {"max_tokens": soak.max_tokens, "model": soak.model}}))  # fmt: skip
+    await ws.send(
+        json.dumps(
+            {
+                "type": "chat",
+                "content": turn.content,
+                "session_id": turn.session_id,
+                "settings": {"max_tokens": soak.max_tokens, "model": soak.model},
+            }
+        )
+    )
     deltas = 0
     while True:
         frame = json.loads(await ws.recv())
@@ -153,8 +168,13 @@ async def run_client(soak: Soak, index: int, http: httpx.AsyncClient, use_ws: bo
     sequence = 0
     try:
         while time.monotonic() < soak.deadline:
-            turn = Turn(index, session_id, f"soak {index}.{sequence}: say something short.", "ws" if use_ws else "sse",
-                        started=time.monotonic())  # fmt: skip
+            turn = Turn(
+                index,
+                session_id,
+                f"soak {index}.{sequence}: say something short.",
+                "ws" if use_ws else "sse",
+                started=time.monotonic(),
+            )
             sequence += 1
             soak.turns.append(turn)
             try:
@@ -162,8 +182,13 @@ async def run_client(soak: Soak, index: int, http: httpx.AsyncClient, use_ws: bo
                     if ws is None:
                         # No client pings: the server sends its own keepalive, and a starved client loop would
                         # time out its own pings and count the server's fault.
-                        ws = await connect(soak.url.replace("http", "ws", 1) + "/v1/chat/ws", ping_interval=None,
-                                           additional_headers=soak.headers, max_size=2**22, open_timeout=120)  # fmt: skip
+                        ws = await connect(
+                            soak.url.replace("http", "ws", 1) + "/v1/chat/ws",
+                            ping_interval=None,
+                            additional_headers=soak.headers,
+                            max_size=2**22,
+                            open_timeout=120,
+                        )
                         assert json.loads(await ws.recv())["type"] == "ready"
                     if not await ws_turn(soak, ws, turn):
                         await ws.close()
@@ -210,27 +235,46 @@ async def progress(soak: Soak, started: float, interval: float) -> None:
         await asyncio.sleep(interval)
         counts = Counter(t.outcome for t in soak.turns)
         rss = f"{soak.rss[-1][1] / 2**20:.0f} MiB" if soak.rss else "?"
-        print(f"soak: {time.monotonic() - started:5.0f} s  front-end RSS {rss}  "
-              + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"soak: {time.monotonic() - started:5.0f} s  front-end RSS {rss}  "
+            + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-async def run_soak(url: str, model: str, clients: int, duration: float, max_tokens: int = 8,
-                   disconnect_fraction: float = 0.2, ws_fraction: float = 0.2, api_key: str | None = None,
-                   seed: int = 0, rss_interval: float = 5, progress_interval: float = 10) -> dict:  # fmt: skip
+async def run_soak(
+    url: str,
+    model: str,
+    clients: int,
+    duration: float,
+    max_tokens: int = 8,
+    disconnect_fraction: float = 0.2,
+    ws_fraction: float = 0.2,
+    api_key: str | None = None,
+    seed: int = 0,
+    rss_interval: float = 5,
+    progress_interval: float = 10,
+) -> dict:
     """Run the soak and verify storage; the report as a dict (see soak_report.summarize)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
-    soak = Soak(url.rstrip("/"), model, max_tokens, disconnect_fraction, headers, started + duration, random.Random(seed))
+    soak = Soak(
+        url.rstrip("/"), model, max_tokens, disconnect_fraction, headers, started + duration, random.Random(seed)
+    )
     # Idle connections expire before uvicorn's 5 s keep-alive does, so no request races a server-side close.
     limits = httpx.Limits(max_connections=clients + 16, max_keepalive_connections=clients + 16, keepalive_expiry=2)
     async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600, connect=60), limits=limits) as http:
         try:
             metrics_before = server_5xx((await http.get(f"{soak.url}/metrics")).text)
         except httpx.HTTPError as exc:
-            raise SystemExit(f"soak: cannot talk to {soak.url} ({type(exc).__name__}: {exc}); is the server up "
-                             "(llmserve serve)?") from None
-        background = [asyncio.create_task(sample_rss(soak, http, started, rss_interval)),
-                      asyncio.create_task(progress(soak, started, progress_interval))]  # fmt: skip
+            raise SystemExit(
+                f"soak: cannot talk to {soak.url} ({type(exc).__name__}: {exc}); is the server up (llmserve serve)?"
+            ) from None
+        background = [
+            asyncio.create_task(sample_rss(soak, http, started, rss_interval)),
+            asyncio.create_task(progress(soak, started, progress_interval)),
+        ]
         ws_clients = round(clients * ws_fraction)
         try:
             await asyncio.gather(*(run_client(soak, i, http, use_ws=i < ws_clients) for i in range(clients)))
@@ -238,17 +282,37 @@ async def run_soak(url: str, model: str, clients: int, duration: float, max_toke
             for task in background:
                 task.cancel()
         ran_s = time.monotonic() - started
-        soak.rss.append((round(ran_s, 1), (await http.get(f"{soak.url}/v1/system")).json()["memory"]["process_rss_bytes"]))
+        soak.rss.append(
+            (round(ran_s, 1), (await http.get(f"{soak.url}/v1/system")).json()["memory"]["process_rss_bytes"])
+        )
         violations = await verify_sessions(http, soak.url, soak.turns)
         server_errors = server_5xx((await http.get(f"{soak.url}/metrics")).text) - metrics_before
-    return summarize(soak.turns, soak.rss, violations, server_errors, ran_s,
-                     {"url": url, "model": model, "clients": clients, "ws_clients": ws_clients, "duration_s": duration,
-                      "max_tokens": max_tokens, "disconnect_fraction": disconnect_fraction, "seed": seed})  # fmt: skip
+    return summarize(
+        soak.turns,
+        soak.rss,
+        violations,
+        server_errors,
+        ran_s,
+        {
+            "url": url,
+            "model": model,
+            "clients": clients,
+            "ws_clients": ws_clients,
+            "duration_s": duration,
+            "max_tokens": max_tokens,
+            "disconnect_fraction": disconnect_fraction,
+            "seed": seed,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmserve.bench.soak", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m llmserve.bench.soak",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the front-end (not /v1)")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--clients", type=int, default=200, help="concurrent clients, one session each")
@@ -261,14 +325,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-interval", type=float, default=5, help="seconds between RSS samples")
     parser.add_argument("--out", default="soak", help="folder for soak.json and soak.png")
     ns = parser.parse_args(argv)
-    if ns.clients < 1 or ns.duration <= 0 or ns.max_tokens < 2 or not 0 <= ns.disconnect_fraction <= 1 \
-            or not 0 <= ns.ws_fraction <= 1:  # fmt: skip
+    if (
+        ns.clients < 1
+        or ns.duration <= 0
+        or ns.max_tokens < 2
+        or not 0 <= ns.disconnect_fraction <= 1
+        or not 0 <= ns.ws_fraction <= 1
+    ):
         parser.error("--clients >= 1, --duration > 0, --max-tokens >= 2, fractions between 0 and 1 please")
-    report = asyncio.run(run_soak(ns.url, ns.model, ns.clients, ns.duration, ns.max_tokens, ns.disconnect_fraction,
-                                  ns.ws_fraction, ns.api_key, ns.seed, ns.rss_interval))  # fmt: skip
+    report = asyncio.run(
+        run_soak(
+            ns.url,
+            ns.model,
+            ns.clients,
+            ns.duration,
+            ns.max_tokens,
+            ns.disconnect_fraction,
+            ns.ws_fraction,
+            ns.api_key,
+            ns.seed,
+            ns.rss_interval,
+        )
+    )
     args = argv if argv is not None else sys.argv[1:]
-    shown = ["***" if i and args[i - 1] == "--api-key" else arg.split("=")[0] + "=***" if arg.startswith("--api-key=")
-             else arg for i, arg in enumerate(args)]  # fmt: skip
+    shown = [
+        "***"
+        if i and args[i - 1] == "--api-key"
+        else arg.split("=")[0] + "=***"
+        if arg.startswith("--api-key=")
+        else arg
+        for i, arg in enumerate(args)
+    ]
     report["command"] = " ".join(["python -m llmserve.bench.soak", *shown])  # never the key
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,4 +368,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -20,8 +20,14 @@ FAILURES = {"http_5xx", "stream_error", "transport_error"}
 
 def server_5xx(metrics_text: str) -> int:
     """5xx responses the front-end counted (llmserve_http_requests_total)."""
-    return int(sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
-                   if s.name == "llmserve_http_requests_total" and s.labels.get("status", "").startswith("5")))  # fmt: skip
+    return int(
+        sum(
+            s.value
+            for f in text_string_to_metric_families(metrics_text)
+            for s in f.samples
+            if s.name == "llmserve_http_requests_total" and s.labels.get("status", "").startswith("5")
+        )
+    )
 
 
 async def session_messages(http: httpx.AsyncClient, url: str, session_id: str) -> list[dict]:
@@ -65,12 +71,18 @@ def check_session(turns: list[Turn], messages: list[dict]) -> list[str]:
         reply = following if following and following["role"] == "assistant" else None
         if turn.outcome == "completed":
             if reply is None or reply["content"] != turn.reply or reply["finish_reason"] != turn.finish_reason:
-                problems.append(f"{name}: stored reply {reply and (reply['content'], reply['finish_reason'])!r} "
-                                f"differs from the one received {(turn.reply, turn.finish_reason)!r}")  # fmt: skip
+                problems.append(
+                    f"{name}: stored reply {reply and (reply['content'], reply['finish_reason'])!r} "
+                    f"differs from the one received {(turn.reply, turn.finish_reason)!r}"
+                )
         elif turn.outcome in ("disconnected", "stopped") and reply is not None:
-            if reply["finish_reason"] not in ("cancelled", "stop", "length") or not reply["content"].startswith(turn.reply):
-                problems.append(f"{name}: stored partial reply {(reply['content'], reply['finish_reason'])!r} is not "
-                                f"'cancelled' and a continuation of what was received {turn.reply!r}")  # fmt: skip
+            if reply["finish_reason"] not in ("cancelled", "stop", "length") or not reply["content"].startswith(
+                turn.reply
+            ):
+                problems.append(
+                    f"{name}: stored partial reply {(reply['content'], reply['finish_reason'])!r} is not "
+                    f"'cancelled' and a continuation of what was received {turn.reply!r}"
+                )
     return problems
 
 
@@ -84,11 +96,19 @@ async def verify_sessions(http: httpx.AsyncClient, url: str, turns: list[Turn]) 
     return problems
 
 
-def summarize(turns: list[Turn], rss: list[tuple[float, int]], violations: list[str], server_errors: int,
-              ran_s: float, config: dict) -> dict:  # fmt: skip
+def summarize(
+    turns: list[Turn],
+    rss: list[tuple[float, int]],
+    violations: list[str],
+    server_errors: int,
+    ran_s: float,
+    config: dict,
+) -> dict:
     outcomes = Counter(t.outcome for t in turns)
-    by_transport = {transport: dict(Counter(t.outcome for t in turns if t.transport == transport))
-                    for transport in sorted({t.transport for t in turns})}  # fmt: skip
+    by_transport = {
+        transport: dict(Counter(t.outcome for t in turns if t.transport == transport))
+        for transport in sorted({t.transport for t in turns})
+    }
     completed = [t for t in turns if t.outcome == "completed"]
     latencies = sorted(t.ended - t.started for t in completed)
     rss_mib = [round(value / 2**20, 1) for _, value in rss]

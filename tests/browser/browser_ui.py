@@ -12,8 +12,16 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 from stack import Server
 
 CHROMIUM = Path(os.environ.get("LLMSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -67,7 +75,9 @@ class UI:
         self.page.get_by_role("button", name="Settings", exact=True).click()
         panel = self.page.get_by_role("complementary", name="Settings")
         for name, value in values.items():
-            field = panel.get_by_label("System prompt") if name == "system_prompt" else panel.locator(f"input[name={name}]")
+            field = (
+                panel.get_by_label("System prompt") if name == "system_prompt" else panel.locator(f"input[name={name}]")
+            )
             field.fill(value)
             field.blur()
         panel.get_by_role("button", name="Close settings").click()

@@ -26,8 +26,10 @@ def playwright() -> Iterator[Playwright]:
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not CHROMIUM.is_file():
-        pytest.fail(f"The browser tests need Debian's chromium at {CHROMIUM}: apt-get install -y chromium "
-                    "(.ci/run does it; LLMSERVE_TEST_CHROMIUM points elsewhere). `playwright install` is not used.")  # fmt: skip
+        pytest.fail(
+            f"The browser tests need Debian's chromium at {CHROMIUM}: apt-get install -y chromium "
+            "(.ci/run does it; LLMSERVE_TEST_CHROMIUM points elsewhere). `playwright install` is not used."
+        )
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     yield browser
     browser.close()
@@ -43,8 +45,9 @@ def new_ui(browser: Browser, stack) -> Iterator:
         contexts.append(context)
         if settings is not None:  # short replies, as if typed once in the settings panel (kept across reloads)
             seed = json.dumps(json.dumps(settings))
-            context.add_init_script(f"if (!localStorage.getItem('llmserve.settings')) "
-                                    f"localStorage.setItem('llmserve.settings', {seed});")  # fmt: skip
+            context.add_init_script(
+                f"if (!localStorage.getItem('llmserve.settings')) localStorage.setItem('llmserve.settings', {seed});"
+            )
         return UI(context.new_page(), server).open()
 
     yield open_ui

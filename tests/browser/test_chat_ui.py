@@ -113,9 +113,13 @@ def test_settings_are_remembered_across_a_reload_sent_with_each_message_and_rese
     ui.wait_reply_done()
     chats = [frame for frame in sent if frame["type"] == "chat"]
     assert len(chats) == 1 and chats[0]["settings"] == {
-        "temperature": 0.3, "top_p": 1, "top_k": 5, "max_tokens": 6, "repetition_penalty": 1,
+        "temperature": 0.3,
+        "top_p": 1,
+        "top_k": 5,
+        "max_tokens": 6,
+        "repetition_penalty": 1,
         "system_prompt": "Answer in one word.",
-    }  # fmt: skip
+    }
     tokens = int(re.search(r"(\d+) tokens", ui.replies.last.get_by_test_id("reply-stats").inner_text()).group(1))
     assert tokens <= 6
 
@@ -151,7 +155,8 @@ def test_the_chat_reconnects_by_itself_after_the_connection_drops(new_ui):
     ui.page.evaluate(RECORD_CONNECTION_STATES)
     sockets[-1].close(code=1001, reason="cut by the test")
     ui.page.wait_for_function(  # a function, not an expression string: the page's CSP forbids eval
-        "() => window.connectionStates.includes('retrying') && window.connectionStates.at(-1) === 'connected'")
+        "() => window.connectionStates.includes('retrying') && window.connectionStates.at(-1) === 'connected'"
+    )
     states = ui.page.evaluate("window.connectionStates")
     assert states[:1] == ["retrying"] and states[-1] == "connected" and len(sockets) == 2, states
     ui.send("Hi")

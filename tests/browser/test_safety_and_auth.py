@@ -48,15 +48,17 @@ def test_a_reply_that_echoes_an_event_handler_is_rendered_as_html_without_it(new
 
 
 def test_a_stored_reply_with_script_svg_and_javascript_links_runs_nothing(new_ui, stack):
-    hostile = "\n\n".join([
-        "**Bold** text and a list:\n\n- one\n- two",
-        PAYLOAD,
-        "<script>window.__xss = 2; console.log('xss script ran')</script>",
-        '<svg onload="window.__xss=3"><circle r="4"/></svg>',
-        "[click me](javascript:window.__xss=4) and <a href=\"javascript:window.__xss=5\">this</a>",
-        '<iframe src="javascript:parent.__xss=6"></iframe><form action="javascript:window.__xss=7"><button>go</button></form>',
-        "```html\n<img src=x onerror=\"window.__xss=8\">\n```",
-    ])  # fmt: skip
+    hostile = "\n\n".join(
+        [
+            "**Bold** text and a list:\n\n- one\n- two",
+            PAYLOAD,
+            "<script>window.__xss = 2; console.log('xss script ran')</script>",
+            '<svg onload="window.__xss=3"><circle r="4"/></svg>',
+            '[click me](javascript:window.__xss=4) and <a href="javascript:window.__xss=5">this</a>',
+            '<iframe src="javascript:parent.__xss=6"></iframe><form action="javascript:window.__xss=7"><button>go</button></form>',
+            '```html\n<img src=x onerror="window.__xss=8">\n```',
+        ]
+    )
     session_id = stored_chat(stack, f"Hostile {uuid.uuid4().hex[:6]}", [("user", "hi"), ("assistant", hostile)])
     ui = new_ui().connected()
     ui.page.locator(f'li.session[data-session-id="{session_id}"] .session-title').click()

@@ -88,10 +88,17 @@ NO_HORIZONTAL_OVERFLOW = "() => document.documentElement.scrollWidth <= window.i
 
 def test_phone_width_has_no_horizontal_overflow(new_ui, stack):
     long_code = "```python\nprint('" + "a very long line of code " * 12 + "')\n```"
-    session_id = stored_chat(stack, f"Phone {uuid.uuid4().hex[:6]}", [
-        ("user", "Show me code and a long word"),
-        ("assistant", f"Here:\n\n{long_code}\n\nand https://example.invalid/{'x' * 150}\n\n| a | b |\n|---|---|\n| 1 | 2 |"),
-    ])  # fmt: skip
+    session_id = stored_chat(
+        stack,
+        f"Phone {uuid.uuid4().hex[:6]}",
+        [
+            ("user", "Show me code and a long word"),
+            (
+                "assistant",
+                f"Here:\n\n{long_code}\n\nand https://example.invalid/{'x' * 150}\n\n| a | b |\n|---|---|\n| 1 | 2 |",
+            ),
+        ],
+    )
     ui = new_ui(viewport=PHONE).connected()
     assert ui.page.evaluate(NO_HORIZONTAL_OVERFLOW)
     expect(ui.page.get_by_role("navigation", name="Chats")).not_to_be_in_viewport()  # the chats slide in on demand
@@ -105,8 +112,9 @@ def test_phone_width_has_no_horizontal_overflow(new_ui, stack):
     expect(ui.page.get_by_role("navigation", name="Chats")).not_to_be_in_viewport()
     assert ui.page.evaluate(NO_HORIZONTAL_OVERFLOW), "the page scrolls sideways at phone width"
     # The long code line scrolls inside its own block instead.
-    assert ui.page.evaluate("() => { const code = document.querySelector('.code-block code');"
-                            " return code.scrollWidth > code.clientWidth; }")  # fmt: skip
+    assert ui.page.evaluate(
+        "() => { const code = document.querySelector('.code-block code'); return code.scrollWidth > code.clientWidth; }"
+    )
     ui.screenshot("phone-chat")
 
     ui.page.get_by_role("button", name="Settings", exact=True).click()

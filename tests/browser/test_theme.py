@@ -31,10 +31,20 @@ def greet(name):
 KEYWORD = {"light": (215, 58, 73), "dark": (255, 123, 114)}
 
 # The theme's colour pairs meant to be read (text, background), banners included, which a stored chat does not show.
-VARIABLE_PAIRS = [("--text", "--bg"), ("--text", "--panel"), ("--text", "--user"), ("--text", "--warning-bg"),
-                  ("--text", "--error-bg"), ("--muted", "--bg"), ("--muted", "--panel"), ("--muted", "--user"),
-                  ("--muted", "--code-head"), ("--accent-text", "--accent"), ("--on-danger", "--danger"),
-                  ("--danger-text", "--panel")]  # fmt: skip
+VARIABLE_PAIRS = [
+    ("--text", "--bg"),
+    ("--text", "--panel"),
+    ("--text", "--user"),
+    ("--text", "--warning-bg"),
+    ("--text", "--error-bg"),
+    ("--muted", "--bg"),
+    ("--muted", "--panel"),
+    ("--muted", "--user"),
+    ("--muted", "--code-head"),
+    ("--accent-text", "--accent"),
+    ("--on-danger", "--danger"),
+    ("--danger-text", "--panel"),
+]
 
 COLOURS = """() => {
     const style = (selector) => getComputedStyle(document.querySelector(selector));
@@ -137,8 +147,11 @@ def open_stored_reply(ui: UI, session_id: str) -> None:
 def low_contrast_texts(ui: UI) -> list[str]:
     texts = ui.page.evaluate(TEXTS)
     assert len(texts) > 10, f"too few texts found to judge: {texts}"
-    return [f"{t['tag']} {t['text']!r}: {t['colour']} on {t['background']} = {contrast(rgb(t['colour']), rgb(t['background'])):.2f}"
-            for t in texts if contrast(rgb(t["colour"]), rgb(t["background"])) < 4.5]  # fmt: skip
+    return [
+        f"{t['tag']} {t['text']!r}: {t['colour']} on {t['background']} = {contrast(rgb(t['colour']), rgb(t['background'])):.2f}"
+        for t in texts
+        if contrast(rgb(t["colour"]), rgb(t["background"])) < 4.5
+    ]
 
 
 @pytest.mark.parametrize("scheme", ["dark", "light"])

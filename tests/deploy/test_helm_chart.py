@@ -18,7 +18,9 @@ CHART = ROOT / "helm" / "llmserve"
 EXAMPLES = ROOT / "helm" / "examples"
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) that the validator bundles, and its newest.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
-DATABASE = {"secrets": {"databaseUrl": "postgresql://llmserve:pw@postgres:5432/llmserve", "redisUrl": "redis://redis:6379/0"}}
+DATABASE = {
+    "secrets": {"databaseUrl": "postgresql://llmserve:pw@postgres:5432/llmserve", "redisUrl": "redis://redis:6379/0"}
+}
 DEFAULTS = Settings()
 
 
@@ -50,8 +52,13 @@ def render(chart: helm.Chart, values: dict) -> list[dict]:
     """Every Kubernetes object the chart renders (hooks and tests included), NOTES.txt left out."""
     chart.validate_schema(values)
     files = chart.render(values, name="llm", namespace="serving", is_install=True)
-    return [doc for path, text in sorted(files.items()) if path.endswith((".yaml", ".yml"))
-            for doc in yaml.safe_load_all(text) if doc]  # fmt: skip
+    return [
+        doc
+        for path, text in sorted(files.items())
+        if path.endswith((".yaml", ".yml"))
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
@@ -86,8 +93,11 @@ def test_default_render_wires_triton_and_frontend(chart):
     triton = deployments["llm-llmserve-triton"]["spec"]["template"]["spec"]
     frontend = deployments["llm-llmserve-frontend"]["spec"]["template"]["spec"]
     triton_ports = {p["name"]: p["port"] for p in services["llm-llmserve-triton"]["spec"]["ports"]}
-    assert triton_ports == {"http": DEFAULTS.triton_http_port, "grpc": DEFAULTS.triton_grpc_port,
-                            "metrics": DEFAULTS.triton_metrics_port}  # fmt: skip
+    assert triton_ports == {
+        "http": DEFAULTS.triton_http_port,
+        "grpc": DEFAULTS.triton_grpc_port,
+        "metrics": DEFAULTS.triton_metrics_port,
+    }
     # Triton: one GPU, probes on its health endpoints, the model volume
     container = triton["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -115,7 +125,9 @@ def test_default_render_wires_triton_and_frontend(chart):
     api_mounts = {m["name"]: m["mountPath"] for m in api["volumeMounts"]}
     assert mounts["models"] == api_mounts["models"] == "/srv/llmserve"
     for pod in (triton, frontend):
-        assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}["models"] == claim
+        assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}[
+            "models"
+        ] == claim
     # HPA on the front-end Deployment (which then leaves replicas to it), PDB over the front-end pods
     hpa = by_kind(objects, "HorizontalPodAutoscaler")["llm-llmserve-frontend"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "llm-llmserve-frontend"
@@ -151,8 +163,11 @@ def test_generated_admin_key_is_one_the_server_accepts(chart):
 
 def test_helm_test_pods_list_models_and_chat(chart):
     objects = render(chart, DATABASE)
-    tests = {name: pod for name, pod in by_kind(objects, "Pod").items()
-             if pod["metadata"]["annotations"].get("helm.sh/hook") == "test"}  # fmt: skip
+    tests = {
+        name: pod
+        for name, pod in by_kind(objects, "Pod").items()
+        if pod["metadata"]["annotations"].get("helm.sh/hook") == "test"
+    }
     assert set(tests) == {"llm-llmserve-test-models", "llm-llmserve-test-chat"}
     for name, pod in tests.items():
         container = pod["spec"]["containers"][0]
@@ -215,16 +230,19 @@ def test_no_image_is_unpinned(chart):
                 assert name and tag and tag != "latest", (scenario, container["image"])
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"triton": {"tensorParallelSize": 3}}, "tensorParallelSize"),
-    ({"triton": {"variant": "tpu"}}, "variant"),
-    ({"frontend": {"image": {"tag": "latest"}}}, "tag"),
-    ({"frontend": {"replicas": 0}}, "replicas"),
-    ({"secrets": {"databaseUrl": "mysql://db/llmserve"}}, "databaseUrl"),
-    ({"secrets": {"adminKey": "hunter2"}}, "adminKey"),
-    ({"frontend": {"workerz": 2}}, "workerz"),
-    ({"frontend": {"drainTimeoutSeconds": -1}}, "drainTimeoutSeconds"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"triton": {"tensorParallelSize": 3}}, "tensorParallelSize"),
+        ({"triton": {"variant": "tpu"}}, "variant"),
+        ({"frontend": {"image": {"tag": "latest"}}}, "tag"),
+        ({"frontend": {"replicas": 0}}, "replicas"),
+        ({"secrets": {"databaseUrl": "mysql://db/llmserve"}}, "databaseUrl"),
+        ({"secrets": {"adminKey": "hunter2"}}, "adminKey"),
+        ({"frontend": {"workerz": 2}}, "workerz"),
+        ({"frontend": {"drainTimeoutSeconds": -1}}, "drainTimeoutSeconds"),
+    ],
+)
 def test_schema_rejects_bad_values(chart, bad, field):
     with pytest.raises(helm.HelmError, match=field):
         chart.render(merged(DATABASE, bad), name="llm", namespace="serving", is_install=True)

@@ -63,8 +63,15 @@ class LiveApp:
 def serve(engine: FakeEngine, settings: Settings, timeout_s: float = 30) -> LiveApp:
     """Start uvicorn on a free port in a daemon thread; return once it listens (the lifespan has run)."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, lifespan="on",
-                            log_config=None, log_level="warning", timeout_graceful_shutdown=2)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(settings, engine=engine),
+        host="127.0.0.1",
+        port=port,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -91,8 +98,14 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
     def start(token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, **fields) -> LiveApp:
         folder = tmp_path / f"app-{len(started)}"
         folder.mkdir()
-        defaults = {"home": folder, "database_url": f"sqlite:///{folder / 'llmserve.db'}", "log_level": "warning",
-                    "log_format": "text", "ws_keepalive_s": 0.3, "ws_auth_timeout_s": 1}  # fmt: skip
+        defaults = {
+            "home": folder,
+            "database_url": f"sqlite:///{folder / 'llmserve.db'}",
+            "log_level": "warning",
+            "log_format": "text",
+            "ws_keepalive_s": 0.3,
+            "ws_auth_timeout_s": 1,
+        }
         settings = Settings(**(defaults | fields))
         started.append(serve(FakeEngine(checkpoint_dir, token_delay_s, reply_words), settings))
         return started[-1]

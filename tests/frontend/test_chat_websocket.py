@@ -40,8 +40,10 @@ async def test_a_chat_streams_deltas_then_done_and_stores_the_turn(app):
     assert done["type"] == "done" and done["finish_reason"] == "length"
     assert done["usage"]["completion_tokens"] == 5 and done["usage"]["prompt_tokens"] > 0
     assert done["stats"]["ttft_ms"] > 0
-    assert [(m["role"], m["content"]) for m in stored(app, done["session_id"])] == [("user", "Say hi."),
-                                                                                    ("assistant", text)]  # fmt: skip
+    assert [(m["role"], m["content"]) for m in stored(app, done["session_id"])] == [
+        ("user", "Say hi."),
+        ("assistant", text),
+    ]
     session = httpx.get(f"{app.api_url}/sessions/{done['session_id']}").json()
     assert session["title"] == "Say hi." and session["model"] is None
 
@@ -50,16 +52,31 @@ async def test_stop_cancels_the_generation_frees_the_engine_and_the_connection_g
     app = start_app(token_delay_s=0.01, reply_words=2000)  # a reply that outlives the test unless stopped
     async with connect(app.ws_url) as ws:
         await receive(ws)
-        await ws.send(json.dumps({"type": "chat", "content": "Write a very long story.",
-                                  "settings": {"max_tokens": 2000, "model": MODEL}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "content": "Write a very long story.",
+                    "settings": {"max_tokens": 2000, "model": MODEL},
+                }
+            )
+        )
         assert (await receive(ws))["type"] == "delta"
         await ws.send(json.dumps({"type": "stop"}))
         _, done = await until_done(ws)
         assert done["finish_reason"] == "cancelled"
         wait_until(lambda: app.engine.active == set(), what="the stopped request freed")
         assert app.engine.cancelled == [app.engine.requests[0].request_id]
-        await ws.send(json.dumps({"type": "chat", "content": "Shorter, please.", "session_id": done["session_id"],
-                                  "settings": {"max_tokens": 3}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "content": "Shorter, please.",
+                    "session_id": done["session_id"],
+                    "settings": {"max_tokens": 3},
+                }
+            )
+        )
         _, again = await until_done(ws)
     assert again["finish_reason"] == "length" and again["session_id"] == done["session_id"]
     assert [m["finish_reason"] for m in stored(app, done["session_id"])] == [None, "cancelled", None, "length"]

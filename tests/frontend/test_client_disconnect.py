@@ -19,10 +19,13 @@ def slow_app(start_app):
     return start_app(token_delay_s=0.01, reply_words=2000)
 
 
-@pytest.mark.parametrize("route, body", [
-    ("/chat/completions", {"messages": [{"role": "user", "content": "Tell me a very long story."}]}),
-    ("/completions", {"prompt": "Once upon a time"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/chat/completions", {"messages": [{"role": "user", "content": "Tell me a very long story."}]}),
+        ("/completions", {"prompt": "Once upon a time"}),
+    ],
+)
 async def test_closing_an_sse_stream_cancels_the_generation(slow_app, route, body):
     async with httpx.AsyncClient(timeout=30) as http:
         payload = {"model": MODEL, "stream": True, **LONG, **body}
@@ -34,8 +37,10 @@ async def test_closing_an_sse_stream_cancels_the_generation(slow_app, route, bod
                 if events == 4:
                     break
             assert slow_app.engine.active  # still generating when the client leaves
-    wait_until(lambda: slow_app.engine.cancelled == [slow_app.engine.requests[0].request_id],
-               what="the engine request cancelled")  # fmt: skip
+    wait_until(
+        lambda: slow_app.engine.cancelled == [slow_app.engine.requests[0].request_id],
+        what="the engine request cancelled",
+    )
     assert slow_app.engine.active == set()
 
 
@@ -45,6 +50,8 @@ async def test_closing_a_websocket_mid_reply_cancels_the_generation(slow_app):
         await ws.send(json.dumps({"type": "chat", "content": "Write a very long story.", "settings": {"model": MODEL}}))
         while json.loads(await ws.recv())["type"] != "delta":
             pass
-    wait_until(lambda: slow_app.engine.cancelled == [slow_app.engine.requests[0].request_id],
-               what="the engine request cancelled")  # fmt: skip
+    wait_until(
+        lambda: slow_app.engine.cancelled == [slow_app.engine.requests[0].request_id],
+        what="the engine request cancelled",
+    )
     assert slow_app.engine.active == set()

@@ -67,15 +67,19 @@ def test_a_streamed_stop_string_never_shows_even_in_part(client):
 
 def test_streamed_chat_equals_non_streamed_with_usage_last(client):
     whole = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5, stream=True,
-                                                 stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 5, "one chunk per token"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     tokens = {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump(include=tokens) == whole.usage.model_dump(
-        include=tokens)  # fmt: skip
+        include=tokens
+    )
     assert all(c.usage is None for c in chunks[:-1])
     assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
 
@@ -100,8 +104,11 @@ def test_completions_stream_and_non_stream(client, tokenizer):
     assert whole.choices[0].text == " ".join(reply_words(prompt, 4))  # no chat template around a completion
     assert whole.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
     assert whole.usage.completion_tokens == 4
-    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, stream=True,
-                                            stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=4, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 4
@@ -110,7 +117,8 @@ def test_completions_stream_and_non_stream(client, tokenizer):
 async def test_concurrent_streams_all_complete(aclient, app):
     async def one(i: int) -> tuple[str, list[str]]:
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Count from {i}."}], max_tokens=6, stream=True)
+            model=MODEL, messages=[{"role": "user", "content": f"Count from {i}."}], max_tokens=6, stream=True
+        )
         text, reasons = "", []
         async for chunk in stream:
             if chunk.choices:

@@ -58,8 +58,11 @@ def test_chat_in_a_session_prepends_the_history_and_stores_each_turn_once(http, 
     assert first["choices"][0]["message"]["content"] in prompt
     stored = messages(http, session["id"])
     assert [(m["role"], m["content"]) for m in stored] == [
-        ("user", "My name is Ada."), ("assistant", first["choices"][0]["message"]["content"]),
-        ("user", "What is my name?"), ("assistant", second["choices"][0]["message"]["content"])]  # fmt: skip
+        ("user", "My name is Ada."),
+        ("assistant", first["choices"][0]["message"]["content"]),
+        ("user", "What is my name?"),
+        ("assistant", second["choices"][0]["message"]["content"]),
+    ]
     assert [m["finish_reason"] for m in stored] == [None, "stop", None, "length"]
     assert stored[3]["prompt_tokens"] == second["usage"]["prompt_tokens"]
     assert stored[3]["completion_tokens"] == second["usage"]["completion_tokens"] == 2
@@ -67,8 +70,13 @@ def test_chat_in_a_session_prepends_the_history_and_stores_each_turn_once(http, 
 
 def test_a_streamed_reply_is_stored_before_the_stream_ends(http):
     session = new_session(http)
-    body = {"model": MODEL, "session_id": session["id"], "stream": True, "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Count."}]}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "session_id": session["id"],
+        "stream": True,
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Count."}],
+    }
     text = []
     with http.stream("POST", "/chat/completions", json=body) as response:
         for line in response.iter_lines():
@@ -82,8 +90,14 @@ def test_a_streamed_reply_is_stored_before_the_stream_ends(http):
 
 def test_a_reply_cut_off_keeps_the_question_and_the_partial_answer(http, app):
     session = new_session(http)
-    body = {"model": MODEL, "session_id": session["id"], "stream": True, "max_tokens": 2000, "min_tokens": 2000,
-            "messages": [{"role": "user", "content": "Write a long essay."}]}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "session_id": session["id"],
+        "stream": True,
+        "max_tokens": 2000,
+        "min_tokens": 2000,
+        "messages": [{"role": "user", "content": "Write a long essay."}],
+    }
     with http.stream("POST", "/chat/completions", json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
@@ -96,9 +110,15 @@ def test_a_reply_cut_off_keeps_the_question_and_the_partial_answer(http, app):
 
 
 def test_chat_with_an_unknown_session_is_404_and_reaches_no_engine(http, app):
-    response = http.post("/chat/completions", json={
-        "model": MODEL, "session_id": "sess_nope", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    response = http.post(
+        "/chat/completions",
+        json={"model": MODEL, "session_id": "sess_nope", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 404
-    assert response.json()["error"] == {"message": "No session found with id 'sess_nope'.", "type":
-                                        "invalid_request_error", "param": "session_id", "code": "session_not_found"}  # fmt: skip
+    assert response.json()["error"] == {
+        "message": "No session found with id 'sess_nope'.",
+        "type": "invalid_request_error",
+        "param": "session_id",
+        "code": "session_not_found",
+    }
     assert app.engine.requests == []

@@ -11,7 +11,9 @@ from stack import prepare_repository, running_stack
 @pytest.fixture(scope="session")
 def fast_stack(checkpoint_dir, tmp_path_factory):
     """The same stack with our engine core (fast_core.py) instead of transformers continuous batching."""
-    repository = prepare_repository(tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast")
+    repository = prepare_repository(
+        tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast"
+    )
     with running_stack(repository, tmp_path_factory.mktemp("logs-fast") / "llmserve.log") as stack:
         yield stack
 

@@ -17,8 +17,13 @@ from stack import BIN, MODEL
 @pytest.fixture(scope="module")
 def secured(start_frontend_with, postgres_database):
     with postgres_database() as database_url:
-        env = {"LLMSERVE_AUTH": "true", "DATABASE_URL": database_url, "LLMSERVE_DATABASE_URL": "",
-               "LLMSERVE_WS_KEEPALIVE_S": "0.3", "LLMSERVE_WS_AUTH_TIMEOUT_S": "1"}  # fmt: skip
+        env = {
+            "LLMSERVE_AUTH": "true",
+            "DATABASE_URL": database_url,
+            "LLMSERVE_DATABASE_URL": "",
+            "LLMSERVE_WS_KEEPALIVE_S": "0.3",
+            "LLMSERVE_WS_AUTH_TIMEOUT_S": "1",
+        }
         frontend = start_frontend_with(env)
         frontend.env = env
         try:
@@ -75,16 +80,28 @@ def test_keys_cli_shows_a_key_once_and_lists_names_only(secured, alice):
 def test_another_keys_session_is_indistinguishable_from_a_missing_one(secured, alice, bob):
     with as_key(secured, alice) as a, as_key(secured, bob) as b:
         session = a.post("/sessions", json={"title": "alice's"}).json()
-        a.post("/chat/completions", json={"model": MODEL, "session_id": session["id"], "max_tokens": 2,
-                                          "messages": [{"role": "user", "content": "secret plan"}]})  # fmt: skip
+        a.post(
+            "/chat/completions",
+            json={
+                "model": MODEL,
+                "session_id": session["id"],
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "secret plan"}],
+            },
+        )
         for sid in (session["id"], "sess_00000000000000000000000000000000"):
             answers = [
-                b.get(f"/sessions/{sid}"), b.patch(f"/sessions/{sid}", json={"title": "mine"}),
-                b.get(f"/sessions/{sid}/messages"), b.get(f"/sessions/{sid}/export"),
-                b.post(f"/sessions/{sid}/rollback", json={"count": 1}), b.delete(f"/sessions/{sid}"),
-                b.post("/chat/completions", json={"model": MODEL, "session_id": sid,
-                                                  "messages": [{"role": "user", "content": "x"}]}),
-            ]  # fmt: skip
+                b.get(f"/sessions/{sid}"),
+                b.patch(f"/sessions/{sid}", json={"title": "mine"}),
+                b.get(f"/sessions/{sid}/messages"),
+                b.get(f"/sessions/{sid}/export"),
+                b.post(f"/sessions/{sid}/rollback", json={"count": 1}),
+                b.delete(f"/sessions/{sid}"),
+                b.post(
+                    "/chat/completions",
+                    json={"model": MODEL, "session_id": sid, "messages": [{"role": "user", "content": "x"}]},
+                ),
+            ]
             assert {r.status_code for r in answers} == {404}
             assert {r.json()["error"]["message"] for r in answers} == {f"No session found with id {sid!r}."}
         assert session["id"] not in [s["id"] for s in b.get("/sessions").json()["data"]]
@@ -115,14 +132,20 @@ async def test_websocket_auth_by_first_frame_or_header_never_the_url(secured, al
         assert json.loads(await ws.recv())["type"] == "ready"
         await ws.send(json.dumps({"type": "chat", "content": "x", "session_id": alices_session}))
         error = json.loads(await ws.recv())
-        assert (error["code"], error["message"]) == ("session_not_found", f"No session found with id {alices_session!r}.")
+        assert (error["code"], error["message"]) == (
+            "session_not_found",
+            f"No session found with id {alices_session!r}.",
+        )
 
 
 @pytest.mark.parametrize(
     ("first_frame", "code"),
-    [(None, "auth_timeout"), ({"type": "auth", "api_key": "sk-llms-wrong"}, "invalid_api_key"),
-     ({"type": "chat", "content": "hi"}, "missing_api_key")],
-)  # fmt: skip
+    [
+        (None, "auth_timeout"),
+        ({"type": "auth", "api_key": "sk-llms-wrong"}, "invalid_api_key"),
+        ({"type": "chat", "content": "hi"}, "missing_api_key"),
+    ],
+)
 async def test_websocket_without_a_valid_key_is_closed(secured, first_frame, code):
     async with connect(secured.ws_url + "?api_key=ignored") as ws:
         if first_frame is not None:

@@ -60,7 +60,7 @@ def assert_400_naming(response: httpx.Response, param: str | None, words: str = 
         ("completions", '"temperature": NaN', "temperature"),
         ("completions", '"seed": 1e30', "seed"),
     ],
-)  # fmt: skip
+)
 def test_bad_numbers_are_400_naming_the_field(stack, route, fields, param):
     base = CHAT if route == "chat/completions" else COMPLETION
     max_tokens = "" if "max_tokens" in fields else ', "max_tokens": 2'
@@ -69,17 +69,21 @@ def test_bad_numbers_are_400_naming_the_field(stack, route, fields, param):
 
 def test_a_top_k_past_the_vocabulary_samples_from_every_token(stack):
     # Found by schemathesis: the engine indexed its logits with top_k (a 500).
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 1,
-            "top_k": 3_990_535}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "temperature": 1,
+        "top_k": 3_990_535,
+    }
     response = httpx.post(f"{stack.api_url}/chat/completions", json=body, timeout=60)
     assert response.status_code == 200, response.text
 
 
 @pytest.mark.parametrize(
     ("stop", "words"),
-    [(["x" * 1001], "at most 1000 characters"), (["a"] * 10_000, "at most 16 sequences"),
-     ([""], "empty"), (5, "")],
-)  # fmt: skip
+    [(["x" * 1001], "at most 1000 characters"), (["a"] * 10_000, "at most 16 sequences"), ([""], "empty"), (5, "")],
+)
 def test_long_or_many_stop_sequences_are_400(stack, stop, words):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stop": stop}
     assert_400_naming(httpx.post(f"{stack.api_url}/chat/completions", json=body, timeout=60), "stop", words)
@@ -92,12 +96,16 @@ def test_a_stop_string_at_the_limit_is_served(stack):
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(b'{"model": "\xff\xfe", "prompt": "hi"}', "not valid UTF-8"),
-     ('{"model": "m", "prompt": "hi", "max_tokens": ' + "9" * 5000 + "}", "too many digits"),
-     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-     ('{"model": "m", "prompt": "hi"', "not valid JSON"),
-     (b"", "missing"), (b"null", "must be a JSON object"), (b'["a"]', "must be a JSON object")],
-)  # fmt: skip
+    [
+        (b'{"model": "\xff\xfe", "prompt": "hi"}', "not valid UTF-8"),
+        ('{"model": "m", "prompt": "hi", "max_tokens": ' + "9" * 5000 + "}", "too many digits"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"model": "m", "prompt": "hi"', "not valid JSON"),
+        (b"", "missing"),
+        (b"null", "must be a JSON object"),
+        (b'["a"]', "must be a JSON object"),
+    ],
+)
 def test_bodies_that_are_not_a_json_object_are_400(stack, body, words):
     assert_400_naming(post_raw(stack, "completions", body), None, words)
 
@@ -114,14 +122,17 @@ def test_a_chunked_body_past_the_limit_is_413(stack):
         for _ in range(1100):
             yield b"x" * 1000
 
-    response = httpx.post(f"{stack.api_url}/completions", content=body(), timeout=60,
-                          headers={"content-type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        f"{stack.api_url}/completions", content=body(), timeout=60, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and "limit" in response.json()["error"]["message"]
 
 
 def test_an_invalid_content_length_is_400(stack):
-    request = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: 12abc\r\nConnection: close\r\n\r\n{}")
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 12abc\r\nConnection: close\r\n\r\n{}"
+    )
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(request)
         status_line = sock.recv(4096).split(b"\r\n", 1)[0]
@@ -130,9 +141,14 @@ def test_an_invalid_content_length_is_400(stack):
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("offset=9223372036854775808", "offset"), ("offset=99999999999999999999", "offset"), ("limit=0", "limit"),
-     ("limit=1e3", "limit"), ("offset=NaN", "offset")],
-)  # fmt: skip
+    [
+        ("offset=9223372036854775808", "offset"),
+        ("offset=99999999999999999999", "offset"),
+        ("limit=0", "limit"),
+        ("limit=1e3", "limit"),
+        ("offset=NaN", "offset"),
+    ],
+)
 def test_session_list_paging_out_of_range_is_400(stack, query, param):
     assert_400_naming(httpx.get(f"{stack.api_url}/sessions?{query}", timeout=10), param)
 
@@ -141,12 +157,18 @@ def test_session_numbers_out_of_range_are_400(stack):
     session = httpx.post(f"{stack.api_url}/sessions", json={"title": "bad numbers"}, timeout=10).json()
     messages = httpx.get(f"{stack.api_url}/sessions/{session['id']}/messages?after=18446744073709551616", timeout=10)
     assert_400_naming(messages, "after")
-    for settings, param in [('{"temperature": NaN}', "settings.temperature"),
-                            ('{"max_tokens": 2147483648}', "settings.max_tokens"),
-                            ('{"top_k": 1e400}', "settings.top_k")]:  # fmt: skip
+    for settings, param in [
+        ('{"temperature": NaN}', "settings.temperature"),
+        ('{"max_tokens": 2147483648}', "settings.max_tokens"),
+        ('{"top_k": 1e400}', "settings.top_k"),
+    ]:
         assert_400_naming(post_raw(stack, "sessions", '{"settings": ' + settings + "}"), param)
-        patched = httpx.patch(f"{stack.api_url}/sessions/{session['id']}", content='{"settings": ' + settings + "}",
-                              headers={"content-type": "application/json"}, timeout=10)  # fmt: skip
+        patched = httpx.patch(
+            f"{stack.api_url}/sessions/{session['id']}",
+            content='{"settings": ' + settings + "}",
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
         assert_400_naming(patched, param)
     assert_400_naming(httpx.patch(f"{stack.api_url}/sessions/{session['id']}", json={"title": None}), "title")
 
@@ -162,20 +184,24 @@ async def first_frame(ws) -> dict:
 
 @pytest.mark.parametrize(
     ("frame", "param", "words"),
-    [('{"type": "chat", "content": 5}', "chat.content", "valid string"),
-     ('{"type": 5}', "type", "does not match"), ("{}", "type", ""),
-     ('[1, 2]', None, "a frame must be a json object"), ("null", None, "a frame must be a json object"),
-     ('{"type": "chat", "content": "x", "settings": "hot"}', "chat.settings", ""),
-     ('{"type": "chat", "content": "x", "settings": {"temperature": NaN}}', "chat.settings.temperature", "finite"),
-     ('{"type": "chat", "content": "x", "settings": {"max_tokens": 2147483648}}', "chat.settings.max_tokens", ""),
-     ('{"type": "chat", "content": "x", "settings": {"max_tokens": 1e400}}', "chat.settings.max_tokens", ""),
-     ('{"type": "chat", "content": "x", "settings": {"top_p": -1}}', "chat.settings.top_p", ""),
-     ('{"type": "chat", "content": "x", "session_id": "' + "s" * 100 + '"}', "chat.session_id", ""),
-     ('{"type": "chat", "content": "x", "extra": 1}', "chat.extra", ""),
-     ('{"type": "chat", "content": "' + "x" * 300_000 + '"}', "chat.content", "200000 characters"),
-     ('{"type": "chat", "content": "x", "settings": {"top_k": ' + "9" * 5000 + "}}", None, "not valid JSON"),
-     ("[" * 100_000 + "]" * 100_000, None, "not valid JSON")],
-)  # fmt: skip
+    [
+        ('{"type": "chat", "content": 5}', "chat.content", "valid string"),
+        ('{"type": 5}', "type", "does not match"),
+        ("{}", "type", ""),
+        ("[1, 2]", None, "a frame must be a json object"),
+        ("null", None, "a frame must be a json object"),
+        ('{"type": "chat", "content": "x", "settings": "hot"}', "chat.settings", ""),
+        ('{"type": "chat", "content": "x", "settings": {"temperature": NaN}}', "chat.settings.temperature", "finite"),
+        ('{"type": "chat", "content": "x", "settings": {"max_tokens": 2147483648}}', "chat.settings.max_tokens", ""),
+        ('{"type": "chat", "content": "x", "settings": {"max_tokens": 1e400}}', "chat.settings.max_tokens", ""),
+        ('{"type": "chat", "content": "x", "settings": {"top_p": -1}}', "chat.settings.top_p", ""),
+        ('{"type": "chat", "content": "x", "session_id": "' + "s" * 100 + '"}', "chat.session_id", ""),
+        ('{"type": "chat", "content": "x", "extra": 1}', "chat.extra", ""),
+        ('{"type": "chat", "content": "' + "x" * 300_000 + '"}', "chat.content", "200000 characters"),
+        ('{"type": "chat", "content": "x", "settings": {"top_k": ' + "9" * 5000 + "}}", None, "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, None, "not valid JSON"),
+    ],
+)
 async def test_malformed_frames_get_an_error_frame_naming_the_field(stack, frame, param, words):
     async with connect(stack.ws_url, max_size=None) as ws:
         await first_frame(ws)

@@ -39,8 +39,12 @@ async def until_generating(stack) -> None:
 
 
 async def test_closing_an_sse_stream_frees_the_engine(engine_stack):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}], "stream": True,
-            **LONG}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "stream": True,
+        **LONG,
+    }
     async with httpx.AsyncClient(timeout=60) as http:
         async with http.stream("POST", f"{engine_stack.api_url}/chat/completions", json=body) as response:
             assert response.status_code == 200

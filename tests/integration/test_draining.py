@@ -21,8 +21,11 @@ STORY = [{"role": "user", "content": "Tell me a very long story."}]
 
 
 async def open_stream(http: httpx.AsyncClient, server, tokens: int) -> tuple[httpx.Response, object]:
-    request = http.build_request("POST", f"{server.api_url}/chat/completions", json={
-        "model": MODEL, "messages": STORY, "stream": True, "max_tokens": tokens, "min_tokens": tokens})  # fmt: skip
+    request = http.build_request(
+        "POST",
+        f"{server.api_url}/chat/completions",
+        json={"model": MODEL, "messages": STORY, "stream": True, "max_tokens": tokens, "min_tokens": tokens},
+    )
     response = await http.send(request, stream=True)
     lines = response.aiter_lines()
     assert response.status_code == 200 and (await anext(lines)).startswith("data: ")
@@ -30,8 +33,11 @@ async def open_stream(http: httpx.AsyncClient, server, tokens: int) -> tuple[htt
 
 
 async def events(lines) -> list[dict | str]:
-    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:])
-            async for line in lines if line.startswith("data: ")]  # fmt: skip
+    return [
+        line[6:] if line == "data: [DONE]" else json.loads(line[6:])
+        async for line in lines
+        if line.startswith("data: ")
+    ]
 
 
 async def wait_draining(server) -> None:
@@ -67,8 +73,9 @@ async def wait_for_the_idle_worker_to_exit(stack) -> None:
 async def assert_new_requests_refused(http: httpx.AsyncClient, server) -> None:
     ready = (await http.get(f"{server.base_url}/ready")).json()["error"]
     assert ready["message"] == "Not ready: the server is shutting down." and ready["code"] == "not_ready"
-    refused = await http.post(f"{server.api_url}/chat/completions",
-                              json={"model": MODEL, "messages": STORY, "max_tokens": 2})  # fmt: skip
+    refused = await http.post(
+        f"{server.api_url}/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2}
+    )
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
     assert refused.headers["connection"] == "close"  # the client will not reuse a connection about to be closed
     assert refused.json()["error"]["code"] == "server_shutting_down"
@@ -81,8 +88,9 @@ async def assert_new_requests_refused(http: httpx.AsyncClient, server) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_lets_a_stream_finish_refuses_new_requests_and_exits_0(repository, tmp_path, workers):
-    stack = start_stack(repository, tmp_path / "llmserve.log", env={"LLMSERVE_DRAIN_TIMEOUT_S": "180",
-                                                                     "LLMSERVE_WORKERS": workers})  # fmt: skip
+    stack = start_stack(
+        repository, tmp_path / "llmserve.log", env={"LLMSERVE_DRAIN_TIMEOUT_S": "180", "LLMSERVE_WORKERS": workers}
+    )
 
     async def scenario() -> list:
         async with httpx.AsyncClient(timeout=60) as http:
@@ -118,8 +126,9 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_with_an_error(start_front
         async with httpx.AsyncClient(timeout=60) as http, connect(server.ws_url) as ws:
             response, lines = await open_stream(http, server, tokens=2000)
             assert json.loads(await ws.recv())["type"] == "ready"
-            await ws.send(json.dumps({"type": "chat", "content": "Write a very long story.",
-                                      "settings": {"max_tokens": 2000}}))  # fmt: skip
+            await ws.send(
+                json.dumps({"type": "chat", "content": "Write a very long story.", "settings": {"max_tokens": 2000}})
+            )
             assert json.loads(await ws.recv())["type"] == "delta"
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -128,7 +137,9 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_with_an_error(start_front
             received = await events(lines)
             cut_after = time.monotonic() - signalled
             while (frame := json.loads(await ws.recv()))["type"] in ("delta", "ping") or frame.get("code") in (
-                "busy", "server_shutting_down"):  # fmt: skip
+                "busy",
+                "server_shutting_down",
+            ):
                 pass
             await response.aclose()
             return received, frame, cut_after

@@ -77,8 +77,9 @@ async def test_greedy_stream_names_paris_and_reports_counts(engine_stack, tokeni
 
 
 async def test_non_streaming_sends_one_response_with_the_prompt_when_not_excluded(engine_stack):
-    responses, error = await run(engine_stack, inputs(max_tokens=4, temperature=0.0, stream=False,
-                                               exclude_input_in_output=False))  # fmt: skip
+    responses, error = await run(
+        engine_stack, inputs(max_tokens=4, temperature=0.0, stream=False, exclude_input_in_output=False)
+    )
     assert error is None and len(responses) == 1
     assert text(responses).startswith(PROMPT)
     assert final(responses, "finish_reason") == "length"
@@ -124,7 +125,9 @@ async def test_inputs_the_engine_cannot_honour_are_rejected(engine_stack, extra,
 async def test_cancelled_stream_frees_the_engine(engine_stack):
     finished_before = engine_stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled")
     long_story = PROMPT.replace("What is the capital of France?", "Tell a very long story.")
-    responses, error = await run(engine_stack, inputs(prompt=long_story, max_tokens=2000, min_tokens=2000), stop_after=3)
+    responses, error = await run(
+        engine_stack, inputs(prompt=long_story, max_tokens=2000, min_tokens=2000), stop_after=3
+    )
     assert error is None and len(responses) == 3
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:

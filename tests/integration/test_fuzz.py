@@ -28,16 +28,46 @@ def fuzz_target(start_frontend_with, tmp_path_factory) -> tuple[str, str]:
     database = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
     env = {"LLMSERVE_AUTH": "true", "LLMSERVE_DATABASE_URL": f"sqlite:///{database}", "LLMSERVE_MAX_TOKENS_LIMIT": "4"}
     server = start_frontend_with(env)
-    created = subprocess.run([str(BIN / "llmserve"), "keys", "create", "--name", "fuzz"], env={**os.environ, **env},
-                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    created = subprocess.run(
+        [str(BIN / "llmserve"), "keys", "create", "--name", "fuzz"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return server.base_url, re.search(r"sk-llms-\S+", created.stdout).group(0)
 
 
 def schemathesis_run(base_url: str, key: str, examples: int, report_dir: Path) -> subprocess.CompletedProcess:
-    command = [str(BIN / "st"), "run", f"{base_url}/openapi.json", "--header", f"Authorization: Bearer {key}",
-               "--checks", CHECKS, "--mode", "all", "--phases", "examples,coverage,fuzzing,stateful",
-               "--max-examples", str(examples), "--seed", "8", "--workers", "1", "--request-timeout", "120",
-               "--generation-database", "none", "--report", "junit", "--report-dir", str(report_dir), "--no-color"]  # fmt: skip
+    command = [
+        str(BIN / "st"),
+        "run",
+        f"{base_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        CHECKS,
+        "--mode",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(examples),
+        "--seed",
+        "8",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "120",
+        "--generation-database",
+        "none",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(report_dir),
+        "--no-color",
+    ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(Path(__file__).parent)}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=report_dir)  # its cache
 

@@ -43,8 +43,10 @@ def query_metrics(expr: str) -> set[str]:
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
     found: set[str] = set()
-    promql_parser.walk(promql_parser.parse(expr),
-                       lambda node: found.add(node.name) if isinstance(node, promql_parser.VectorSelector) else None)  # fmt: skip
+    promql_parser.walk(
+        promql_parser.parse(expr),
+        lambda node: found.add(node.name) if isinstance(node, promql_parser.VectorSelector) else None,
+    )
     return found
 
 
@@ -63,18 +65,26 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def test_query_parsing_finds_the_series_names():
-    assert query_metrics('histogram_quantile(0.95, sum by (le, model) (rate(a_seconds_bucket{model=~"$model"}'
-                         '[$__rate_interval]))) / clamp_min(sum(rate(b_total[$__range])), 1e-9)') == {
-        "a_seconds_bucket", "b_total"}  # fmt: skip
+    assert query_metrics(
+        'histogram_quantile(0.95, sum by (le, model) (rate(a_seconds_bucket{model=~"$model"}'
+        "[$__rate_interval]))) / clamp_min(sum(rate(b_total[$__range])), 1e-9)"
+    ) == {"a_seconds_bucket", "b_total"}
     assert series_names('# TYPE x counter\n# TYPE y_total counter\n# TYPE h histogram\nh_count 1\nz{a="b"} 2\n') == {
-        "x", "y_total", "h_bucket", "h_sum", "h_count", "z"}  # fmt: skip
+        "x",
+        "y_total",
+        "h_bucket",
+        "h_sum",
+        "h_count",
+        "z",
+    }
 
 
 @pytest.fixture(scope="module")
 def live_series(stack, client) -> tuple[set[str], set[str]]:
     """The front-end's and Triton's series after one streamed chat, so that histograms have samples."""
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to five."}],
-                                            max_tokens=12, temperature=0, stream=True)  # fmt: skip
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=12, temperature=0, stream=True
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     frontend = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
     triton = httpx.get(f"http://127.0.0.1:{stack.triton_metrics_port}/metrics", timeout=10).text
@@ -97,9 +107,17 @@ def test_every_dashboard_metric_is_served_by_the_running_stack(live_series):
             checked.add(metric)
     assert not missing, "queried but not served:\n" + "\n".join(missing)
     # Both sources are really used, histograms through their buckets, and the GPU-only ones are absent on CPU.
-    assert {"llmserve_time_to_first_token_seconds_bucket", "llmserve_inter_token_latency_seconds_bucket",
-            "llmserve_completion_tokens_total", "llmserve_generations_in_flight"} <= checked  # fmt: skip
-    assert {"nv_inference_request_success", "nv_inference_pending_request_count", "llm_engine_active_requests"} <= checked
+    assert {
+        "llmserve_time_to_first_token_seconds_bucket",
+        "llmserve_inter_token_latency_seconds_bucket",
+        "llmserve_completion_tokens_total",
+        "llmserve_generations_in_flight",
+    } <= checked
+    assert {
+        "nv_inference_request_success",
+        "nv_inference_pending_request_count",
+        "llm_engine_active_requests",
+    } <= checked
     assert not GPU_ONLY & triton
 
 
@@ -115,8 +133,10 @@ def test_histogram_quantiles_read_buckets():
             if isinstance(node, promql_parser.Call) and node.func.name == "histogram_quantile":
                 quantiles += 1
                 names: list[str] = []
-                promql_parser.walk(node.args[1], lambda n: names.append(n.name)
-                                   if isinstance(n, promql_parser.VectorSelector) else None)  # fmt: skip
+                promql_parser.walk(
+                    node.args[1],
+                    lambda n: names.append(n.name) if isinstance(n, promql_parser.VectorSelector) else None,
+                )
                 assert names and all(name.endswith("_bucket") for name in names), names
 
         promql_parser.walk(promql_parser.parse(expr), visit)

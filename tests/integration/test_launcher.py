@@ -20,8 +20,11 @@ from stack import BIN, MODEL, free_port, prepare_repository, start_stack
 
 
 def chat(stack, model):
-    return httpx.post(f"{stack.api_url}/chat/completions", timeout=60,
-                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})  # fmt: skip
+    return httpx.post(
+        f"{stack.api_url}/chat/completions",
+        timeout=60,
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    )
 
 
 def triton_pid(stack) -> int:
@@ -34,15 +37,29 @@ async def kill_triton_under_open_clients(stack) -> dict[str, float]:
     long = {"max_tokens": 2000, "min_tokens": 2000}
     story = [{"role": "user", "content": "Tell me a very long story."}]
     async with httpx.AsyncClient(timeout=60) as http, connect(stack.ws_url) as ws:
-        sse = await http.send(http.build_request("POST", f"{stack.api_url}/chat/completions", json={
-            "model": MODEL, "messages": story, "stream": True, **long}), stream=True)  # fmt: skip
+        sse = await http.send(
+            http.build_request(
+                "POST",
+                f"{stack.api_url}/chat/completions",
+                json={"model": MODEL, "messages": story, "stream": True, **long},
+            ),
+            stream=True,
+        )
         sse_lines = sse.aiter_lines()
         assert sse.status_code == 200 and (await anext(sse_lines)).startswith("data: ")
-        plain = asyncio.create_task(http.post(f"{stack.api_url}/chat/completions",
-                                              json={"model": MODEL, "messages": story, **long}))  # fmt: skip
+        plain = asyncio.create_task(
+            http.post(f"{stack.api_url}/chat/completions", json={"model": MODEL, "messages": story, **long})
+        )
         assert json.loads(await ws.recv())["type"] == "ready"
-        await ws.send(json.dumps({"type": "chat", "content": "Write a very long story.",
-                                  "settings": {"model": "second", "max_tokens": 2000}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "content": "Write a very long story.",
+                    "settings": {"model": "second", "max_tokens": 2000},
+                }
+            )
+        )
         while stack.triton_metric("llm_engine_active_requests") < 3:
             await asyncio.sleep(0.05)
 
@@ -78,8 +95,9 @@ async def kill_triton_under_open_clients(stack) -> dict[str, float]:
 def test_triton_killed_mid_stream_errors_every_client_and_is_restarted(checkpoint_dir, tmp_path):
     """Two models; Triton SIGKILLed while three clients are being served: each gets a clean error, /ready turns
     503, the launcher restarts Triton and the same front-end serves again (its gRPC channel reconnects)."""
-    repository = prepare_repository(tmp_path / "build", "--model", "builtin:smollm2",
-                                    "--model", f"second={checkpoint_dir}", "--max-num-seqs", "2")  # fmt: skip
+    repository = prepare_repository(
+        tmp_path / "build", "--model", "builtin:smollm2", "--model", f"second={checkpoint_dir}", "--max-num-seqs", "2"
+    )
     stack = start_stack(repository, tmp_path / "llmserve.log")
     try:
         models = httpx.get(f"{stack.api_url}/models").json()["data"]
@@ -109,8 +127,12 @@ def test_triton_killed_mid_stream_errors_every_client_and_is_restarted(checkpoin
         assert "ERROR: tritonserver exited with code -9" in log and "Restarting it in 1 s (restart 1)" in log
         assert "Triton restarted (restart 1) and ready" in log
         assert stack.process.poll() is None  # the front-end runs in the launcher process: never restarted
-        stubs = [p for p in psutil.process_iter(["cmdline"]) if str(repository) in " ".join(p.info["cmdline"] or [])
-                 and "triton_python_backend_stub" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+        stubs = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(repository) in " ".join(p.info["cmdline"] or [])
+            and "triton_python_backend_stub" in " ".join(p.info["cmdline"] or [])
+        ]
         assert len(stubs) == 2, "the killed Triton's python backend stubs must not live on"
 
         # Repeated failures (Triton cannot start: its repository is gone): the restarts go on, waiting longer.
@@ -133,8 +155,11 @@ def test_after_max_attempts_failed_restarts_serve_stops_with_code_1(checkpoint_d
     """With `triton_restart_max_attempts`, a Triton that cannot come back stops `serve` (exit code 1, Triton's
     leftovers gone) for a process manager to act on, instead of answering 503 forever."""
     repository = prepare_repository(tmp_path / "build", "--model", "builtin:smollm2", "--max-num-seqs", "2")
-    stack = start_stack(repository, tmp_path / "llmserve.log", env={"LLMSERVE_TRITON_RESTART_MAX_ATTEMPTS": "2",
-                                                                     "LLMSERVE_WORKERS": workers})  # fmt: skip
+    stack = start_stack(
+        repository,
+        tmp_path / "llmserve.log",
+        env={"LLMSERVE_TRITON_RESTART_MAX_ATTEMPTS": "2", "LLMSERVE_WORKERS": workers},
+    )
     try:
         repository.rename(repository.with_name("moved"))  # every restart now fails: Triton exits with code 1
         killed = time.monotonic()
@@ -147,8 +172,9 @@ def test_after_max_attempts_failed_restarts_serve_stops_with_code_1(checkpoint_d
     assert code == 1, log[-3000:]
     assert len(re.findall(r"Triton restart \d+ failed", log)) == 2, log[-3000:]
     assert "giving up: 2 restarts of Triton in a row failed" in log and "stopped (tritonserver exit code" in log
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(repository) in
-                " ".join(p.info["cmdline"] or [])], "no Triton or python backend stub may outlive serve"  # fmt: skip
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(repository) in " ".join(p.info["cmdline"] or [])], (
+        "no Triton or python backend stub may outlive serve"
+    )
 
 
 @pytest.mark.parametrize("flag, moved_by", [("--triton-grpc-port", "--triton-grpc-port"), ("--port", "--port")])
@@ -159,9 +185,17 @@ def test_a_taken_port_is_reported_before_starting_triton(repository, flag, moved
         taken = blocker.getsockname()[1]
         ports = {"--port": str(free_port()), flag: str(taken)}
         result = subprocess.run(
-            [str(BIN / "llmserve"), "serve", "--model-repository", str(repository), *(x for kv in ports.items() for x in kv)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                str(BIN / "llmserve"),
+                "serve",
+                "--model-repository",
+                str(repository),
+                *(x for kv in ports.items() for x in kv),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1
     assert f"port {taken}" in result.stdout and "taken" in result.stdout and moved_by in result.stdout
     assert "starting" not in result.stdout  # Triton was never started
@@ -172,17 +206,22 @@ def test_worker_processes_share_the_port_and_their_metrics(repository, tmp_path)
     counts what both did, and SIGTERM still stops everything cleanly."""
     stack = start_stack(repository, tmp_path / "llmserve.log", env={"LLMSERVE_WORKERS": "2"})
     try:
-        workers = [p for p in psutil.Process(stack.process.pid).children()
-                   if "spawn_main" in " ".join(p.cmdline())]  # fmt: skip
+        workers = [p for p in psutil.Process(stack.process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 2
         with httpx.Client(timeout=60) as http:
             for _ in range(6):
-                reply = http.post(f"{stack.api_url}/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+                reply = http.post(
+                    f"{stack.api_url}/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+                )
                 assert reply.status_code == 200
             for _ in range(4):  # whichever worker answers the scrape, it shows the six generations
                 text = http.get(f"{stack.base_url}/metrics").text
-                generations = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                                  if s.name == "llmserve_generations_total")  # fmt: skip
+                generations = sum(
+                    s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                    if s.name == "llmserve_generations_total"
+                )
                 assert generations == 6
     finally:
         code = stack.stop(signal.SIGTERM)

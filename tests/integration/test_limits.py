@@ -89,9 +89,15 @@ def redis_prefix() -> Iterator[str]:
 
 
 def preflight(server: Server, origin: str) -> httpx.Response:
-    return httpx.options(f"{server.api_url}/chat/completions", timeout=10,
-                         headers={"Origin": origin, "Access-Control-Request-Method": "POST",
-                                  "Access-Control-Request-Headers": "authorization, content-type"})  # fmt: skip
+    return httpx.options(
+        f"{server.api_url}/chat/completions",
+        timeout=10,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
 
 
 def test_cors_is_closed_by_default(stack):
@@ -102,8 +108,13 @@ def test_cors_is_closed_by_default(stack):
 
 @pytest.fixture(scope="module")
 def shaped(start_frontend_with) -> Server:
-    return start_frontend_with({"LLMSERVE_CORS_ORIGINS": '["https://app.example"]',
-                                "LLMSERVE_MAX_PROMPT_TOKENS": "64", "LLMSERVE_MAX_TOKENS_LIMIT": "8"})  # fmt: skip
+    return start_frontend_with(
+        {
+            "LLMSERVE_CORS_ORIGINS": '["https://app.example"]',
+            "LLMSERVE_MAX_PROMPT_TOKENS": "64",
+            "LLMSERVE_MAX_TOKENS_LIMIT": "8",
+        }
+    )
 
 
 def test_cors_allows_a_configured_origin_only(shaped):
@@ -126,11 +137,15 @@ def test_cors_allows_a_configured_origin_only(shaped):
         ("chat/completions", {"messages": [{"role": "user", "content": "word " * 80}]}, "messages", "prompt_too_long"),
         ("completions", {"prompt": "word " * 80}, "prompt", "prompt_too_long"),
         ("chat/completions", {"messages": HI, "max_tokens": 9}, "max_tokens", "max_tokens_exceeded"),
-        ("chat/completions", {"messages": HI, "max_completion_tokens": 9}, "max_completion_tokens",
-         "max_tokens_exceeded"),
+        (
+            "chat/completions",
+            {"messages": HI, "max_completion_tokens": 9},
+            "max_completion_tokens",
+            "max_tokens_exceeded",
+        ),
         ("completions", {"prompt": "Hello", "max_tokens": 9}, "max_tokens", "max_tokens_exceeded"),
     ],
-)  # fmt: skip
+)
 def test_prompt_and_max_tokens_limits_give_400_naming_the_field(shaped, route, body, param, code):
     response = httpx.post(f"{shaped.api_url}/{route}", json={"model": MODEL, **body}, timeout=60)
     error = error_of(response, 400, code)
@@ -140,8 +155,9 @@ def test_prompt_and_max_tokens_limits_give_400_naming_the_field(shaped, route, b
 
 def test_requests_at_the_limits_are_served_and_max_tokens_defaults_to_the_limit(shaped):
     story = [{"role": "user", "content": "Tell me a story."}]
-    served = httpx.post(f"{shaped.api_url}/chat/completions", timeout=120,
-                        json={"model": MODEL, "messages": story, "min_tokens": 8})  # fmt: skip
+    served = httpx.post(
+        f"{shaped.api_url}/chat/completions", timeout=120, json={"model": MODEL, "messages": story, "min_tokens": 8}
+    )
     assert served.status_code == 200, served.text
     assert served.json()["usage"]["completion_tokens"] == 8  # no max_tokens: the limit, not the rest of the context
 
@@ -172,8 +188,12 @@ def test_rpm_refuses_the_request_past_the_limit_with_retry_after(rpm3):
 
 def rate_limited(server: Server, limit: str) -> float:
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "llmserve_rate_limited_total" and sample.labels["limit"] == limit)  # fmt: skip
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llmserve_rate_limited_total" and sample.labels["limit"] == limit
+    )
 
 
 TPM_PROMPT = "The quick brown fox."
@@ -284,9 +304,15 @@ def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, re
     proxy = TcpProxy("127.0.0.1", 6379)
     proxy.restore()
     try:
-        server = start_frontend_with({"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0", "LLMSERVE_RATE_LIMIT_RPM": "2",
-                                      "LLMSERVE_REDIS_KEY_PREFIX": redis_prefix, "LLMSERVE_RATE_LIMIT_FAIL_OPEN": "true",
-                                      "LLMSERVE_LOG_LEVEL": "info"})  # fmt: skip
+        server = start_frontend_with(
+            {
+                "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+                "LLMSERVE_RATE_LIMIT_RPM": "2",
+                "LLMSERVE_REDIS_KEY_PREFIX": redis_prefix,
+                "LLMSERVE_RATE_LIMIT_FAIL_OPEN": "true",
+                "LLMSERVE_LOG_LEVEL": "info",
+            }
+        )
         http = client_from("127.0.0.3")
         assert [chat(http, server).status_code for _ in range(2)] == [200, 200]
         error_of(chat(http, server), 429, "rate_limit_exceeded")  # the limit holds while Redis answers
@@ -295,8 +321,12 @@ def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, re
         assert [chat(http, server).status_code for _ in range(4)] == [200] * 4
         elapsed = time.monotonic() - started
         text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        failed_open = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                          if s.name == "llmserve_rate_limit_fail_open_total")  # fmt: skip
+        failed_open = sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "llmserve_rate_limit_fail_open_total"
+        )
         assert failed_open == 4
         # One warning per 10 s while it lasts, not one per request.
         assert 1 <= server.log().count("failing open") <= 1 + int(elapsed // 10)
@@ -312,7 +342,9 @@ def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, re
 def test_per_key_limits_from_keys_create(start_frontend_with, tmp_path):
     home = str(tmp_path / "home")
     env = {**os.environ, "LLMSERVE_HOME": home}
-    limited = {"Authorization": f"Bearer {create_key_with_cli(env, '--name', 'limited', '--rpm', '2', '--max-streams', '1')}"}
+    limited = {
+        "Authorization": f"Bearer {create_key_with_cli(env, '--name', 'limited', '--rpm', '2', '--max-streams', '1')}"
+    }
     roomy = {"Authorization": f"Bearer {create_key_with_cli(env, '--name', 'roomy')}"}
     server = start_frontend_with({"LLMSERVE_AUTH": "true", "LLMSERVE_HOME": home})
     http = httpx.Client(timeout=120)

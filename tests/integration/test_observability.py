@@ -24,8 +24,11 @@ CHAT = "/v1/chat/completions"
 
 def scrape(base_url: str) -> dict[tuple[str, frozenset], float]:
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -53,8 +56,13 @@ def access_line(log: Callable[[], str], request_id: str, timeout: float = 10) ->
 
 
 def chat_body(**extra) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "Count from one to ten."}],
-            "temperature": 0, "max_tokens": 12, **extra}  # fmt: skip
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count from one to ten."}],
+        "temperature": 0,
+        "max_tokens": 12,
+        **extra,
+    }
 
 
 def assert_stats(usage: dict) -> dict:
@@ -87,15 +95,22 @@ def test_a_chat_moves_the_metrics_and_writes_one_access_line(stack, client):
     assert delta(before, after, "llmserve_completion_tokens_total", **mine) == usage.completion_tokens
     assert delta(before, after, "llmserve_time_to_first_token_seconds_count", model=MODEL) == 1
     assert delta(before, after, "llmserve_time_to_first_token_seconds_sum", model=MODEL) == pytest.approx(
-        stats["ttft_ms"] / 1000, abs=0.002)  # fmt: skip
+        stats["ttft_ms"] / 1000, abs=0.002
+    )
     assert delta(before, after, "llmserve_e2e_request_latency_seconds_count", model=MODEL) == 1
     # one observation per token after the first (the engine sends one token per response here)
-    assert delta(before, after, "llmserve_inter_token_latency_seconds_count", model=MODEL) == usage.completion_tokens - 1
+    assert (
+        delta(before, after, "llmserve_inter_token_latency_seconds_count", model=MODEL) == usage.completion_tokens - 1
+    )
     assert value(after, "llmserve_generations_in_flight") == 0
 
     line = access_line(stack.log, request_id)
     assert line["method"] == "POST" and line["route"] == CHAT and line["path"] == CHAT and line["status"] == 200
-    assert line["key_name"] == "anonymous" and line["model"] == MODEL and line["finish_reason"] == reply.choices[0].finish_reason
+    assert (
+        line["key_name"] == "anonymous"
+        and line["model"] == MODEL
+        and line["finish_reason"] == reply.choices[0].finish_reason
+    )
     assert line["prompt_tokens"] == usage.prompt_tokens and line["completion_tokens"] == usage.completion_tokens
     assert line["latency_ms"] >= stats["e2e_ms"] * 0.99 and line["client"].startswith("127.0.0.1:")
     assert line["level"] == "INFO" and line["time"].endswith("+00:00")
@@ -106,8 +121,14 @@ def test_usage_stats_on_streams_and_plain_completions(stack, client, route):
     if route == "chat":
         stream = client.chat.completions.create(**chat_body(), stream=True, stream_options={"include_usage": True})
     else:
-        stream = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=10, temperature=0,
-                                           stream=True, stream_options={"include_usage": True})  # fmt: skip
+        stream = client.completions.create(
+            model=MODEL,
+            prompt="One, two, three,",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         plain = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=10, temperature=0)
         assert_stats(plain.usage.model_dump())
     chunks = list(stream)
@@ -134,10 +155,12 @@ def test_route_labels_are_templates_and_request_ids_are_made_or_refused(stack):
 
 def test_a_client_that_goes_away_counts_as_cancelled(stack):
     before = scrape(stack.base_url)
-    body = chat_body(max_tokens=400, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-                     stream=True)  # fmt: skip
-    with httpx.stream("POST", f"{stack.api_url}/chat/completions", json=body, timeout=60,
-                      headers={"X-Request-ID": "gone-1"}) as response:  # fmt: skip
+    body = chat_body(
+        max_tokens=400, messages=[{"role": "user", "content": "Write a long story about a dragon."}], stream=True
+    )
+    with httpx.stream(
+        "POST", f"{stack.api_url}/chat/completions", json=body, timeout=60, headers={"X-Request-ID": "gone-1"}
+    ) as response:
         assert response.headers["x-request-id"] == "gone-1"  # on the event stream too
         events = 0
         for line in response.iter_lines():
@@ -167,7 +190,9 @@ def test_system_reports_cpu_memory_and_gpus(stack):
     assert body["memory"]["total_bytes"] == psutil.virtual_memory().total
     assert 0 < body["memory"]["process_rss_bytes"] < body["memory"]["total_bytes"]
     if body["gpus"]:  # a host with an NVIDIA driver
-        assert body["gpu_error"] is None and {"name", "memory_total_bytes", "utilization_percent"} <= set(body["gpus"][0])
+        assert body["gpu_error"] is None and {"name", "memory_total_bytes", "utilization_percent"} <= set(
+            body["gpus"][0]
+        )
     else:  # these machines: no NVML library
         assert "NVML" in body["gpu_error"]
 
@@ -183,8 +208,12 @@ def proxied_frontend(start_frontend_with, postgres_database):
         target = httpx.URL(database_url)
         proxy = TcpProxy(target.host, target.port or 5432)
         proxy.restore()
-        env = {"LLMSERVE_AUTH": "true", "LLMSERVE_DATABASE_URL": "", "LLMSERVE_LOG_LEVEL": "info",
-               "DATABASE_URL": str(target.copy_with(port=proxy.port))}  # fmt: skip
+        env = {
+            "LLMSERVE_AUTH": "true",
+            "LLMSERVE_DATABASE_URL": "",
+            "LLMSERVE_LOG_LEVEL": "info",
+            "DATABASE_URL": str(target.copy_with(port=proxy.port)),
+        }
         frontend = start_frontend_with(env)
         try:
             yield frontend.base_url, proxy, frontend.log, database_url
@@ -198,10 +227,18 @@ def test_metrics_and_logs_name_the_key_never_show_it(proxied_frontend):
     name = f"obs-{uuid.uuid4().hex[:8]}"
     key = asyncio.run(create_key_in_database(database_url, name))
     before = scrape(base_url)
-    reply = httpx.post(f"{base_url}{CHAT}", json=chat_body(max_tokens=4), timeout=60,
-                       headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"{name}-ok"})  # fmt: skip
-    refused = httpx.post(f"{base_url}{CHAT}", json=chat_body(max_tokens=4), timeout=60,
-                         headers={"Authorization": f"Bearer {key}x", "X-Request-ID": f"{name}-bad"})  # fmt: skip
+    reply = httpx.post(
+        f"{base_url}{CHAT}",
+        json=chat_body(max_tokens=4),
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"{name}-ok"},
+    )
+    refused = httpx.post(
+        f"{base_url}{CHAT}",
+        json=chat_body(max_tokens=4),
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}x", "X-Request-ID": f"{name}-bad"},
+    )
     system = httpx.get(f"{base_url}/v1/system", timeout=10)
     after = scrape(base_url)
     assert reply.status_code == 200 and refused.status_code == 401 and system.status_code == 401
@@ -218,8 +255,11 @@ def test_stored_sessions_gauge_and_ready_without_the_database(proxied_frontend):
     base_url, proxy, _, database_url = proxied_frontend
     session_id = f"sess_obs{uuid.uuid4().hex[:24]}"
     with psycopg.connect(database_url, autocommit=True) as connection:
-        connection.execute("INSERT INTO sessions (id, title, settings, created_at, updated_at) "
-                           "VALUES (%s, 'observability test', '{}', 0, 0)", (session_id,))  # fmt: skip
+        connection.execute(
+            "INSERT INTO sessions (id, title, settings, created_at, updated_at) "
+            "VALUES (%s, 'observability test', '{}', 0, 0)",
+            (session_id,),
+        )
         try:
             gauge = value(scrape(base_url), "llmserve_sessions_stored")
             stored = connection.execute("SELECT count(*) FROM sessions").fetchone()[0]
@@ -227,8 +267,11 @@ def test_stored_sessions_gauge_and_ready_without_the_database(proxied_frontend):
             connection.execute("DELETE FROM sessions WHERE id = %s", (session_id,))
     assert gauge == stored >= 1
 
-    assert httpx.get(f"{base_url}/ready", timeout=10).json() == {"status": "ready", "engine": "ready",
-                                                                 "database": "ready"}  # fmt: skip
+    assert httpx.get(f"{base_url}/ready", timeout=10).json() == {
+        "status": "ready",
+        "engine": "ready",
+        "database": "ready",
+    }
     proxy.cut()
     try:
         ready = httpx.get(f"{base_url}/ready", timeout=30)

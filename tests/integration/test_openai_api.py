@@ -47,8 +47,14 @@ def test_chat_names_paris_with_usage_from_the_tokenizer(client, tokenizer):
 def test_streamed_chat_equals_non_streamed_at_temperature_zero(client):
     messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=24)
-    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=24,
-                                            stream=True, stream_options={"include_usage": True})  # fmt: skip
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks, content = collect(stream)
     assert content == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -57,7 +63,8 @@ def test_streamed_chat_equals_non_streamed_at_temperature_zero(client):
     assert finals == [whole.choices[0].finish_reason]
     tokens = ("prompt_tokens", "completion_tokens", "total_tokens")  # usage.stats (timings) differ between runs
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump(include=set(tokens)) == whole.usage.model_dump(
-        include=set(tokens))  # fmt: skip
+        include=set(tokens)
+    )
     assert len({c.id for c in chunks}) == 1
 
 
@@ -88,8 +95,9 @@ def test_completions_stream_and_non_stream(client, tokenizer):
 def test_unicode_round_trip(client, tokenizer):
     messages = [{"role": "user", "content": "请把这句话重复一遍：我爱北京 🎉👍🏽"}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40)
-    chunks, content = collect(client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
-                                                              max_tokens=40, stream=True))  # fmt: skip
+    chunks, content = collect(
+        client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40, stream=True)
+    )
     assert whole.usage.prompt_tokens == chat_prompt_tokens(tokenizer, messages)  # the prompt arrived intact
     assert content == whole.choices[0].message.content
     assert any(ord(ch) > 0x2E80 for ch in content), f"expected CJK or emoji in the reply, got {content!r}"
@@ -132,8 +140,12 @@ def test_invalid_chat_fields_give_400_naming_the_field(stack, body, param):
 
 
 def test_malformed_json_gives_400(stack):
-    response = httpx.post(f"{stack.api_url}/chat/completions", content=b"{not json", timeout=10,
-                          headers={"content-type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        f"{stack.api_url}/chat/completions",
+        content=b"{not json",
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400
     assert "error" in response.json()
 
@@ -159,9 +171,11 @@ def test_health_and_ready(stack):
 async def test_eight_concurrent_streams_all_complete(aclient):
     async def one(i):
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
-            max_tokens=16, stream=True,
-        )  # fmt: skip
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
+            max_tokens=16,
+            stream=True,
+        )
         reasons, text = [], ""
         async for chunk in stream:
             if chunk.choices:
@@ -177,9 +191,12 @@ async def test_eight_concurrent_streams_all_complete(aclient):
 async def test_client_disconnect_frees_the_engine(stack, aclient):
     cancelled_before = stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled")
     stream = await aclient.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}],
-        max_tokens=2000, extra_body={"min_tokens": 2000}, stream=True,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a very long story."}],
+        max_tokens=2000,
+        extra_body={"min_tokens": 2000},
+        stream=True,
+    )
     received = 0
     async for _ in stream:
         received += 1

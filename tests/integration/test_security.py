@@ -36,18 +36,31 @@ def responses(stack) -> dict[str, httpx.Response]:
             "404 model": client.post(f"{api}/chat/completions", json={**chat, "model": "nope"}),
             "404 route": client.get(f"{stack.base_url}/nope"),
             "405": client.delete(f"{api}/models"),
-            "413": client.post(f"{api}/completions", content=b"x" * 1_100_000,
-                               headers={"content-type": "application/json"}),  # fmt: skip
-            "invalid JSON": client.post(f"{api}/completions", content=b"{",
-                                        headers={"content-type": "application/json"}),  # fmt: skip
+            "413": client.post(
+                f"{api}/completions", content=b"x" * 1_100_000, headers={"content-type": "application/json"}
+            ),
+            "invalid JSON": client.post(
+                f"{api}/completions", content=b"{", headers={"content-type": "application/json"}
+            ),
         }
 
 
 def test_no_server_banner_in_headers_or_error_bodies(stack):
     answers = responses(stack)
     assert {name: r.status_code for name, r in answers.items()} == {
-        "health": 200, "ready": 200, "metrics": 200, "models": 200, "chat": 200, "stream": 200, "400": 400,
-        "404 model": 404, "404 route": 404, "405": 405, "413": 413, "invalid JSON": 400}  # fmt: skip
+        "health": 200,
+        "ready": 200,
+        "metrics": 200,
+        "models": 200,
+        "chat": 200,
+        "stream": 200,
+        "400": 400,
+        "404 model": 404,
+        "404 route": 404,
+        "405": 405,
+        "413": 413,
+        "invalid JSON": 400,
+    }
     for name, response in answers.items():
         assert "server" not in response.headers and "x-powered-by" not in response.headers, (name, response.headers)
         for header, value in response.headers.items():
@@ -81,7 +94,9 @@ async def test_auth_off_answers_on_loopback_only_even_when_bound_elsewhere(stack
     env = {"LLMSERVE_HOME": str(tmp_path), "LLMSERVE_ALLOW_UNAUTHENTICATED_PUBLIC_BIND": str(allowed).lower()}
     server = start_frontend(stack.triton_grpc_port, tmp_path / "public.log", env, host="0.0.0.0")
     try:
-        assert httpx.get(f"http://{address}:{server.port}/v1/models", timeout=10).status_code == (200 if allowed else 403)
+        assert httpx.get(f"http://{address}:{server.port}/v1/models", timeout=10).status_code == (
+            200 if allowed else 403
+        )
         assert httpx.get(f"http://127.0.0.1:{server.port}/v1/models", timeout=10).status_code == 200
         if not allowed:
             refused = httpx.get(f"http://{address}:{server.port}/health", timeout=10)

@@ -24,8 +24,14 @@ def new_session(api, **fields) -> dict:
 
 
 def chat(api, session_id: str, content: str, **extra) -> dict:
-    body = {"model": MODEL, "session_id": session_id, "messages": [{"role": "user", "content": content}],
-            "max_tokens": 8, "temperature": 0, **extra}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "session_id": session_id,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        "temperature": 0,
+        **extra,
+    }
     response = api.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
@@ -47,8 +53,14 @@ def test_create_list_get_update_delete(api):
     assert renamed.status_code == 200 and renamed.json()["title"] == "Paris trip"
     deleted = api.delete(f"/sessions/{created['id']}")
     assert deleted.json() == {"id": created["id"], "object": "chat.session.deleted", "deleted": True}
-    for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/messages"), ("GET", "/export"),
-                         ("POST", "/rollback")):  # fmt: skip
+    for method, path in (
+        ("GET", ""),
+        ("PATCH", ""),
+        ("DELETE", ""),
+        ("GET", "/messages"),
+        ("GET", "/export"),
+        ("POST", "/rollback"),
+    ):
         body = {} if method in ("PATCH", "POST") else None
         response = api.request(method, f"/sessions/{created['id']}{path}", json=body)
         assert response.status_code == 404, (method, path, response.text)
@@ -57,10 +69,14 @@ def test_create_list_get_update_delete(api):
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"title": "x" * 201}, "title"), ({"settings": {"temperature": 5}}, "settings.temperature"),
-     ({"settings": {"colour": "red"}}, "settings.colour"), ({"owner_key_id": 3}, "owner_key_id"),
-     ({"title": None}, "title")],
-)  # fmt: skip
+    [
+        ({"title": "x" * 201}, "title"),
+        ({"settings": {"temperature": 5}}, "settings.temperature"),
+        ({"settings": {"colour": "red"}}, "settings.colour"),
+        ({"owner_key_id": 3}, "owner_key_id"),
+        ({"title": None}, "title"),
+    ],
+)
 def test_bad_session_fields_are_400_naming_the_field(api, body, param):
     for response in (api.post("/sessions", json=body), api.patch(f"/sessions/{new_session(api)['id']}", json=body)):
         assert response.status_code == 400, response.text
@@ -80,8 +96,10 @@ def test_chat_in_a_session_prepends_history_and_stores_each_turn_once(api):
     first = chat(api, session["id"], "My name is Ada. Say hello.")
     assert first["session_id"] == session["id"]
     second = chat(api, session["id"], "What is my name?")
-    without_history = api.post("/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": "What is my name?"}], "max_tokens": 1}).json()  # fmt: skip
+    without_history = api.post(
+        "/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "What is my name?"}], "max_tokens": 1},
+    ).json()
     # The stored first turn went into the second prompt.
     assert second["usage"]["prompt_tokens"] > without_history["usage"]["prompt_tokens"] + 10
     stored = messages(api, session["id"])
@@ -95,8 +113,14 @@ def test_chat_in_a_session_prepends_history_and_stores_each_turn_once(api):
 
 def test_streamed_reply_is_stored_exactly_once_before_the_stream_ends(api):
     session = new_session(api)
-    body = {"model": MODEL, "session_id": session["id"], "stream": True, "max_tokens": 6, "temperature": 0,
-            "messages": [{"role": "user", "content": "Count: one, two,"}]}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "session_id": session["id"],
+        "stream": True,
+        "max_tokens": 6,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Count: one, two,"}],
+    }
     text = []
     with api.stream("POST", "/chat/completions", json=body) as response:
         assert response.status_code == 200
@@ -112,8 +136,14 @@ def test_streamed_reply_is_stored_exactly_once_before_the_stream_ends(api):
 
 def test_a_cancelled_reply_keeps_the_question_and_the_partial_answer(api, stack):
     session = new_session(api)
-    body = {"model": MODEL, "session_id": session["id"], "stream": True, "max_tokens": 300, "min_tokens": 300,
-            "messages": [{"role": "user", "content": "Write a long essay about rivers."}]}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "session_id": session["id"],
+        "stream": True,
+        "max_tokens": 300,
+        "min_tokens": 300,
+        "messages": [{"role": "user", "content": "Write a long essay about rivers."}],
+    }
     with api.stream("POST", "/chat/completions", json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
@@ -154,8 +184,14 @@ def test_rollback_and_export(api):
 
 
 def test_chat_with_an_unknown_session_is_404_and_stores_nothing(api):
-    response = api.post("/chat/completions", json={
-        "model": MODEL, "session_id": "sess_nope", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    response = api.post(
+        "/chat/completions",
+        json={"model": MODEL, "session_id": "sess_nope", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 404
-    assert response.json()["error"] == {"message": "No session found with id 'sess_nope'.", "type":
-                                        "invalid_request_error", "param": "session_id", "code": "session_not_found"}  # fmt: skip
+    assert response.json()["error"] == {
+        "message": "No session found with id 'sess_nope'.",
+        "type": "invalid_request_error",
+        "param": "session_id",
+        "code": "session_not_found",
+    }

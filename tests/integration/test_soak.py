@@ -15,13 +15,24 @@ from llmserve.bench.soak import run_soak
 from stack import MODEL
 
 CLIENTS = 200
-RSS_GROWTH_BOUND_MIB = 300  # generous: 200 connections, their buffers and sessions; a leak per request shows over the long run
+RSS_GROWTH_BOUND_MIB = (
+    300  # generous: 200 connections, their buffers and sessions; a leak per request shows over the long run
+)
 
 
 @pytest.mark.timeout(1200)  # 200 streams queue in a CPU engine for minutes; correctness is asserted, not speed
 async def test_many_streaming_clients_with_hang_ups_lose_nothing(stack):
-    report = await run_soak(stack.base_url, MODEL, clients=CLIENTS, duration=30, max_tokens=4,
-                            disconnect_fraction=0.25, ws_fraction=0.2, seed=1, progress_interval=15)  # fmt: skip
+    report = await run_soak(
+        stack.base_url,
+        MODEL,
+        clients=CLIENTS,
+        duration=30,
+        max_tokens=4,
+        disconnect_fraction=0.25,
+        ws_fraction=0.2,
+        seed=1,
+        progress_interval=15,
+    )
     summary = {k: v for k, v in report.items() if k != "rss_samples"}
     print(json.dumps(summary, indent=2))
     outcomes = report["outcomes"]

@@ -16,14 +16,30 @@ from stack import BIN, MODEL, Server, free_port, wait_ready
 
 def test_triton_alone_and_the_api_alone_serve_a_chat_and_stop_cleanly(repository, tmp_path):
     http_port, grpc_port, metrics_port, api_port = (free_port() for _ in range(4))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LLMSERVE_HOME": str(tmp_path / "home"),
-           "LLMSERVE_TRITON_ADDRESS": "0.0.0.0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "LLMSERVE_HOME": str(tmp_path / "home"),
+        "LLMSERVE_TRITON_ADDRESS": "0.0.0.0",
+    }
     triton_log = tmp_path / "triton.log"
     triton = subprocess.Popen(
-        [str(BIN / "llmserve"), "triton", "--model-repository", str(repository), "--triton-http-port", str(http_port),
-         "--triton-grpc-port", str(grpc_port), "--triton-metrics-port", str(metrics_port)],
-        stdout=triton_log.open("w"), stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+        [
+            str(BIN / "llmserve"),
+            "triton",
+            "--model-repository",
+            str(repository),
+            "--triton-http-port",
+            str(http_port),
+            "--triton-grpc-port",
+            str(grpc_port),
+            "--triton-metrics-port",
+            str(metrics_port),
+        ],
+        stdout=triton_log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     api = None
     try:
         deadline = time.monotonic() + 300
@@ -35,15 +51,21 @@ def test_triton_alone_and_the_api_alone_serve_a_chat_and_stop_cleanly(repository
         assert "nv_inference_count" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
 
         api_log = tmp_path / "api.log"
-        api = Server(subprocess.Popen(
-            [str(BIN / "llmserve"), "api", "--port", str(api_port), "--triton-grpc-url", f"127.0.0.1:{grpc_port}"],
-            stdout=api_log.open("w"), stderr=subprocess.STDOUT,
-            env={**env, "LLMSERVE_DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}"},
-        ), api_log, api_port)  # fmt: skip
+        api = Server(
+            subprocess.Popen(
+                [str(BIN / "llmserve"), "api", "--port", str(api_port), "--triton-grpc-url", f"127.0.0.1:{grpc_port}"],
+                stdout=api_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env={**env, "LLMSERVE_DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}"},
+            ),
+            api_log,
+            api_port,
+        )
         wait_ready(api, 60)
         client = OpenAI(base_url=api.api_url, api_key="unused", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
-                                               max_tokens=6, temperature=0)  # fmt: skip
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=6, temperature=0
+        )
         assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
         assert f"against Triton at 127.0.0.1:{grpc_port}" in api.log()
 
@@ -59,7 +81,11 @@ def test_triton_alone_and_the_api_alone_serve_a_chat_and_stop_cleanly(repository
 
 
 def test_api_alone_refuses_a_public_bind_without_auth(tmp_path):
-    result = subprocess.run([str(BIN / "llmserve"), "api", "--host", "0.0.0.0", "--port", str(free_port())],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "LLMSERVE_HOME": str(tmp_path)})  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "llmserve"), "api", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LLMSERVE_HOME": str(tmp_path)},
+    )
     assert result.returncode == 2 and "refusing to serve on 0.0.0.0" in result.stdout

@@ -31,8 +31,7 @@ def test_streamed_chat_equals_the_whole_reply_with_exact_finish_reason(client):
     messages = [{"role": "user", "content": "Write three emoji about the sea 🌊"}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16)
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
-    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16,
-                                            stream=True)  # fmt: skip
+    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16, stream=True)
     deltas = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(deltas) == whole.choices[0].message.content
     assert all("\ufffd" not in d for d in deltas)

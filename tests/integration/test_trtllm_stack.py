@@ -81,8 +81,14 @@ def test_streamed_chat_never_splits_a_character_and_equals_the_whole_reply(clien
     whole = client.chat.completions.create(model=MODEL, messages=EMOJI_PROMPT, temperature=0, max_tokens=24)
     text = whole.choices[0].message.content
     assert WAVE in text  # the reply has multi-token characters, so the check below means something
-    stream = client.chat.completions.create(model=MODEL, messages=EMOJI_PROMPT, temperature=0, max_tokens=24,
-                                            stream=True, stream_options={"include_usage": True})  # fmt: skip
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=EMOJI_PROMPT,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     deltas, usage, reasons = [], None, []
     for chunk in stream:
         if chunk.choices:
@@ -97,8 +103,12 @@ def test_streamed_chat_never_splits_a_character_and_equals_the_whole_reply(clien
 
 
 def test_chat_ending_on_end_of_sequence_reports_stop(client):
-    reply = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=64,
-                                           messages=[{"role": "user", "content": "What is the capital of France?"}])  # fmt: skip
+    reply = client.chat.completions.create(
+        model=MODEL,
+        temperature=0,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
     assert "Paris" in reply.choices[0].message.content
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage.completion_tokens < 64
@@ -113,8 +123,11 @@ def test_a_prompt_over_the_engines_max_input_len_is_a_400(client, tokenizer):
 
 def test_preprocessing_token_ids_equal_the_tokenizers(triton, tokenizer):
     text = "Héllo wörld 🌊, the capital of France is"
-    inputs = [grpcclient.InferInput("QUERY", [1, 1], "BYTES"), grpcclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32"),
-              grpcclient.InferInput("STOP_WORDS_DICT", [1, 2], "BYTES")]  # fmt: skip
+    inputs = [
+        grpcclient.InferInput("QUERY", [1, 1], "BYTES"),
+        grpcclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32"),
+        grpcclient.InferInput("STOP_WORDS_DICT", [1, 2], "BYTES"),
+    ]
     inputs[0].set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
     inputs[1].set_data_from_numpy(np.array([[7]], dtype=np.int32))
     inputs[2].set_data_from_numpy(np.array([[b"Paris", b"\n\n"]], dtype=np.object_))
@@ -131,8 +144,10 @@ def test_preprocessing_token_ids_equal_the_tokenizers(triton, tokenizer):
 
 
 def _postprocess(triton, tokens: list[int], request_id: str) -> tuple[str, str]:
-    inputs = [grpcclient.InferInput("TOKENS_BATCH", [1, 1, len(tokens)], "INT32"),
-              grpcclient.InferInput("SEQUENCE_LENGTH", [1, 1], "INT32")]  # fmt: skip
+    inputs = [
+        grpcclient.InferInput("TOKENS_BATCH", [1, 1, len(tokens)], "INT32"),
+        grpcclient.InferInput("SEQUENCE_LENGTH", [1, 1], "INT32"),
+    ]
     inputs[0].set_data_from_numpy(np.array([[tokens]], dtype=np.int32))
     inputs[1].set_data_from_numpy(np.array([[len(tokens)]], dtype=np.int32))
     result = triton.infer("postprocessing", inputs, request_id=request_id)
@@ -178,8 +193,12 @@ async def test_bls_model_speaks_the_same_contract_as_the_ensemble(trtllm_stack):
 
 async def test_bls_refuses_a_prompt_over_max_input_len_as_invalid(trtllm_stack):
     with pytest.raises(EngineError, match="max_input_len") as error:
-        await _generate(trtllm_stack.triton_grpc_port, "tensorrt_llm_bls", "word " * (MAX_INPUT_LEN + 10),
-                        SamplingParams(max_tokens=5))  # fmt: skip
+        await _generate(
+            trtllm_stack.triton_grpc_port,
+            "tensorrt_llm_bls",
+            "word " * (MAX_INPUT_LEN + 10),
+            SamplingParams(max_tokens=5),
+        )
     assert error.value.status == 400
 
 

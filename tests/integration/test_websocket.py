@@ -44,7 +44,9 @@ async def active_requests_drop_to_zero(stack, within: float) -> float:
 async def test_chat_streams_deltas_then_done_and_stores_the_turn(stack):
     async with connect(ws_url(stack)) as ws:
         assert await receive(ws) == {"type": "ready", "protocol": 1}
-        await ws.send(json.dumps({"type": "chat", "content": "Say hi.", "settings": {"max_tokens": 5, "temperature": 0}}))
+        await ws.send(
+            json.dumps({"type": "chat", "content": "Say hi.", "settings": {"max_tokens": 5, "temperature": 0}})
+        )
         text, done = await until_done(ws)
     assert done["type"] == "done" and done["finish_reason"] in ("stop", "length")
     assert done["usage"]["completion_tokens"] >= 1 and done["usage"]["prompt_tokens"] > 0
@@ -59,8 +61,11 @@ async def test_chat_streams_deltas_then_done_and_stores_the_turn(stack):
 async def test_stop_cancels_the_generation_and_frees_the_engine(stack):
     async with connect(ws_url(stack)) as ws:
         await receive(ws)
-        await ws.send(json.dumps({"type": "chat", "content": "Write a very long story.",
-                                  "settings": {"max_tokens": 400, "model": MODEL}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {"type": "chat", "content": "Write a very long story.", "settings": {"max_tokens": 400, "model": MODEL}}
+            )
+        )
         assert (await receive(ws))["type"] == "delta"
         await ws.send(json.dumps({"type": "stop"}))
         stopped = time.monotonic()
@@ -68,8 +73,16 @@ async def test_stop_cancels_the_generation_and_frees_the_engine(stack):
         assert done["finish_reason"] == "cancelled" and time.monotonic() - stopped < 2
         freed_in = await active_requests_drop_to_zero(stack, within=2)
         # The connection goes on: the session continues with the next message.
-        await ws.send(json.dumps({"type": "chat", "content": "Shorter, please.", "session_id": done["session_id"],
-                                  "settings": {"max_tokens": 3}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "content": "Shorter, please.",
+                    "session_id": done["session_id"],
+                    "settings": {"max_tokens": 3},
+                }
+            )
+        )
         _, again = await until_done(ws)
     assert again["finish_reason"] == "length" and again["session_id"] == done["session_id"]
     stored = httpx.get(f"{stack.api_url}/sessions/{done['session_id']}/messages").json()["data"]
@@ -91,17 +104,26 @@ async def test_a_second_chat_while_generating_is_refused(stack):
 
 @pytest.mark.parametrize(
     ("frame", "code", "param"),
-    [("not json", "invalid_message", None), (json.dumps({"type": "dance"}), "invalid_message", "type"),
-     (json.dumps({"type": "chat"}), "invalid_message", "chat.content"),
-     (json.dumps({"type": "chat", "content": ""}), "invalid_message", "chat.content"),
-     (json.dumps({"type": "chat", "content": "x", "settings": {"temperature": 9}}), "invalid_message",
-      "chat.settings.temperature"),
-     (json.dumps({"type": "chat", "content": "x", "settings": {"max_tokens": 10**9}}), "context_length_exceeded",
-      "max_tokens"),
-     (json.dumps({"type": "chat", "content": "x", "settings": {"model": "nope"}}), "model_not_found", "model"),
-     (json.dumps({"type": "chat", "content": "x", "session_id": "sess_missing"}), "session_not_found", "session_id"),
-     (b"\x00binary", "invalid_message", None)],
-)  # fmt: skip
+    [
+        ("not json", "invalid_message", None),
+        (json.dumps({"type": "dance"}), "invalid_message", "type"),
+        (json.dumps({"type": "chat"}), "invalid_message", "chat.content"),
+        (json.dumps({"type": "chat", "content": ""}), "invalid_message", "chat.content"),
+        (
+            json.dumps({"type": "chat", "content": "x", "settings": {"temperature": 9}}),
+            "invalid_message",
+            "chat.settings.temperature",
+        ),
+        (
+            json.dumps({"type": "chat", "content": "x", "settings": {"max_tokens": 10**9}}),
+            "context_length_exceeded",
+            "max_tokens",
+        ),
+        (json.dumps({"type": "chat", "content": "x", "settings": {"model": "nope"}}), "model_not_found", "model"),
+        (json.dumps({"type": "chat", "content": "x", "session_id": "sess_missing"}), "session_not_found", "session_id"),
+        (b"\x00binary", "invalid_message", None),
+    ],
+)
 async def test_bad_frames_get_an_error_and_the_connection_stays_open(stack, frame, code, param):
     async with connect(ws_url(stack)) as ws:
         await receive(ws)
@@ -123,8 +145,12 @@ async def test_cross_site_origin_is_refused(stack):
 
 def websocket_gauge(stack) -> float:
     text = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
-    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "llmserve_websocket_connections")  # fmt: skip
+    return next(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "llmserve_websocket_connections"
+    )
 
 
 async def test_open_connections_are_counted(stack):

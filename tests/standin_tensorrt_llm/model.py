@@ -73,8 +73,10 @@ class TritonPythonModel:
         streaming = bool(_value(request, "streaming", False))
         min_tokens = _value(request, "min_tokens", 0)
         stops = _word_list(request, "stop_words_list")
-        want = {"num_input_tokens": _value(request, "return_num_input_tokens", False),
-                "num_output_tokens": _value(request, "return_num_output_tokens", False)}  # fmt: skip
+        want = {
+            "num_input_tokens": _value(request, "return_num_input_tokens", False),
+            "num_output_tokens": _value(request, "return_num_output_tokens", False),
+        }
         processors = self._processors(request)
         generator = torch.Generator().manual_seed(_value(request, "seed", 0))
         temperature = _value(request, "temperature", 0.0)
@@ -100,7 +102,7 @@ class TritonPythonModel:
             else:
                 token = int(logits.argmax(-1))
             output.append(token)
-            done = token == end_id or len(output) >= max_new or any(output[-len(s):] == s for s in stops if s)
+            done = token == end_id or len(output) >= max_new or any(output[-len(s) :] == s for s in stops if s)
             if streaming:
                 sender.send(self._response([token], len(prompt), len(output), want), flags=FINAL if done else 0)
             if done:

@@ -18,8 +18,11 @@ async def test_lookup_is_by_hash_and_the_comparison_constant_time(db, monkeypatc
     digest = hashlib.sha256(created.key.encode()).hexdigest()
 
     statements: list[tuple[str, str]] = []
-    event.listen(db.engine.sync_engine, "before_cursor_execute",
-                 lambda _c, _cur, statement, parameters, _ctx, _many: statements.append((statement, repr(parameters))))  # fmt: skip
+    event.listen(
+        db.engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, parameters, _ctx, _many: statements.append((statement, repr(parameters))),
+    )
     comparisons: list[tuple[str, str]] = []
     real_compare_digest = hmac.compare_digest
 

@@ -65,9 +65,13 @@ async def test_turns_rollback_update_and_cascade(db: Database):
     store = SessionStore(db)
     session = await store.create(None)
     for i in range(3):
-        await store.append(session.id, [Message(role="user", content=f"q{i}"),
-                                        Message(role="assistant", content=f"a{i}", finish_reason="stop",
-                                                prompt_tokens=5, completion_tokens=2)])  # fmt: skip
+        await store.append(
+            session.id,
+            [
+                Message(role="user", content=f"q{i}"),
+                Message(role="assistant", content=f"a{i}", finish_reason="stop", prompt_tokens=5, completion_tokens=2),
+            ],
+        )
     assert [m.content for m in await store.recent_messages(session.id, 3)] == ["a1", "q2", "a2"]
     page = await store.messages(None, session.id, limit=2, after=None)
     assert [m.content for m in page] == ["q0", "a0"]

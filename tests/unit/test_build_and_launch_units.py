@@ -67,7 +67,7 @@ def test_triton_output_on_a_cpu_host_hides_only_the_no_gpu_notices():
         b'E1201 server.cc:241] "CudaDriverHelper has not been initialized."\n',
         b"Error: Failed to initialize NVML\n",
         b'W1201 metrics.cc:798] "DCGM unable to start: DCGM initialization error"\n',
-        b'E1201 model_lifecycle.cc:641] "failed to load \'llm\' version 1: Internal: ImportError"\n',
+        b"E1201 model_lifecycle.cc:641] \"failed to load 'llm' version 1: Internal: ImportError\"\n",
         b'I1201 grpc_server.cc:2558] "Started GRPCInferenceService at 127.0.0.1:8101"\n',
     ]
     sink = io.BytesIO()

@@ -36,8 +36,11 @@ def _index(steps, predicate, what):
 def test_has_the_required_steps_in_order(job):
     steps = job["steps"]
     run = lambda i: steps[i].get("run", "")  # noqa: E731
-    examples = _index(steps, lambda s: s.get("with", {}).get("repository") == "NVIDIA/TensorRT-LLM",
-                      "checks out the TensorRT-LLM examples")  # fmt: skip
+    examples = _index(
+        steps,
+        lambda s: s.get("with", {}).get("repository") == "NVIDIA/TensorRT-LLM",
+        "checks out the TensorRT-LLM examples",
+    )
     build = _index(steps, lambda s: "llmserve build --engine trtllm" in s.get("run", ""), "builds the engines")
     assert "--trtllm-examples" in run(build) and "--dry-run" not in run(build)
     assert "model_repository" in run(build)  # the build renders the repository, and the step checks it

@@ -9,8 +9,9 @@ LLMSERVE = str(Path(sys.executable).parent / "llmserve")
 
 
 def run(*args, env=None, timeout=60):
-    return subprocess.run([LLMSERVE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [LLMSERVE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def test_help_lists_the_subcommands():

@@ -12,19 +12,24 @@ from llmserve.serve import bind_refusal
 from llmserve.settings import LauncherSettings
 
 LLMSERVE = str(Path(sys.executable).parent / "llmserve")
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith("LLMSERVE_") and k not in ("DATABASE_URL", "REDIS_URL")}  # fmt: skip
+CLEAN_ENV = {
+    k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_") and k not in ("DATABASE_URL", "REDIS_URL")
+}
 
 
 def run(*args, env=None):
-    return subprocess.run([LLMSERVE, *args], capture_output=True, text=True, timeout=60, env={**CLEAN_ENV, **(env or {})})
+    return subprocess.run(
+        [LLMSERVE, *args], capture_output=True, text=True, timeout=60, env={**CLEAN_ENV, **(env or {})}
+    )
 
 
 @pytest.fixture
 def config_file(tmp_path):
     path = tmp_path / "llmserve.toml"
-    path.write_text('port = 9001\nmax_num_seqs = 8\nrate_limit_rpm = 60\n'
-                    'database_url = "postgresql://app:hunter2@db.internal/llm"\n')  # fmt: skip
+    path.write_text(
+        "port = 9001\nmax_num_seqs = 8\nrate_limit_rpm = 60\n"
+        'database_url = "postgresql://app:hunter2@db.internal/llm"\n'
+    )
     return path
 
 
@@ -48,16 +53,23 @@ def test_config_show_prints_the_effective_values_with_secrets_masked(config_file
     result = run("--config", str(config_file), "config", "show", env={"LLMSERVE_MAX_NUM_SEQS": "4"})
     assert result.returncode == 0, result.stderr
     assert "port = 9001" in result.stdout and "max_num_seqs = 4" in result.stdout
-    assert "hunter2" not in result.stdout and 'database_url = "postgresql+psycopg://app:***@db.internal/llm"' in result.stdout
+    assert (
+        "hunter2" not in result.stdout
+        and 'database_url = "postgresql+psycopg://app:***@db.internal/llm"' in result.stdout
+    )
     assert "# redis_url = (unset)" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [("colour = 'red'\n", "invalid setting colour"), ("port = 'high'\n", "invalid setting port"),
-     ("port = [\n", "not valid TOML"), ("database_url = 'mysql://x'\n", "invalid setting database_url"),
-     ("redis_url = 'http://x'\n", "invalid setting redis_url")],
-)  # fmt: skip
+    [
+        ("colour = 'red'\n", "invalid setting colour"),
+        ("port = 'high'\n", "invalid setting port"),
+        ("port = [\n", "not valid TOML"),
+        ("database_url = 'mysql://x'\n", "invalid setting database_url"),
+        ("redis_url = 'http://x'\n", "invalid setting redis_url"),
+    ],
+)
 def test_a_bad_config_file_stops_with_a_message_naming_the_key(tmp_path, content, expected):
     path = tmp_path / "bad.toml"
     path.write_text(content)
@@ -79,9 +91,14 @@ def test_mask_url_hides_only_the_password():
 
 @pytest.mark.parametrize(
     ("fields", "refused"),
-    [({"host": "0.0.0.0"}, True), ({"host": "0.0.0.0", "auth": True}, False), ({"host": "127.0.0.1"}, False),
-     ({"host": "::1"}, False), ({"host": "10.1.2.3", "allow_unauthenticated_public_bind": True}, False)],
-)  # fmt: skip
+    [
+        ({"host": "0.0.0.0"}, True),
+        ({"host": "0.0.0.0", "auth": True}, False),
+        ({"host": "127.0.0.1"}, False),
+        ({"host": "::1"}, False),
+        ({"host": "10.1.2.3", "allow_unauthenticated_public_bind": True}, False),
+    ],
+)
 def test_only_loopback_without_auth(fields, refused):
     assert (bind_refusal(LauncherSettings(**fields)) is not None) == refused
 

@@ -24,12 +24,25 @@ def test_a_request_with_only_the_required_inputs_gets_the_contract_defaults(core
 
 @pytest.mark.parametrize("core", sorted(CORES))
 def test_every_honoured_input_reaches_the_core(core):
-    request = arrays(text_input="hi", max_tokens=5, stream=True, temperature=0.5, top_p=0.9, top_k=3,
-                     min_tokens=5, end_id=2, stop_words=["a", "", "b"], exclude_input_in_output=True,
-                     repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0)  # fmt: skip
+    request = arrays(
+        text_input="hi",
+        max_tokens=5,
+        stream=True,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=3,
+        min_tokens=5,
+        end_id=2,
+        stop_words=["a", "", "b"],
+        exclude_input_in_output=True,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+    )
     parsed = parse_request(request.get, core)
-    assert parsed.sampling == Sampling(max_tokens=5, temperature=0.5, top_p=pytest.approx(0.9), top_k=3, min_tokens=5,
-                                       end_id=2, stop=("a", "b"))  # fmt: skip
+    assert parsed.sampling == Sampling(
+        max_tokens=5, temperature=0.5, top_p=pytest.approx(0.9), top_k=3, min_tokens=5, end_id=2, stop=("a", "b")
+    )
     assert parsed.stream and parsed.exclude_input_in_output
 
 

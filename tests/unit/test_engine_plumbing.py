@@ -11,8 +11,12 @@ def test_merge_joins_deltas_per_writer_and_keeps_the_final_outcome():
     from response_queue import merge
 
     a, b = object(), object()
-    items = [(a, Update("Hel", None, None, 3, 1)), (b, Update("x", None, None, 5, 1)),
-             (a, Update("lo", None, None, 3, 2)), (a, Update("!", "length", None, 3, 3))]  # fmt: skip
+    items = [
+        (a, Update("Hel", None, None, 3, 1)),
+        (b, Update("x", None, None, 5, 1)),
+        (a, Update("lo", None, None, 3, 2)),
+        (a, Update("!", "length", None, 3, 3)),
+    ]
     merged = merge(items)
     assert list(merged) == [a, b]
     assert merged[a] == Update("Hello!", "length", None, 3, 3)

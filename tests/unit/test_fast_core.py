@@ -60,8 +60,14 @@ def test_greedy_matches_hf_generate(fast_engine, reference, tokenizer, stop_at_e
     for prompt, (text, last) in zip(PROMPTS, outputs, strict=True):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         eos = reference.generation_config.eos_token_id if stop_at_eos else None
-        out = reference.generate(ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0,
-                                 min_new_tokens=0 if stop_at_eos else max_tokens)  # fmt: skip
+        out = reference.generate(
+            ids,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=0,
+            min_new_tokens=0 if stop_at_eos else max_tokens,
+        )
         new = out[0, ids.shape[1] :].tolist()
         assert text == tokenizer.decode(new, skip_special_tokens=True), prompt
         assert last.num_output_tokens == len(new)
@@ -72,8 +78,7 @@ def test_greedy_matches_hf_generate(fast_engine, reference, tokenizer, stop_at_e
 
 
 def test_sampling_with_top_k_and_top_p_stays_in_the_nucleus(fast_engine):
-    outputs = generate(fast_engine, PROMPTS[:3] * 2, max_tokens=12, min_tokens=12, temperature=0.8, top_k=20,
-                       top_p=0.9)  # fmt: skip
+    outputs = generate(fast_engine, PROMPTS[:3] * 2, max_tokens=12, min_tokens=12, temperature=0.8, top_k=20, top_p=0.9)
     assert all(last.num_output_tokens == 12 and last.finish_reason == "length" for _, last in outputs)
     assert len({text for text, _ in outputs}) > 1, "sampling produced identical texts for every request"
 

@@ -202,8 +202,7 @@ async def test_engine_stream_releases_once_on_completion_error_and_cancellation(
                 pass
 
     async def open_stream(**behaviour) -> EngineStream:
-        stream = EngineStream(fake_engine([chunk("a", 1), chunk("b", 2)], **behaviour),
-                              await limiter.admit(caller, 10))  # fmt: skip
+        stream = EngineStream(fake_engine([chunk("a", 1), chunk("b", 2)], **behaviour), await limiter.admit(caller, 10))
         await stream.receive_first()
         return stream
 

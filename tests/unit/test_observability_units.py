@@ -24,8 +24,12 @@ from frontend_api.openai.timing import GenerationTimer
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(_exposition(metrics)) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(_exposition(metrics))
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _exposition(metrics: Metrics) -> str:
@@ -34,9 +38,18 @@ def _exposition(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
-@pytest.mark.parametrize("given, kept", [("abc-123", True), ("a" * 128, True), ("a" * 129, False),
-                                         ("has space", False), ("semi;colon", False), ("", False),
-                                         ("\u00e9t\u00e9", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "given, kept",
+    [
+        ("abc-123", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("has space", False),
+        ("semi;colon", False),
+        ("", False),
+        ("\u00e9t\u00e9", False),
+    ],
+)
 def test_a_sane_request_id_is_kept_else_one_is_made(given, kept):
     got = request_id_from([(b"x-request-id", given.encode("utf-8"))])
     assert (got == given) is kept
@@ -82,9 +95,11 @@ async def drive(chunks: list[tuple[float, GenerationChunk]], close_after: int | 
 
 
 async def test_timer_counts_tokens_gaps_and_the_finish():
-    chunks = [(0.02, GenerationChunk("a", num_input_tokens=7, num_output_tokens=1)),
-              (0.01, GenerationChunk("bc", num_output_tokens=3)),  # two tokens in one chunk: two gaps
-              (0.01, GenerationChunk("", finish_reason="stop", num_output_tokens=4))]  # fmt: skip
+    chunks = [
+        (0.02, GenerationChunk("a", num_input_tokens=7, num_output_tokens=1)),
+        (0.01, GenerationChunk("bc", num_output_tokens=3)),  # two tokens in one chunk: two gaps
+        (0.01, GenerationChunk("", finish_reason="stop", num_output_tokens=4)),
+    ]
     timer, metrics, context = await drive(chunks)
     assert timer.outcome == "stop"
     assert sample(metrics, "llmserve_time_to_first_token_seconds_count", model="m") == 1
@@ -104,8 +119,11 @@ async def test_timer_counts_tokens_gaps_and_the_finish():
 
 
 async def test_closing_before_the_final_chunk_is_a_cancellation():
-    chunks = [(0, GenerationChunk("a", num_output_tokens=1)), (0, GenerationChunk("b", num_output_tokens=2)),
-              (0, GenerationChunk("", finish_reason="stop", num_output_tokens=3))]  # fmt: skip
+    chunks = [
+        (0, GenerationChunk("a", num_output_tokens=1)),
+        (0, GenerationChunk("b", num_output_tokens=2)),
+        (0, GenerationChunk("", finish_reason="stop", num_output_tokens=3)),
+    ]
     timer, metrics, _ = await drive(chunks, close_after=2)
     assert timer.outcome == "cancelled"
     assert sample(metrics, "llmserve_generations_total", finish_reason="cancelled") == 1
@@ -125,7 +143,10 @@ async def test_an_engine_error_is_an_error_and_a_missing_reason_is_derived():
 
 def test_usage_without_stats_serializes_as_openai_usage():
     assert json.loads(Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3).model_dump_json()) == {
-        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}  # fmt: skip
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+    }
 
 
 def small_app() -> tuple[FastAPI, Metrics]:
@@ -174,6 +195,7 @@ def test_an_unhandled_error_is_a_500_with_the_request_id_and_a_logged_line(caplo
 def test_json_log_lines_carry_the_request_id(capsys):
     configure_logging("info", "json")
     try:
+
         async def log_inside_a_request():
             set_current_request(RequestContext("req-42", 0.0, "http"))
             logging.getLogger("test").warning("inside", extra={"route": "/x"})
@@ -205,19 +227,30 @@ async def test_system_probe_reads_each_gpu(monkeypatch):
     """A fake NVML (named so): the GPU branch cannot run here, there is no driver."""
     from types import SimpleNamespace
 
-    fake = {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 2,
-            "nvmlDeviceGetHandleByIndex": lambda i: i, "nvmlDeviceGetName": lambda h: b"Fake H200",
-            "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(total=141 << 30, used=(h + 1) << 30),
-            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=40 + h),
-            "nvmlDeviceGetTemperature": lambda h, sensor: 50}  # fmt: skip
+    fake = {
+        "nvmlInit": lambda: None,
+        "nvmlShutdown": lambda: None,
+        "nvmlDeviceGetCount": lambda: 2,
+        "nvmlDeviceGetHandleByIndex": lambda i: i,
+        "nvmlDeviceGetName": lambda h: b"Fake H200",
+        "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(total=141 << 30, used=(h + 1) << 30),
+        "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=40 + h),
+        "nvmlDeviceGetTemperature": lambda h, sensor: 50,
+    }
     for name, function in fake.items():
         monkeypatch.setattr(pynvml, name, function)
     probe = SystemProbe()
     figures = await probe.snapshot()
     probe.close()
     assert figures["gpu_error"] is None
-    assert figures["gpus"][1] == {"index": 1, "name": "Fake H200", "memory_total_bytes": 141 << 30,
-                                  "memory_used_bytes": 2 << 30, "utilization_percent": 41, "temperature_c": 50}  # fmt: skip
+    assert figures["gpus"][1] == {
+        "index": 1,
+        "name": "Fake H200",
+        "memory_total_bytes": 141 << 30,
+        "memory_used_bytes": 2 << 30,
+        "utilization_percent": 41,
+        "temperature_c": 50,
+    }
 
 
 def test_the_readme_documents_every_metric_with_its_labels():

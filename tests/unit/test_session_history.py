@@ -32,8 +32,13 @@ async def tokenizers():
 async def a_session_with_turns(store: SessionStore, turns: int, system_prompt: str | None = "Be kind."):
     session = await store.create(None, system_prompt=system_prompt)
     for i in range(turns):
-        await store.append(session.id, [Message(role="user", content=f"question {i} " + "word " * 40),
-                                        Message(role="assistant", content=f"answer {i} " + "word " * 40)])  # fmt: skip
+        await store.append(
+            session.id,
+            [
+                Message(role="user", content=f"question {i} " + "word " * 40),
+                Message(role="assistant", content=f"answer {i} " + "word " * 40),
+            ],
+        )
     return session
 
 
@@ -58,8 +63,9 @@ async def test_the_message_cap_keeps_the_newest(store, tokenizers, checkpoint_di
     assert [m.content.split(" ")[0:2] for m in messages[1:-1]] == [["answer", "3"], ["question", "4"], ["answer", "4"]]
 
 
-async def test_oldest_turns_are_dropped_to_fit_the_context_and_the_system_prompt_stays(store, tokenizers,
-                                                                                         checkpoint_dir):  # fmt: skip
+async def test_oldest_turns_are_dropped_to_fit_the_context_and_the_system_prompt_stays(
+    store, tokenizers, checkpoint_dir
+):
     session = await a_session_with_turns(store, 6)
     turn = SessionTurn(store, session, [ChatMessage(role="user", content="new")])
     engine_model = model(checkpoint_dir, 400)
@@ -70,11 +76,11 @@ async def test_oldest_turns_are_dropped_to_fit_the_context_and_the_system_prompt
     assert prompt_tokens == await tokenizers.count_tokens(engine_model, prompt) <= 400 - 100
 
 
-async def test_a_request_system_message_replaces_the_stored_prompt_for_that_request(store, tokenizers,
-                                                                                      checkpoint_dir):  # fmt: skip
+async def test_a_request_system_message_replaces_the_stored_prompt_for_that_request(store, tokenizers, checkpoint_dir):
     session = await a_session_with_turns(store, 1)
-    turn = SessionTurn(store, session, [ChatMessage(role="system", content="Be terse."),
-                                        ChatMessage(role="user", content="new")])  # fmt: skip
+    turn = SessionTurn(
+        store, session, [ChatMessage(role="system", content="Be terse."), ChatMessage(role="user", content="new")]
+    )
     messages, prompt, _ = await turn.conversation(tokenizers, model(checkpoint_dir, 8192), max_history=20, reserve=10)
     assert "Be kind." not in prompt and "Be terse." in prompt
     await turn.record("reply", "stop")

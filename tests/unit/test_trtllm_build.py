@@ -15,27 +15,52 @@ LLMSERVE = str(Path(sys.executable).parent / "llmserve")
 
 
 def build(*args, timeout=60):
-    return subprocess.run([LLMSERVE, "build", "--engine", "trtllm", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [LLMSERVE, "build", "--engine", "trtllm", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize(("quantization", "expected"), [
-    ("none", ["models/core/llama/convert_checkpoint.py", "--dtype bfloat16", "--tp_size 2"]),
-    ("fp8", ["quantization/quantize.py", "--qformat fp8", "--kv_cache_dtype fp8", "--tp_size 2"]),
-    ("int4_awq", ["quantization/quantize.py", "--qformat int4_awq", "--calib_size 512"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("quantization", "expected"),
+    [
+        ("none", ["models/core/llama/convert_checkpoint.py", "--dtype bfloat16", "--tp_size 2"]),
+        ("fp8", ["quantization/quantize.py", "--qformat fp8", "--kv_cache_dtype fp8", "--tp_size 2"]),
+        ("int4_awq", ["quantization/quantize.py", "--qformat int4_awq", "--calib_size 512"]),
+    ],
+)
 def test_dry_run_prints_the_commands_and_renders_the_repository(checkpoint_dir, tmp_path, quantization, expected):
     out = tmp_path / "out"
-    result = build("--model", str(checkpoint_dir), "--output", str(out), "--dry-run", "--tp", "2",
-                   "--quantization", quantization, "--max-seq-len", "4096", "--max-input-len", "1024",
-                   "--trtllm-examples", str(tmp_path))  # fmt: skip
+    result = build(
+        "--model",
+        str(checkpoint_dir),
+        "--output",
+        str(out),
+        "--dry-run",
+        "--tp",
+        "2",
+        "--quantization",
+        quantization,
+        "--max-seq-len",
+        "4096",
+        "--max-input-len",
+        "1024",
+        "--trtllm-examples",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     convert, trtllm_build = [line for line in result.stdout.splitlines() if line.startswith("  $ ")]
     for fragment in expected:
         assert fragment in convert
     assert str(tmp_path) in convert and f"--output_dir {out}/checkpoint" in convert
-    for flag in ("--checkpoint_dir", f"--output_dir {out}/engines", "--max_seq_len 4096", "--max_input_len 1024",
-                 "--kv_cache_type paged", "--use_paged_context_fmha enable", "--max_batch_size 64"):  # fmt: skip
+    for flag in (
+        "--checkpoint_dir",
+        f"--output_dir {out}/engines",
+        "--max_seq_len 4096",
+        "--max_input_len 1024",
+        "--kv_cache_type paged",
+        "--use_paged_context_fmha enable",
+        "--max_batch_size 64",
+    ):
         assert flag in trtllm_build
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dry_run"] is True and manifest["quantization"] == quantization and manifest["tp"] == 2
@@ -57,10 +82,13 @@ def test_a_real_run_without_tensorrt_llm_stops_at_once_saying_what_to_do(checkpo
     assert not (tmp_path / "out").exists()  # nothing half-built
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--max-input-len", "4096", "--max-seq-len", "4096"], "--max-input-len must be smaller"),
-    (["--tp", "0"], "--tp must be at least 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-input-len", "4096", "--max-seq-len", "4096"], "--max-input-len must be smaller"),
+        (["--tp", "0"], "--tp must be at least 1"),
+    ],
+)
 def test_invalid_build_flags_are_named(checkpoint_dir, tmp_path, args, message):
     result = build("--model", str(checkpoint_dir), "--output", str(tmp_path / "out"), "--dry-run", *args)
     assert result.returncode == 2 and message in result.stderr

@@ -29,8 +29,14 @@ TRTLLM_OUTPUTS = declared(engine_contract.honoured(engine_contract.TENSORRT_LLM,
 
 
 def options(tmp_path, **changes) -> RepositoryOptions:
-    base = RepositoryOptions(served_model_name="smol", tokenizer_dir=tmp_path / "tok", engine_dir=tmp_path / "eng",
-                             max_model_len=2048, max_batch_size=16, max_input_len=1024)  # fmt: skip
+    base = RepositoryOptions(
+        served_model_name="smol",
+        tokenizer_dir=tmp_path / "tok",
+        engine_dir=tmp_path / "eng",
+        max_model_len=2048,
+        max_batch_size=16,
+        max_input_len=1024,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -83,8 +89,18 @@ def test_entry_models_implement_the_engine_contract(repository, model):
 
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
 def test_what_the_front_end_sends_matches_the_entry_inputs(repository, model):
-    params = SamplingParams(max_tokens=5, temperature=0.5, top_p=0.9, top_k=3, seed=7, min_tokens=1,
-                            repetition_penalty=1.1, presence_penalty=0.2, frequency_penalty=0.3, stop=("x",))  # fmt: skip
+    params = SamplingParams(
+        max_tokens=5,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=3,
+        seed=7,
+        min_tokens=1,
+        repetition_penalty=1.1,
+        presence_penalty=0.2,
+        frequency_penalty=0.3,
+        stop=("x",),
+    )
     sent = build_inputs(GenerationRequest("id", model, "hi", params))
     declared = tensors(load(repository, model).input)
     assert len(sent) == 15
@@ -141,11 +157,16 @@ def test_an_unfilled_variable_is_an_error_that_names_it(tmp_path):
         render_model(TEMPLATES / "tensorrt_llm", tmp_path / "out", values)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"entry": "llm"}, "entry"), ({"kv_cache_free_gpu_mem_fraction": 1.5}, "kv_cache_free_gpu_mem_fraction"),
-    ({"batch_scheduler_policy": "fifo"}, "batch_scheduler_policy"), ({"max_batch_size": 0}, "max_batch_size"),
-    ({"max_input_len": 2048}, "max_input_len"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"entry": "llm"}, "entry"),
+        ({"kv_cache_free_gpu_mem_fraction": 1.5}, "kv_cache_free_gpu_mem_fraction"),
+        ({"batch_scheduler_policy": "fifo"}, "batch_scheduler_policy"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_input_len": 2048}, "max_input_len"),
+    ],
+)
 def test_invalid_options_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         options(tmp_path, **change)

@@ -57,8 +57,9 @@ def test_ui_files_count_under_one_route_label_and_missing_files_as_unmatched(tmp
         client.get(path)
 
     def count(route: str, status: str) -> float | None:
-        return metrics.registry.get_sample_value("llmserve_http_requests_total",
-                                                 {"method": "GET", "route": route, "status": status})  # fmt: skip
+        return metrics.registry.get_sample_value(
+            "llmserve_http_requests_total", {"method": "GET", "route": route, "status": status}
+        )
 
     assert count("/{path}", "200") == 2 and count("/v1/models", "200") == 1
     assert count("unmatched", "404") == 1 and count("/{path}", "404") is None

@@ -11,9 +11,13 @@ router = APIRouter(tags=["chat"])
 @router.post(
     "/v1/chat/completions",
     response_model=None,
-    responses={200: {"model": ChatCompletion, "description": "JSON, or text/event-stream when stream is true"},
-               400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-)  # fmt: skip
+    responses={
+        200: {"model": ChatCompletion, "description": "JSON, or text/event-stream when stream is true"},
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
 @with_cancellation
 async def create_chat_completion(
     body: ChatCompletionRequest, raw_request: Request, serving: ChatServingDep

@@ -11,9 +11,13 @@ router = APIRouter(tags=["completions"])
 @router.post(
     "/v1/completions",
     response_model=None,
-    responses={200: {"model": Completion, "description": "JSON, or text/event-stream when stream is true"},
-               400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-)  # fmt: skip
+    responses={
+        200: {"model": Completion, "description": "JSON, or text/event-stream when stream is true"},
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
 @with_cancellation
 async def create_completion(body: CompletionRequest, raw_request: Request, serving: CompletionServingDep) -> Response:
     return to_response(await serving.create_completion(body))

@@ -19,10 +19,14 @@ async def ready(engine: EngineDep, database: DatabaseDep, request: Request) -> d
     """Readiness: the inference server is up and serves at least one model, the database answers, and the
     server is not shutting down."""
     if request.app.state.drain.draining:
-        raise OpenAIError(503, "Not ready: the server is shutting down.", code="not_ready", headers={"Retry-After": "5"})
+        raise OpenAIError(
+            503, "Not ready: the server is shutting down.", code="not_ready", headers={"Retry-After": "5"}
+        )
     engine_ready, database_ready = await asyncio.gather(engine.ready(), database.ping())
     if not (engine_ready and database_ready):
-        problems = [*([] if engine_ready else ["the inference server is not ready"]),
-                    *([] if database_ready else ["the database does not answer"])]  # fmt: skip
+        problems = [
+            *([] if engine_ready else ["the inference server is not ready"]),
+            *([] if database_ready else ["the database does not answer"]),
+        ]
         raise OpenAIError(503, f"Not ready: {' and '.join(problems)}.", code="not_ready", headers={"Retry-After": "1"})
     return {"status": "ready", "engine": "ready", "database": "ready"}

@@ -25,8 +25,10 @@ from frontend_api.storage.models import ChatSession, Message, now
 
 INT64_MAX = 2**63 - 1  # what the databases' integers hold; a larger offset would fail in the driver
 
-router = APIRouter(tags=["sessions"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                                                  503: {"model": ErrorResponse}})  # fmt: skip
+router = APIRouter(
+    tags=["sessions"],
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
 
 
 def public(record: ChatSession | None, session_id: str) -> SessionPublic:
@@ -44,8 +46,13 @@ def found(rows: list[Message] | None, session_id: str) -> list[MessagePublic]:
 
 @router.post("/v1/sessions", status_code=201)
 async def create_session(body: SessionCreate, principal: PrincipalDep, store: SessionStoreDep) -> SessionPublic:
-    record = await store.create(principal.key_id, title=body.title, model=body.model, system_prompt=body.system_prompt,
-                                settings=body.settings.model_dump(exclude_none=True))  # fmt: skip
+    record = await store.create(
+        principal.key_id,
+        title=body.title,
+        model=body.model,
+        system_prompt=body.system_prompt,
+        settings=body.settings.model_dump(exclude_none=True),
+    )
     return public(record, record.id)
 
 
@@ -88,7 +95,9 @@ async def list_messages(
     principal: PrincipalDep,
     store: SessionStoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="Only messages with a larger id (pagination).")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="Only messages with a larger id (pagination).")
+    ] = None,
 ) -> MessageList:
     data = found(await store.messages(principal.key_id, session_id, limit + 1, after), session_id)
     return MessageList(data=data[:limit], has_more=len(data) > limit)
@@ -109,5 +118,8 @@ async def export_session(session_id: str, principal: PrincipalDep, store: Sessio
     session = public(await store.get(principal.key_id, session_id), session_id)
     messages = found(await store.messages(principal.key_id, session_id, limit=1_000_000, after=None), session_id)
     export = SessionExport(exported_at=now(), session=session, messages=messages)
-    return Response(export.model_dump_json(indent=2), media_type="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="{session_id}.json"'})  # fmt: skip
+    return Response(
+        export.model_dump_json(indent=2),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{session_id}.json"'},
+    )

@@ -19,5 +19,9 @@ def _version() -> str:
 @router.get("/v1/system")
 async def system(request: Request) -> dict[str, Any]:
     figures = await request.app.state.system_probe.snapshot()
-    return {"object": "system", "version": _version(), "uptime_s": int(time.time()) - request.app.state.started_at,
-            **figures}  # fmt: skip
+    return {
+        "object": "system",
+        "version": _version(),
+        "uptime_s": int(time.time()) - request.app.state.started_at,
+        **figures,
+    }

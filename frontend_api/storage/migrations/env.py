@@ -15,8 +15,11 @@ def run_migrations_online() -> None:
     assert url, "Database.migrate sets sqlalchemy.url"
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=SQLModel.metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")  # fmt: skip
+        context.configure(
+            connection=connection,
+            target_metadata=SQLModel.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_MIGRATION_LOCK})

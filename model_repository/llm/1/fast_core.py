@@ -82,8 +82,7 @@ class FastEngine:
         self._failure: BaseException | None = None
         self._cancellations = CancellationPoller()
         # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
-        self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0,
-                      "deliver_s": 0.0}  # fmt: skip
+        self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0, "deliver_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
         self._thread.start()
 
@@ -100,8 +99,9 @@ class FastEngine:
             raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
         self.validate(sampling)
         input_ids, eos_ids = tokenize_prompt(self.tokenizer, prompt, sampling, self.max_model_len, self.default_eos_ids)
-        sequence = _Sequence(request_id, input_ids, sampling, sink, is_cancelled,
-                             TextStream(self._decoder, sampling.stop), eos_ids)  # fmt: skip
+        sequence = _Sequence(
+            request_id, input_ids, sampling, sink, is_cancelled, TextStream(self._decoder, sampling.stop), eos_ids
+        )
         with self._lock:
             if request_id in self._active:
                 raise InvalidRequest(f"request id {request_id!r} is already in flight")
@@ -166,8 +166,9 @@ class FastEngine:
             width = new_width
         if not batch:
             return
-        params = [(s.sampling.temperature, s.sampling.top_k or self.vocab_size, s.sampling.top_p, s.greedy)
-                  for s in batch]  # fmt: skip
+        params = [
+            (s.sampling.temperature, s.sampling.top_k or self.vocab_size, s.sampling.top_p, s.greedy) for s in batch
+        ]
         started = time.perf_counter()
         first = self.runner.prefill([s.slot for s in batch], [s.prompt for s in batch], params)
         self.stats["prefills"] += 1

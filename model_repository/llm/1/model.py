@@ -102,9 +102,12 @@ class TritonPythonModel:
         """Run one short generation so the first user request does not pay for lazy initialisation."""
         done = threading.Event()
         self.engine.submit(
-            f"warmup-{uuid.uuid4().hex}", "Hello", Sampling(max_tokens=2, temperature=0.0),
-            sink=lambda u: u.finish_reason and done.set(), is_cancelled=lambda: False,
-        )  # fmt: skip
+            f"warmup-{uuid.uuid4().hex}",
+            "Hello",
+            Sampling(max_tokens=2, temperature=0.0),
+            sink=lambda u: u.finish_reason and done.set(),
+            is_cancelled=lambda: False,
+        )
         if not done.wait(timeout=300):
             raise pb_utils.TritonModelException("warm-up generation did not finish within 300 s")
 

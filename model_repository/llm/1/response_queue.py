@@ -60,7 +60,12 @@ def merge(items) -> dict:
     for writer, update in items:
         previous = merged.get(writer)
         if previous is not None and previous.finish_reason is None:
-            update = Update(previous.text + update.text, update.finish_reason, update.error,
-                            update.num_input_tokens, update.num_output_tokens)  # fmt: skip
+            update = Update(
+                previous.text + update.text,
+                update.finish_reason,
+                update.error,
+                update.num_input_tokens,
+                update.num_output_tokens,
+            )
         merged[writer] = update
     return merged

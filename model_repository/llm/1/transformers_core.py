@@ -57,9 +57,14 @@ class TransformersEngine:
         # Sampling processors exist only if the generation config asks for them at creation time; we create them
         # with placeholder values and pass every request's own values (per_request_processors).
         generation_config = GenerationConfig(
-            do_sample=True, temperature=0.5, top_p=0.5, top_k=2, max_new_tokens=16,
-            eos_token_id=sorted(self.default_eos_ids) or None, pad_token_id=config.pad_token_id,
-        )  # fmt: skip
+            do_sample=True,
+            temperature=0.5,
+            top_p=0.5,
+            top_k=2,
+            max_new_tokens=16,
+            eos_token_id=sorted(self.default_eos_ids) or None,
+            pad_token_id=config.pad_token_id,
+        )
         if not kv_cache_blocks and device == "cpu":
             # transformers sizes an automatic cache from *all* free memory, which on a CPU is the whole host's RAM.
             # Ours: 1,024 tokens per sequence on average, and at least one full-context sequence.

@@ -64,10 +64,12 @@ class TritonPythonModel:
             text += stream.text.finish()
         else:
             self.streams[request_id] = stream
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("OUTPUT", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-            pb_utils.Tensor("FINISH_REASON", np.array([[finish_reason.encode()]], dtype=np.object_)),
-        ])  # fmt: skip
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("OUTPUT", np.array([[text.encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor("FINISH_REASON", np.array([[finish_reason.encode()]], dtype=np.object_)),
+            ]
+        )
 
     def _expire(self):
         deadline = time.monotonic() - self.ttl_s

@@ -56,14 +56,20 @@ class TritonPythonModel:
     def _one(self, request):
         query = _strings(request, "QUERY")
         if len(query) != 1:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError("invalid request: text_input must be one string"))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("invalid request: text_input must be one string")
+            )
         max_tokens = _int(request, "REQUEST_OUTPUT_LEN")
         if max_tokens is None or max_tokens < 1:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError("invalid request: max_tokens must be at least 1"))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("invalid request: max_tokens must be at least 1")
+            )
         ids = self.tokenizer.encode(query[0], add_special_tokens=self.add_special_tokens)
         if len(ids) > self.max_input_len:
-            message = (f"invalid request: text_input has {len(ids)} tokens; the TensorRT-LLM engines were built for "
-                       f"at most {self.max_input_len} (max_input_len)")  # fmt: skip
+            message = (
+                f"invalid request: text_input has {len(ids)} tokens; the TensorRT-LLM engines were built for "
+                f"at most {self.max_input_len} (max_input_len)"
+            )
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         end_id = _int(request, "END_ID")
         pad_id = _int(request, "PAD_ID")

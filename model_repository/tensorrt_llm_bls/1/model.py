@@ -24,15 +24,31 @@ from text_stream import TextStream
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Contract input -> tensorrt_llm input, passed through unchanged when the request has it.
 PASSTHROUGH = {
-    "temperature": "temperature", "top_k": "runtime_top_k", "top_p": "runtime_top_p",
-    "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty", "min_tokens": "min_tokens", "seed": "seed",
-}  # fmt: skip
-PREPROCESSING_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "stop_words": "STOP_WORDS_DICT",
-                        "bad_words": "BAD_WORDS_DICT", "end_id": "END_ID"}  # fmt: skip
-PREPROCESSING_OUTPUTS = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
-                         "REQUEST_OUTPUT_LEN": "request_output_len", "STOP_WORDS_IDS": "stop_words_list",
-                         "BAD_WORDS_IDS": "bad_words_list", "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id"}  # fmt: skip
+    "temperature": "temperature",
+    "top_k": "runtime_top_k",
+    "top_p": "runtime_top_p",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "min_tokens": "min_tokens",
+    "seed": "seed",
+}
+PREPROCESSING_INPUTS = {
+    "text_input": "QUERY",
+    "max_tokens": "REQUEST_OUTPUT_LEN",
+    "stop_words": "STOP_WORDS_DICT",
+    "bad_words": "BAD_WORDS_DICT",
+    "end_id": "END_ID",
+}
+PREPROCESSING_OUTPUTS = {
+    "INPUT_ID": "input_ids",
+    "REQUEST_INPUT_LEN": "input_lengths",
+    "REQUEST_OUTPUT_LEN": "request_output_len",
+    "STOP_WORDS_IDS": "stop_words_list",
+    "BAD_WORDS_IDS": "bad_words_list",
+    "OUT_END_ID": "end_id",
+    "OUT_PAD_ID": "pad_id",
+}
 
 
 class BlsError(Exception):
@@ -57,8 +73,12 @@ def _output(response, name) -> np.ndarray | None:
 
 
 def _contract_response(text: str, num_input: int, num_output: int, finish_reason: str) -> pb_utils.InferenceResponse:
-    values = {contract.TEXT_OUTPUT: [text], contract.NUM_INPUT_TOKENS: num_input,
-              contract.NUM_OUTPUT_TOKENS: num_output, contract.FINISH_REASON: finish_reason}  # fmt: skip
+    values = {
+        contract.TEXT_OUTPUT: [text],
+        contract.NUM_INPUT_TOKENS: num_input,
+        contract.NUM_OUTPUT_TOKENS: num_output,
+        contract.FINISH_REASON: finish_reason,
+    }
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(s.name, s.array(v)) for s, v in values.items()])
 
 
@@ -80,8 +100,11 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
 
     def _preprocess(self, request) -> list[pb_utils.Tensor]:
-        inputs = [pb_utils.Tensor(target, tensor.as_numpy()) for source, target in PREPROCESSING_INPUTS.items()
-                  if (tensor := pb_utils.get_input_tensor_by_name(request, source)) is not None]  # fmt: skip
+        inputs = [
+            pb_utils.Tensor(target, tensor.as_numpy())
+            for source, target in PREPROCESSING_INPUTS.items()
+            if (tensor := pb_utils.get_input_tensor_by_name(request, source)) is not None
+        ]
         response = pb_utils.InferenceRequest(
             model_name="preprocessing", inputs=inputs, requested_output_names=list(PREPROCESSING_OUTPUTS)
         ).exec()

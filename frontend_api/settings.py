@@ -201,13 +201,9 @@ class ConfigFileError(ValueError):
 S = TypeVar("S", bound=Settings)
 
 
-def load_settings(
-    config_file: str | Path | None = None,
-    settings_cls: type[S] = Settings,
-    **overrides: Any,  # type: ignore[assignment]
-) -> S:
-    """Settings (of `settings_cls`) from the TOML file (`config_file`, else $LLMSERVE_CONFIG), the environment and
-    `overrides`."""
+def load_settings(settings_cls: type[S], config_file: str | Path | None = None, **overrides: Any) -> S:
+    """Settings of `settings_cls` (the front-end's, or the launcher's) from the TOML file (`config_file`, else
+    $LLMSERVE_CONFIG), the environment and `overrides`."""
     path = config_file or os.environ.get(CONFIG_ENV)
     if not path:
         return settings_cls(**overrides)
@@ -249,4 +245,4 @@ def get_settings() -> Settings:
     handed_down = os.environ.get(SETTINGS_JSON_ENV)
     if handed_down:
         return Settings.model_validate_json(handed_down)
-    return load_settings()
+    return load_settings(Settings)

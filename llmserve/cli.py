@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, flags: dict[str, str]) -> LauncherSettings:
     overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
-    return load_settings(args.config, LauncherSettings, **overrides)
+    return load_settings(LauncherSettings, args.config, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,17 +36,17 @@ def config_file(tmp_path):
 def test_precedence_file_then_environment_then_flags(config_file, monkeypatch):
     for name in [k for k in os.environ if k.startswith("LLMSERVE_") or k in ("DATABASE_URL", "REDIS_URL")]:
         monkeypatch.delenv(name)
-    settings = load_settings(config_file, LauncherSettings)
+    settings = load_settings(LauncherSettings, config_file)
     assert (settings.port, settings.max_num_seqs, settings.rate_limit_rpm) == (9001, 8, 60)
     assert settings.database_url == "postgresql+psycopg://app:hunter2@db.internal/llm"
     monkeypatch.setenv("LLMSERVE_PORT", "9002")
     monkeypatch.setenv("DATABASE_URL", "sqlite:///other.db")
-    settings = load_settings(config_file, LauncherSettings)
+    settings = load_settings(LauncherSettings, config_file)
     assert settings.port == 9002 and settings.max_num_seqs == 8
     assert settings.database_url == "sqlite+aiosqlite:///other.db"
-    assert load_settings(config_file, LauncherSettings, port=9003).port == 9003
+    assert load_settings(LauncherSettings, config_file, port=9003).port == 9003
     monkeypatch.setenv("LLMSERVE_CONFIG", str(config_file))  # the file can come from the environment too
-    assert load_settings(settings_cls=LauncherSettings).rate_limit_rpm == 60
+    assert load_settings(LauncherSettings).rate_limit_rpm == 60
 
 
 def test_config_show_prints_the_effective_values_with_secrets_masked(config_file):
@@ -79,7 +79,7 @@ def test_a_bad_config_file_stops_with_a_message_naming_the_key(tmp_path, content
 
 def test_a_missing_config_file_is_an_error():
     with pytest.raises(ConfigFileError, match="cannot read"):
-        load_settings("/nonexistent/llmserve.toml")
+        load_settings(Settings, "/nonexistent/llmserve.toml")
     assert run("--config", "/nonexistent.toml", "serve").returncode == 2
 
 

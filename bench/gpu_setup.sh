@@ -56,7 +56,7 @@ for name in ("llmserve.cli", "llmserve.serve", "frontend_api.server.app", "engin
     importlib.import_module(name)
 import numpy, torch, transformers
 print(f"gpu_setup: numpy {numpy.__version__}, torch {torch.__version__} (cuda {torch.cuda.is_available()}), "
-      f"transformers {transformers.__version__}; {app} imports")
+      f"transformers {transformers.__version__}; the stack imports")
 assert numpy.__version__.startswith("1."), "the Triton python backend stub needs numpy < 2"
 PY
 }

@@ -11,8 +11,11 @@ real engines promise by the tensor contract:
 - stop strings end it with finish `stop`, the stop string and what follows trimmed, text that might begin a stop
   string held back until it is known not to;
 - every chunk carries the token counts; the prompt count is the real tokenizer's (with special tokens);
-- what the real `llm` engine rejects (seed, penalties, 0 < min_tokens < max_tokens) raises EngineError 400
-  naming the field, before the first chunk, as the Triton client does;
+- it speaks the contract: the request's tensors are built by the Triton client's own encoding
+  (frontend_api.engine.triton.input_values -> engine_contract arrays) and read back by the real `llm` model's
+  parser and checks (contract_io.parse_request, core.validate_sampling, for the `transformers` core), so what
+  the real engine refuses (seed, penalties, 0 < min_tokens < max_tokens) raises the same EngineError 400 naming
+  the field, through the Triton client's own error mapping, before the first chunk;
 - closing the iterator early cancels the request: it is recorded in `cancelled`, and leaves `active`.
 The app runs in another thread (a uvicorn server): tests read `requests`, `active` and `cancelled` from theirs,
 so those are plain containers updated atomically, read with `wait_until`.
@@ -28,13 +31,17 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+import engine_contract as contract
 from frontend_api.engine.protocol import (
-    EngineError,
     EngineModel,
     EngineUnavailable,
     GenerationChunk,
     GenerationRequest,
 )
+from frontend_api.engine.triton import infer_error, input_values
+
+from contract_io import parse_request  # the `llm` model's own modules (pytest's pythonpath)
+from core import InvalidRequest, validate_sampling
 
 MODEL = "SmolLM2-135M-Instruct"  # the id the real stack serves the default model under (tests/stack.py)
 ENGINE_MODEL = "llm"
@@ -44,8 +51,6 @@ WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa "
     "quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
 ).split()
-# The real llm engine refuses these unless neutral (model_repository/llm/1/model.py NEUTRAL_INPUTS).
-NEUTRAL = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 def reply_words(prompt: str, count: int) -> list[str]:
@@ -137,25 +142,14 @@ class FakeEngine:
             if not finished:
                 self.cancelled.append(request.request_id)
 
-    @staticmethod
-    def _reject_what_the_engine_cannot_honour(request: GenerationRequest) -> None:
-        params = request.params
-        if params.seed is not None:
-            raise EngineError(
-                "seed is not supported by the llm engine (its batching loop has one random generator for all requests)",
-                status=400,
-                param="seed",
-            )
-        for name, neutral in NEUTRAL.items():
-            value = getattr(params, name)
-            if value is not None and value != neutral:
-                raise EngineError(f"{name} is not supported by the llm engine", status=400, param=name)
-        if params.min_tokens is not None and 0 < params.min_tokens < params.max_tokens:
-            raise EngineError(
-                "min_tokens between 1 and max_tokens-1 is not supported by the llm engine",
-                status=400,
-                param="min_tokens",
-            )
+    def _reject_what_the_engine_cannot_honour(self, request: GenerationRequest) -> None:
+        """The real engine's checks over the request as the contract carries it (see the module docstring)."""
+        arrays = {spec.name: spec.array(value) for spec, value in input_values(request)}
+        try:
+            parsed = parse_request(arrays.get, contract.TRANSFORMERS)
+            validate_sampling(parsed.sampling, self._tokenizer.get_vocab_size())
+        except InvalidRequest as exc:
+            raise infer_error(f"invalid request: {exc}") from None
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:

@@ -72,18 +72,25 @@ def _tensor(spec: contract.TensorSpec, value: Any) -> InferInput:
     return tensor
 
 
+def input_values(request: GenerationRequest) -> list[tuple[contract.TensorSpec, Any]]:
+    """The contract's inputs this request sends, with their values (an unset option is not sent)."""
+    params = request.params
+    values: list[tuple[contract.TensorSpec, Any]] = [
+        (contract.TEXT_INPUT, request.prompt),
+        (contract.MAX_TOKENS, params.max_tokens),
+        *_ALWAYS_SENT,
+    ]
+    values += [
+        (spec, getattr(params, field)) for field, spec in _FROM_PARAMS.items() if getattr(params, field) is not None
+    ]
+    if params.stop:
+        values.append((contract.STOP_WORDS, params.stop))
+    return values
+
+
 def build_inputs(request: GenerationRequest) -> list[InferInput]:
     """Tensors with a leading batch dim of 1 (the models have max_batch_size > 0)."""
-    params = request.params
-    inputs = [_tensor(contract.TEXT_INPUT, request.prompt), _tensor(contract.MAX_TOKENS, params.max_tokens)]
-    inputs += [_tensor(spec, value) for spec, value in _ALWAYS_SENT]
-    for field, spec in _FROM_PARAMS.items():
-        value = getattr(params, field)
-        if value is not None:
-            inputs.append(_tensor(spec, value))
-    if params.stop:
-        inputs.append(_tensor(contract.STOP_WORDS, params.stop))
-    return inputs
+    return [_tensor(spec, value) for spec, value in input_values(request)]
 
 
 def parse_result(result: InferResult) -> tuple[GenerationChunk, bool]:
@@ -103,8 +110,9 @@ def parse_result(result: InferResult) -> tuple[GenerationChunk, bool]:
     return chunk, bool(final or chunk.finish_reason)
 
 
-def _infer_error(message: str) -> EngineError:
-    """Map an in-band error of a stream response to the HTTP-facing EngineError."""
+def infer_error(message: str) -> EngineError:
+    """Map an in-band error of a stream response (a model's "invalid request: ...") to the HTTP-facing
+    EngineError, naming the OpenAI field of the refused input."""
     if _INVALID_MARKER in message:
         detail = message.split(_INVALID_MARKER, 1)[1].strip()
         first_word = re.match(r"\w+", detail)
@@ -247,7 +255,7 @@ class TritonEngine:
                     return
                 if error is not None:  # an in-band error is the request's final response
                     await self._drain(responses)
-                    raise _infer_error(error.message() or str(error))
+                    raise infer_error(error.message() or str(error))
                 chunk, final = parse_result(result)
                 yield chunk
                 if final:

@@ -39,12 +39,9 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32767")
 
 
-@dataclass
-class Server:
-    """A process serving the API on 127.0.0.1:port, its output in log_path."""
+class LocalUrls:
+    """The URLs of an API served on 127.0.0.1:port (a stack's process, or the fast tier's app in a thread)."""
 
-    process: subprocess.Popen
-    log_path: Path
     port: int
 
     @property
@@ -58,6 +55,15 @@ class Server:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/chat/ws"
+
+
+@dataclass
+class Server(LocalUrls):
+    """A process serving the API on 127.0.0.1:port, its output in log_path."""
+
+    process: subprocess.Popen
+    log_path: Path
+    port: int
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -21,11 +21,11 @@ from frontend_api.server.app import create_app
 from frontend_api.settings import Settings
 
 from fake_engine import REPLY_WORDS, FakeEngine
-from stack import free_port
+from stack import LocalUrls, free_port
 
 
 @dataclass
-class LiveApp:
+class LiveApp(LocalUrls):
     """One app served on 127.0.0.1:port from a thread of this process; the same URLs as stack.Server."""
 
     engine: FakeEngine
@@ -33,18 +33,6 @@ class LiveApp:
     port: int
     server: uvicorn.Server
     thread: threading.Thread
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.base_url}/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/chat/ws"
 
     @property
     def database_url(self) -> str:

@@ -80,9 +80,9 @@ def input_values(request: GenerationRequest) -> list[tuple[contract.TensorSpec, 
         (contract.MAX_TOKENS, params.max_tokens),
         *_ALWAYS_SENT,
     ]
-    values += [
-        (spec, getattr(params, field)) for field, spec in _FROM_PARAMS.items() if getattr(params, field) is not None
-    ]
+    for field, spec in _FROM_PARAMS.items():
+        if (value := getattr(params, field)) is not None:
+            values.append((spec, value))
     if params.stop:
         values.append((contract.STOP_WORDS, params.stop))
     return values

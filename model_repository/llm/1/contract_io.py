@@ -32,8 +32,10 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
     Raises InvalidRequest for a missing required input, and for an input the core does not honour set to
     anything but its default: nothing is silently ignored."""
 
+    values = {spec.name: spec.read(read(spec.name)) for spec in contract.INPUTS}  # each tensor read once
+
     def value(spec: contract.TensorSpec):
-        return spec.read(read(spec.name))
+        return values[spec.name]
 
     for spec in contract.INPUTS:
         if not spec.optional and value(spec) is None:

@@ -1,7 +1,10 @@
-"""Test helpers shared by the tiers: API keys made the two ways an operator makes them."""
+"""Test helpers shared by the tiers: API keys made the two ways an operator makes them, sessions and their
+messages over the API, and WebSocket chat frames."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 from collections.abc import Mapping
@@ -48,3 +51,32 @@ async def create_key_in_database(
         return (await create_key(database, name, rpm, tpm, max_streams)).key
     finally:
         await database.close()
+
+
+def new_session(api, **fields) -> dict:
+    """POST /v1/sessions with `api` (an httpx client on .../v1); the created session."""
+    response = api.post("/sessions", json=fields)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def session_messages(api, session_id: str) -> list[dict]:
+    response = api.get(f"/sessions/{session_id}/messages")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def receive(ws, timeout: float = 120) -> dict:
+    """The next WebSocket chat frame that is not a keepalive."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if frame["type"] != "ping":
+            return frame
+
+
+async def until_done(ws) -> tuple[str, dict]:
+    """The streamed text of one reply and its `done` frame (or whatever frame ended the deltas)."""
+    text = []
+    while (frame := await receive(ws))["type"] == "delta":
+        text.append(frame["content"])
+    return "".join(text), frame

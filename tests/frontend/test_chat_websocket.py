@@ -3,28 +3,13 @@ tests/integration/test_websocket.py asks the same of the real stack."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 from websockets.asyncio.client import connect
 
 from fake_engine import MODEL, wait_until
-
-
-async def receive(ws, timeout: float = 30) -> dict:
-    """The next frame that is not a keepalive."""
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if frame["type"] != "ping":
-            return frame
-
-
-async def until_done(ws) -> tuple[str, dict]:
-    text = []
-    while (frame := await receive(ws))["type"] == "delta":
-        text.append(frame["content"])
-    return "".join(text), frame
+from helpers import receive, until_done
 
 
 def stored(app, session_id: str) -> list[dict]:

@@ -6,12 +6,7 @@ from __future__ import annotations
 import json
 
 from fake_engine import MODEL, wait_until
-
-
-def new_session(http, **fields) -> dict:
-    response = http.post("/sessions", json=fields)
-    assert response.status_code == 201, response.text
-    return response.json()
+from helpers import new_session, session_messages
 
 
 def chat(http, session_id: str, content: str, **extra) -> dict:
@@ -19,12 +14,6 @@ def chat(http, session_id: str, content: str, **extra) -> dict:
     response = http.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def messages(http, session_id: str) -> list[dict]:
-    response = http.get(f"/sessions/{session_id}/messages")
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 def test_create_list_get_update_delete(http):
@@ -56,7 +45,7 @@ def test_chat_in_a_session_prepends_the_history_and_stores_each_turn_once(http, 
     prompt = app.engine.requests[-1].prompt  # what the engine was asked: system prompt, the stored turn, the question
     assert prompt.index("You are terse.") < prompt.index("My name is Ada.") < prompt.index("What is my name?")
     assert first["choices"][0]["message"]["content"] in prompt
-    stored = messages(http, session["id"])
+    stored = session_messages(http, session["id"])
     assert [(m["role"], m["content"]) for m in stored] == [
         ("user", "My name is Ada."),
         ("assistant", first["choices"][0]["message"]["content"]),
@@ -85,7 +74,7 @@ def test_a_streamed_reply_is_stored_before_the_stream_ends(http):
                 assert chunk["session_id"] == session["id"]
                 text += [c["delta"].get("content") or "" for c in chunk["choices"]]
             elif line == "data: [DONE]":  # the turn is stored before the client hears the end
-                assert [m["content"] for m in messages(http, session["id"])] == ["Count.", "".join(text)]
+                assert [m["content"] for m in session_messages(http, session["id"])] == ["Count.", "".join(text)]
 
 
 def test_a_reply_cut_off_keeps_the_question_and_the_partial_answer(http, app):
@@ -102,8 +91,8 @@ def test_a_reply_cut_off_keeps_the_question_and_the_partial_answer(http, app):
         for line in response.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 break  # leaving the block closes the connection mid-reply
-    wait_until(lambda: len(messages(http, session["id"])) == 2, what="the cut-off turn stored")
-    stored = messages(http, session["id"])
+    wait_until(lambda: len(session_messages(http, session["id"])) == 2, what="the cut-off turn stored")
+    stored = session_messages(http, session["id"])
     assert stored[1]["finish_reason"] == "cancelled" and stored[1]["content"]
     wait_until(lambda: app.engine.active == set(), what="the engine freed")
     assert app.engine.cancelled == [app.engine.requests[-1].request_id]

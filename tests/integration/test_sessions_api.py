@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from helpers import new_session, session_messages
 from stack import MODEL
 
 
@@ -15,12 +16,6 @@ from stack import MODEL
 def api(stack):
     with httpx.Client(base_url=stack.api_url, timeout=120) as client:
         yield client
-
-
-def new_session(api, **fields) -> dict:
-    response = api.post("/sessions", json=fields)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def chat(api, session_id: str, content: str, **extra) -> dict:
@@ -35,12 +30,6 @@ def chat(api, session_id: str, content: str, **extra) -> dict:
     response = api.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def messages(api, session_id: str) -> list[dict]:
-    response = api.get(f"/sessions/{session_id}/messages")
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 def test_create_list_get_update_delete(api):
@@ -102,7 +91,7 @@ def test_chat_in_a_session_prepends_history_and_stores_each_turn_once(api):
     ).json()
     # The stored first turn went into the second prompt.
     assert second["usage"]["prompt_tokens"] > without_history["usage"]["prompt_tokens"] + 10
-    stored = messages(api, session["id"])
+    stored = session_messages(api, session["id"])
     assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
     assert stored[0]["content"] == "My name is Ada. Say hello."
     assert stored[1]["content"] == first["choices"][0]["message"]["content"]
@@ -129,7 +118,7 @@ def test_streamed_reply_is_stored_exactly_once_before_the_stream_ends(api):
                 chunk = json.loads(line[6:])
                 assert chunk["session_id"] == session["id"]
                 text += [c["delta"].get("content", "") for c in chunk["choices"]]
-    stored = messages(api, session["id"])
+    stored = session_messages(api, session["id"])
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["content"] == "".join(text)
 
@@ -149,7 +138,7 @@ def test_a_cancelled_reply_keeps_the_question_and_the_partial_answer(api, stack)
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 break  # leaving the block closes the connection mid-reply
     deadline = time.monotonic() + 10
-    while len(stored := messages(api, session["id"])) < 2 and time.monotonic() < deadline:
+    while len(stored := session_messages(api, session["id"])) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["finish_reason"] == "cancelled" and stored[1]["content"]
@@ -172,8 +161,8 @@ def test_rollback_and_export(api):
     chat(api, session["id"], "Hi again")
     rolled = api.post(f"/sessions/{session['id']}/rollback", json={"count": 2}).json()
     assert rolled["removed"] == 2
-    assert [m["content"] for m in messages(api, session["id"])][0] == "Hi"
-    assert len(messages(api, session["id"])) == 2
+    assert [m["content"] for m in session_messages(api, session["id"])][0] == "Hi"
+    assert len(session_messages(api, session["id"])) == 2
     export = api.get(f"/sessions/{session['id']}/export")
     assert export.status_code == 200
     assert export.headers["content-disposition"] == f'attachment; filename="{session["id"]}.json"'

@@ -11,26 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from helpers import receive, until_done
 from stack import MODEL
 
 
 def ws_url(stack) -> str:
     return stack.base_url.replace("http://", "ws://") + "/v1/chat/ws"
-
-
-async def receive(ws, timeout: float = 120) -> dict:
-    """The next frame that is not a keepalive."""
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if frame["type"] != "ping":
-            return frame
-
-
-async def until_done(ws) -> tuple[str, dict]:
-    text = []
-    while (frame := await receive(ws))["type"] == "delta":
-        text.append(frame["content"])
-    return "".join(text), frame
 
 
 async def active_requests_drop_to_zero(stack, within: float) -> float:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
 from fake_engine import MODEL, wait_until
 from helpers import create_key_in_database
@@ -27,6 +28,7 @@ def refused(response: httpx.Response, code: str) -> dict:
     return error
 
 
+@pytest.mark.rate_window(5)
 def test_requests_past_rate_limit_rpm_are_429_with_retry_after(start_app):
     app = start_app(rate_limit_rpm=2)
     assert [chat(app).status_code for _ in range(2)] == [200, 200]
@@ -35,6 +37,7 @@ def test_requests_past_rate_limit_rpm_are_429_with_retry_after(start_app):
     assert len(app.engine.requests) == 2  # the refused one never reached the engine
 
 
+@pytest.mark.rate_window(5)
 def test_a_keys_own_limit_applies_to_that_key_only(start_app):
     app = start_app(auth=True)
     limited = asyncio.run(create_key_in_database(app.database_url, "limited", rpm=1))

@@ -170,6 +170,7 @@ def rpm3(start_frontend_with) -> Server:
     return start_frontend_with({"LLMSERVE_RATE_LIMIT_RPM": "3"})
 
 
+@pytest.mark.rate_window(20)
 def test_rpm_refuses_the_request_past_the_limit_with_retry_after(rpm3):
     http = client_from("127.0.0.2")
     for _ in range(3):
@@ -211,6 +212,7 @@ def tpm_case(start_frontend_with, tokenizer) -> tuple[Server, int, int]:
     return server, prompt_tokens, tpm
 
 
+@pytest.mark.rate_window(20)
 def test_tpm_counts_prompt_and_completion_tokens(tpm_case):
     server, prompt_tokens, tpm = tpm_case
     http = client_from("127.0.0.2")
@@ -278,6 +280,7 @@ async def test_an_abandoned_non_streaming_request_frees_its_slot(capped):
 # --- Redis: one budget for several front-end processes ---
 
 
+@pytest.mark.rate_window(20)
 def test_two_front_ends_share_one_redis_budget(start_frontend_with, redis_prefix):
     env = {"REDIS_URL": REDIS_URL, "LLMSERVE_REDIS_KEY_PREFIX": redis_prefix, "LLMSERVE_RATE_LIMIT_RPM": "4"}
     first, second = start_frontend_with(env), start_frontend_with(env)
@@ -339,6 +342,7 @@ def test_an_unreachable_redis_fails_open_when_configured(start_frontend_with, re
 # --- per-key limits from `llmserve keys create` ---
 
 
+@pytest.mark.rate_window(20)
 def test_per_key_limits_from_keys_create(start_frontend_with, tmp_path):
     home = str(tmp_path / "home")
     env = {**os.environ, "LLMSERVE_HOME": home}
@@ -360,6 +364,7 @@ def test_per_key_limits_from_keys_create(start_frontend_with, tmp_path):
     error_of(chat(http, server), 401, "missing_api_key")
 
 
+@pytest.mark.rate_window(20)
 async def test_websocket_chats_spend_the_same_budget(start_frontend_with):
     """The WebSocket chat goes through the same admission as HTTP: over the limit, an error frame, and the
     connection stays usable."""

@@ -68,6 +68,7 @@ def test_seconds_until_room(window, limit, cost, expected):
     assert seconds_until_room(window, limit, cost, 60) == pytest.approx(expected)
 
 
+@pytest.mark.rate_window(5)
 async def test_rpm_admits_the_limit_then_429_with_retry_after():
     limiter = Limiter(settings())
     caller = key(rpm=3)
@@ -83,6 +84,7 @@ async def test_rpm_admits_the_limit_then_429_with_retry_after():
     assert limiter.in_flight == 0 and not limiter.streams
 
 
+@pytest.mark.rate_window(5)
 async def test_tpm_charges_prompt_at_admission_and_completion_at_the_end():
     limiter = Limiter(settings())
     caller = key(tpm=100)
@@ -101,6 +103,7 @@ async def test_tpm_charges_prompt_at_admission_and_completion_at_the_end():
     assert limiter.in_flight == 0
 
 
+@pytest.mark.rate_window(5)
 async def test_completion_tokens_are_charged_past_the_limit():
     limiter = Limiter(settings())
     caller = key(tpm=50)
@@ -139,6 +142,7 @@ async def test_global_in_flight_cap_is_503():
     assert limiter.in_flight == 0
 
 
+@pytest.mark.rate_window(5)
 async def test_a_rate_limited_request_holds_no_slot():
     limiter = Limiter(settings())
     caller = key(rpm=1, max_streams=1)
@@ -148,6 +152,7 @@ async def test_a_rate_limited_request_holds_no_slot():
     assert limiter.in_flight == 0 and not limiter.streams
 
 
+@pytest.mark.rate_window(5)
 async def test_two_limiters_share_one_redis_budget(redis_prefix):
     """Two front-end processes each have a Limiter; with Redis they spend one budget."""
     one, two = (Limiter(settings(redis_url=REDIS_URL, redis_key_prefix=redis_prefix)) for _ in range(2))

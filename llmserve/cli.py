@@ -24,6 +24,7 @@ MODEL_FLAGS = {
     "kv_cache_blocks": "kv_cache_blocks",
     "home": "home",
     "engine_core": "engine_core",
+    "weight_format": "weight_format",
 }
 SERVE_FLAGS = {
     "host": "host",
@@ -54,8 +55,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine-core",
         choices=LLM_CORES,
-        help="transformers continuous batching (default) or fast: ours, with CUDA-graph decode "
-        "for GPUs (docs/PERFORMANCE.md)",
+        help="openvino: OpenVINO GenAI continuous batching (default on cpu) or fast: ours, with CUDA-graph "
+        "decode (default on cuda); docs/PERFORMANCE.md",
+    )
+    parser.add_argument(
+        "--weight-format",
+        choices=["int8", "int4", "fp16"],
+        help="weights of the openvino core (default int8; int4 is faster and answers less well)",
     )
     parser.add_argument(
         "--home",

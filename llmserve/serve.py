@@ -29,7 +29,8 @@ def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
         instance_count=settings.instance_count,
         max_num_seqs=settings.max_num_seqs,
         kv_cache_blocks=settings.kv_cache_blocks,
-        engine_core=settings.engine_core,
+        engine_core=settings.engine_core or "openvino",
+        weight_format=settings.weight_format,
     )
     try:
         return prepare(settings.models, settings.home, output, options)

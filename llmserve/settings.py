@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine_contract import LLM_CORES, TRANSFORMERS
+from engine_contract import FAST, LLM_CORES, OPENVINO
 from frontend_api.settings import Settings, check_address
 
 
@@ -51,16 +51,29 @@ class LauncherSettings(Settings):
     instance_count: int = Field(1, ge=1, le=16)
     max_num_seqs: int = Field(32, ge=1, le=4096, description="Requests decoded together by one engine instance.")
     kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
-    engine_core: str = Field(
-        TRANSFORMERS, description="llm engine core: transformers continuous batching, or ours (CUDA-graph decode)."
+    engine_core: str | None = Field(
+        None,
+        description="llm engine core: openvino (OpenVINO GenAI, CPU; the default on cpu) or fast (ours, torch: "
+        "CUDA-graph decode; the default on cuda).",
+    )
+    weight_format: Literal["int8", "int4", "fp16"] = Field(
+        "int8", description="Weights of the openvino core's export (int4 is faster and answers less well)."
     )
 
     @field_validator("engine_core")
     @classmethod
-    def _known_core(cls, value: str) -> str:
-        if value not in LLM_CORES:
+    def _known_core(cls, value: str | None) -> str | None:
+        if value is not None and value not in LLM_CORES:
             raise ValueError(f"must be one of {', '.join(LLM_CORES)}, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _core_for_device(self) -> LauncherSettings:
+        if self.engine_core is None:
+            self.engine_core = OPENVINO if self.device == "cpu" else FAST
+        elif self.engine_core == OPENVINO and self.device != "cpu":
+            raise ValueError("engine_core openvino runs on the CPU; use engine_core fast with device cuda")
+        return self
 
     @field_validator("triton_address")
     @classmethod

@@ -16,7 +16,7 @@ import engine_contract as contract
 from core import InvalidRequest, Sampling, Update
 
 # Why the llm engine refuses an input it does not honour, where there is more to say than "not supported".
-_WHY_NOT = {contract.SEED.name: "its batching loop has one random generator for all requests"}
+_WHY_NOT = {contract.SEED.name: "its batching loop has one random generator for all requests"}  # the fast core
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
         min_tokens=int(value(contract.MIN_TOKENS)),
         end_id=value(contract.END_ID),
         stop=value(contract.STOP_WORDS),
+        seed=value(contract.SEED),
     )
     return ParsedRequest(
         prompt=value(contract.TEXT_INPUT),

@@ -12,20 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 import engine_contract
 
-from text_stream import fast_decoder
-
-# `engine_core` config parameter -> "module:class" in this folder, imported only when chosen (a core may need
-# what another does not, e.g. CUDA).
+# `engine_core` config parameter -> "module:class" in this folder, imported only when chosen (a core needs what
+# another does not: torch and CUDA for `fast`, OpenVINO for `openvino`). No import here pulls in torch, so the
+# OpenVINO core's process stays small.
 CORES = {
-    "transformers": "transformers_core:TransformersEngine",  # transformers continuous batching (paged KV cache)
-    "fast": "fast_core:FastEngine",  # slot KV cache, CUDA-graph decode (fast_runner.py)
+    "openvino": "openvino_core:OpenVINOEngine",  # OpenVINO GenAI continuous batching on CPU (paged KV, int8)
+    "fast": "fast_core:FastEngine",  # ours, torch: slot KV cache, CUDA-graph decode (fast_runner.py)
 }
-DEFAULT_CORE = "transformers"
+DEFAULT_CORE = "openvino"
 
 
 class InvalidRequest(ValueError):
@@ -41,6 +37,11 @@ class Sampling:
     min_tokens: int = 0
     end_id: int | None = None
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # honoured by the cores whose contract entry says so (engine_contract.SEED)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
 
 
 @dataclass
@@ -102,30 +103,17 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequest("top_p must be in (0, 1]")
     if sampling.top_k < 0:
         raise InvalidRequest("top_k must be >= 0")
-    if 0 < sampling.min_tokens < sampling.max_tokens:
-        raise InvalidRequest(
-            "min_tokens between 1 and max_tokens-1 is not supported by the llm engine (it cannot suppress "
-            "end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
-        )
+    if sampling.min_tokens < 0:
+        raise InvalidRequest("min_tokens must be >= 0")
     if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
         raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
 
 
-def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
-    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids)."""
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    model = model.to(device).eval()
-    eos = model.generation_config.eos_token_id or model.config.eos_token_id
-    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
-
-
-def tokenize_prompt(
-    tokenizer, prompt: str, sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
-) -> tuple[list[int], frozenset[int]]:
-    """(prompt token ids, the ids that end this request). No end ids when min_tokens >= max_tokens: exactly
-    max_tokens tokens are generated (benchmarks)."""
-    input_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+def check_prompt(
+    input_ids: list[int], sampling: Sampling, max_model_len: int, default_eos_ids: frozenset[int]
+) -> frozenset[int]:
+    """The ids that end this request, once the prompt is known to fit. No end ids when min_tokens >= max_tokens:
+    exactly max_tokens tokens are generated (benchmarks)."""
     if not input_ids:
         raise InvalidRequest("text_input is empty after tokenization")
     if len(input_ids) + sampling.max_tokens > max_model_len:
@@ -134,5 +122,5 @@ def tokenize_prompt(
             f"{max_model_len} tokens this engine holds per sequence"
         )
     if sampling.min_tokens >= sampling.max_tokens:
-        return input_ids, frozenset()
-    return input_ids, frozenset([sampling.end_id]) if sampling.end_id is not None else default_eos_ids
+        return frozenset()
+    return frozenset([sampling.end_id]) if sampling.end_id is not None else default_eos_ids

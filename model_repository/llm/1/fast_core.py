@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
-from core import InvalidRequest, Sampling, Update, load_checkpoint, tokenize_prompt, validate_sampling
+from core import InvalidRequest, Sampling, Update, check_prompt, validate_sampling
 from fast_runner import SlotRunner
-from text_stream import TextStream
+from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.fast_core")
 
@@ -47,7 +48,16 @@ class _Sequence:
 
     @property
     def greedy(self) -> bool:
-        return self.sampling.temperature == 0 or self.sampling.top_k == 1
+        return self.sampling.greedy
+
+
+def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
+    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model = model.to(device).eval()
+    eos = model.generation_config.eos_token_id or model.config.eos_token_id
+    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
 
 
 class FastEngine:
@@ -92,13 +102,19 @@ class FastEngine:
         return len(self._active)
 
     def validate(self, sampling: Sampling) -> None:
-        validate_sampling(sampling, self.vocab_size)  # the same rules as the transformers core
+        validate_sampling(sampling, self.vocab_size)
+        if 0 < sampling.min_tokens < sampling.max_tokens:
+            raise InvalidRequest(
+                "min_tokens between 1 and max_tokens-1 is not supported by the fast engine core (it cannot "
+                "suppress end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+            )
 
     def submit(self, request_id, prompt, sampling, sink, is_cancelled) -> None:
         if self._failure is not None:
             raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
         self.validate(sampling)
-        input_ids, eos_ids = tokenize_prompt(self.tokenizer, prompt, sampling, self.max_model_len, self.default_eos_ids)
+        input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
         sequence = _Sequence(
             request_id, input_ids, sampling, sink, is_cancelled, TextStream(self._decoder, sampling.stop), eos_ids
         )

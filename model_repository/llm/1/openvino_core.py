@@ -1,0 +1,237 @@
+"""The OpenVINO engine core (`engine_core: openvino`), the default on CPU: OpenVINO GenAI's ContinuousBatchingPipeline
+(paged KV cache allocated as it is used, prefill chunked into the decode steps, int8 weights) driven by ONE thread.
+
+That thread admits new requests, runs `step()` (one forward pass over every running sequence; OpenVINO computes
+on its own thread pool), then hands each request its new tokens: incremental detokenization with the Rust
+`tokenizers` library, stop strings, and the request's sink. Cancellation frees the request's KV blocks at once.
+The checkpoint is the OpenVINO IR that build_engines/openvino.py exports. No torch in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import openvino_genai as ov_genai
+from tokenizers import Tokenizer
+
+from cancellation import CancellationPoller
+from core import InvalidRequest, Sampling, Update, check_prompt, validate_sampling
+from text_stream import TextStream
+
+log = logging.getLogger("llm.openvino_core")
+
+CANCEL_POLL_INTERVAL_S = 0.05
+BLOCK = 256  # our kv_cache_blocks setting counts blocks of this many tokens, whatever the engine's own block size
+OV_BLOCK = 32  # tokens per KV block of OpenVINO's CPU plugin
+_FINISHED = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt: list[int]
+    config: ov_genai.GenerationConfig
+    sink: Callable[[Update], None]
+    is_cancelled: Callable[[], bool]
+    stream: TextStream
+    eos_ids: frozenset[int]
+    handle: ov_genai.GenerationHandle | None = None
+    ov_id: int = -1  # the pipeline's request id
+    generated: int = 0
+    done: bool = False
+
+
+def _eos_ids(checkpoint: Path) -> frozenset[int]:
+    ids: object = None
+    for name in ("generation_config.json", "config.json"):
+        path = checkpoint / name
+        if ids is None and path.is_file():
+            ids = json.loads(path.read_text()).get("eos_token_id")
+    if ids is None:
+        return frozenset()
+    return frozenset([ids] if isinstance(ids, int) else ids)  # type: ignore[arg-type]
+
+
+class OpenVINOEngine:
+    """core.EngineCore over openvino_genai.ContinuousBatchingPipeline."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        device: str = "cpu",
+        dtype: str = "float32",  # the IR's weights were compressed at export (build_engines/openvino.py)
+        max_num_seqs: int = 32,
+        kv_cache_blocks: int = 0,
+        max_model_len: int | None = None,
+    ):
+        if device != "cpu":
+            raise ValueError(f"the openvino engine core runs on the CPU, not {device!r}; use engine_core fast")
+        checkpoint = Path(checkpoint_dir)
+        if not (checkpoint / "openvino_model.xml").is_file():
+            raise ValueError(f"{checkpoint} holds no OpenVINO model (openvino_model.xml); run `llmserve prepare`")
+        self.tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+        config = json.loads((checkpoint / "config.json").read_text())
+        self.vocab_size = int(config["vocab_size"])
+        context = int(config.get("max_position_embeddings") or 2048)
+        self.max_model_len = min(max_model_len or context, context)
+        self.default_eos_ids = _eos_ids(checkpoint)
+
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.max_num_seqs = max_num_seqs
+        scheduler.dynamic_split_fuse = True  # long prompts are prefilled in chunks between decode steps
+        scheduler.enable_prefix_caching = True  # a session's earlier turns and a shared system prompt are reused
+        scheduler.cache_size = 0  # with num_kv_blocks 0: KV blocks are allocated as sequences grow
+        scheduler.num_kv_blocks = kv_cache_blocks * BLOCK // OV_BLOCK
+        self.pipeline = ov_genai.ContinuousBatchingPipeline(str(checkpoint), scheduler, "CPU")
+
+        self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._running: dict[int, _Request] = {}  # OpenVINO's request id -> request
+        self._active: dict[str, _Request] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._failure: BaseException | None = None
+        self._cancellations = CancellationPoller()
+        self._thread = threading.Thread(target=self._run, name="llm-openvino-core", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ core.EngineCore
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def submit(self, request_id, prompt, sampling, sink, is_cancelled) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
+        validate_sampling(sampling, self.vocab_size)
+        input_ids = self.tokenizer.encode(prompt, add_special_tokens=True).ids
+        eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
+        request = _Request(
+            request_id,
+            input_ids,
+            self._generation_config(sampling, eos_ids),
+            sink,
+            is_cancelled,
+            TextStream(self.tokenizer, sampling.stop),
+            eos_ids,
+        )
+        with self._lock:
+            if request_id in self._active:
+                raise InvalidRequest(f"request id {request_id!r} is already in flight")
+            self._active[request_id] = request
+        self._incoming.put(request)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._incoming.put(None)  # wake the loop
+        self._thread.join(timeout=30)
+        for request in list(self._active.values()):
+            self._finish(request, "error", error="the model is being unloaded")
+
+    @staticmethod
+    def _generation_config(sampling: Sampling, eos_ids: frozenset[int]) -> ov_genai.GenerationConfig:
+        config = ov_genai.GenerationConfig()
+        config.max_new_tokens = sampling.max_tokens
+        if eos_ids:
+            config.stop_token_ids = set(eos_ids)
+            config.min_new_tokens = sampling.min_tokens
+        else:  # min_tokens >= max_tokens: exactly max_tokens tokens
+            config.ignore_eos = True
+        if not sampling.greedy:
+            config.do_sample = True
+            config.temperature = sampling.temperature
+            config.top_p = sampling.top_p
+            if sampling.top_k:
+                config.top_k = sampling.top_k
+            if sampling.seed is not None:
+                config.rng_seed = sampling.seed
+        return config
+
+    # ------------------------------------------------------------------ the loop thread
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # OpenVINO failed (out of memory, ...): fail every request, say why
+            log.exception("the openvino engine core's loop failed")
+            self._failure = exc
+            for request in list(self._active.values()):
+                self._finish(request, "error", error=f"the generation loop failed: {exc}")
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            # A cancelled request's KV blocks are freed by the next step: step while anything is unfinished.
+            unfinished = self.pipeline.has_non_finished_requests()
+            self._admit(block=not self._running and not unfinished)
+            self._poll_cancellations()
+            if self._running or unfinished:
+                self.pipeline.step()
+            self._deliver()
+
+    def _admit(self, block: bool) -> None:
+        try:
+            item = self._incoming.get(timeout=CANCEL_POLL_INTERVAL_S) if block else self._incoming.get_nowait()
+            while True:
+                if item is not None and not item.done:
+                    ids = ov.Tensor(np.array([item.prompt], dtype=np.int64))
+                    item.ov_id, self._next_id = self._next_id, self._next_id + 1
+                    item.handle = self.pipeline.add_request(item.ov_id, ids, item.config)
+                    self._running[item.ov_id] = item
+                item = self._incoming.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _deliver(self) -> None:
+        for request in list(self._running.values()):
+            handle = request.handle
+            assert handle is not None
+            if handle.get_status() == ov_genai.GenerationStatus.IGNORED:
+                self._finish(request, "error", error="the KV cache cannot hold this request's prompt")
+                continue
+            if not handle.can_read():
+                continue
+            for output in handle.read().values():  # one sequence per request
+                self._on_tokens(request, list(output.generated_ids), output.finish_reason)
+
+    def _on_tokens(self, request: _Request, tokens: list[int], finish: ov_genai.GenerationFinishReason) -> None:
+        request.generated += len(tokens)
+        reason = _FINISHED.get(finish)
+        if reason == "stop" and tokens and tokens[-1] in request.eos_ids:
+            tokens = tokens[:-1]  # the end-of-sequence token is not part of the text
+        text = request.stream.push(tokens) if tokens else ""
+        if request.stream.stopped:
+            self._finish(request, "stop", text)
+        elif reason is not None:
+            self._finish(request, reason, text + request.stream.finish())
+        elif text:
+            request.sink(Update(text, None, None, len(request.prompt), request.generated))
+
+    def _poll_cancellations(self) -> None:
+        for request in self._cancellations.due(list(self._active.values())):
+            if not request.done and request.is_cancelled():
+                self._finish(request, "cancelled")
+
+    def _finish(self, request: _Request, reason: str, text: str = "", error: str | None = None) -> None:
+        if request.done:
+            return
+        request.done = True
+        with self._lock:
+            self._active.pop(request.request_id, None)
+        if request.handle is not None:
+            if reason in ("stop", "cancelled", "error") and request.handle.get_status() == (
+                ov_genai.GenerationStatus.RUNNING
+            ):
+                request.handle.cancel()  # frees its KV blocks; a stop string ended it before the engine did
+            self._running.pop(request.ov_id, None)
+        update = Update(text, reason, error, len(request.prompt), request.generated)
+        try:
+            request.sink(update)
+        except Exception:  # e.g. the client is gone; the request is over for us either way
+            log.exception("could not deliver the end of request %s (%s)", request.request_id, reason)

@@ -75,6 +75,24 @@ def checkpoint_dir(home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def openvino_checkpoint(checkpoint_dir: Path, home: Path) -> Path:
+    """The default model exported for the openvino core (int8 weights), as `llmserve prepare` exports it."""
+    from build_engines.openvino import ensure_openvino_ir
+
+    return ensure_openvino_ir(checkpoint_dir, home)
+
+
+@pytest.fixture(scope="session")
+def core_checkpoint(checkpoint_dir: Path, request) -> Callable[[str], Path]:
+    """The checkpoint each engine core loads: its own export (openvino) or the Hugging Face checkpoint."""
+
+    def for_core(core: str) -> Path:
+        return request.getfixturevalue("openvino_checkpoint") if core == "openvino" else checkpoint_dir
+
+    return for_core
+
+
+@pytest.fixture(scope="session")
 def tokenizer(checkpoint_dir: Path):
     from transformers import AutoTokenizer
 

@@ -13,8 +13,8 @@ real engines promise by the tensor contract:
 - every chunk carries the token counts; the prompt count is the real tokenizer's (with special tokens);
 - it speaks the contract: the request's tensors are built by the Triton client's own encoding
   (frontend_api.engine.triton.input_values -> engine_contract arrays) and read back by the real `llm` model's
-  parser and checks (contract_io.parse_request, core.validate_sampling, for the `transformers` core), so what
-  the real engine refuses (seed, penalties, 0 < min_tokens < max_tokens) raises the same EngineError 400 naming
+  parser and checks (contract_io.parse_request, core.validate_sampling, for the default `openvino` core), so what
+  the real engine refuses (penalties, bad_words) raises the same EngineError 400 naming
   the field, through the Triton client's own error mapping, before the first chunk;
 - closing the iterator early cancels the request: it is recorded in `cancelled`, and leaves `active`.
 The app runs in another thread (a uvicorn server): tests read `requests`, `active` and `cancelled` from theirs,
@@ -146,7 +146,7 @@ class FakeEngine:
         """The real engine's checks over the request as the contract carries it (see the module docstring)."""
         arrays = {spec.name: spec.array(value) for spec, value in input_values(request)}
         try:
-            parsed = parse_request(arrays.get, contract.TRANSFORMERS)
+            parsed = parse_request(arrays.get, contract.OPENVINO)
             validate_sampling(parsed.sampling, self._tokenizer.get_vocab_size())
         except InvalidRequest as exc:
             raise infer_error(f"invalid request: {exc}") from None

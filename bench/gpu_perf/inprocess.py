@@ -2,8 +2,8 @@
 
 1. a Llama-shaped checkpoint with random weights (the real weights cannot travel to the GPU machine) and the
    real SmolLM2 tokenizer; 2. greedy equivalence of our core with HF `generate` (fp32, SmolLM2's shape);
-3. HF static-batch `generate`; 4. transformers continuous batching (transformers_core.TransformersEngine) and our core
-   (fast_core.FastEngine) driven in-process with the same closed-loop load as `llmserve bench`;
+3. HF static-batch `generate`; 4. our core (fast_core.FastEngine) driven in-process with the same closed-loop load
+   as `llmserve bench`;
 5. where our core's time goes (its loop counters, graph replay times, detokenization cost).
 """
 
@@ -28,7 +28,6 @@ from llmserve.bench.report import summarize
 from core import Sampling
 from fast_core import FastEngine
 from text_stream import TextStream, fast_decoder
-from transformers_core import TransformersEngine
 
 SHAPES = {  # 1b: the shape of docs/PERFORMANCE.md's measurements (1.07B parameters with tied embeddings)
     "1b": dict(
@@ -227,7 +226,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--shape", default="1b", choices=SHAPES)
     parser.add_argument("--levels", default="1,64,256")
-    parser.add_argument("--cb-levels", default="64,256", help="levels for transformers continuous batching")
     parser.add_argument("--static", default="64,256", help="HF static generate batch sizes")
     parser.add_argument("--tokens", type=int, default=128, help="prompt and output tokens")
     parser.add_argument("--tokenizer", default="/tmp/smol", help="SmolLM2's config and tokenizer (bench/gpu_setup.sh)")
@@ -278,13 +276,6 @@ def main() -> None:
     fast.shutdown()
     del fast
     torch.cuda.empty_cache() if device.startswith("cuda") else None
-    save(out)
-
-    cb_levels = [int(x) for x in args.cb_levels.split(",") if x]
-    if cb_levels:
-        cb = TransformersEngine(str(ckpt), device=device, dtype="bfloat16", max_num_seqs=max(cb_levels))
-        results["transformers_cb"] = sweep(cb, "transformers-cb", cb_levels, n, n)
-        cb.shutdown()
     save(out)
     print(json.dumps(results, indent=1))
 

@@ -17,10 +17,9 @@ def main() -> None:
     inprocess = json.loads((args.run / "inprocess.json").read_text())
     reports = [
         {"label": "fast core, in-process", "levels": inprocess["fast"]},
-        {"label": "transformers CB, in-process", "levels": inprocess["transformers_cb"]},
         *(json.loads((args.run / f"{name}.json").read_text()) for name in ("triton-fast", "openai-fast")),
     ]
-    reports[2]["label"], reports[3]["label"] = "fast core via Triton gRPC", "fast core via front-end (OpenAI SSE)"
+    reports[1]["label"], reports[2]["label"] = "fast core via Triton gRPC", "fast core via front-end (OpenAI SSE)"
     plot(reports, args.run / "sweep.png", args.title)
     bars(inprocess, reports, args.run / "throughput-256.png", args.title)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark of docs/PERFORMANCE.md, on the GPU machine, from the repository root, with the bundle of
 # bench/gpu_bundle.sh carried (.device/gpu). Stages (STAGES, comma-separated; default inprocess,triton):
-#   inprocess  bench/gpu_perf/inprocess.py: greedy check, HF static generate, our core and transformers CB in process
+#   inprocess  bench/gpu_perf/inprocess.py: greedy check, HF static generate, our core in process
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours, plus a profile of our prefill
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:

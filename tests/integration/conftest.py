@@ -5,12 +5,30 @@ from __future__ import annotations
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+import engine_contract
+
 from stack import prepare_repository, running_stack
+
+# The session's stack for each engine core of the `llm` model: the default (openvino) serves `stack`.
+STACK_OF_CORE = {engine_contract.OPENVINO: "stack", engine_contract.FAST: "fast_stack"}
+
+
+@pytest.fixture(params=engine_contract.LLM_CORES)
+def engine_core(request) -> str:
+    """Each test using it runs once per engine core."""
+    assert set(STACK_OF_CORE) == set(engine_contract.LLM_CORES), "a new core needs its stack here"
+    return request.param
+
+
+@pytest.fixture
+def engine_stack(engine_core, request):
+    """The real stack serving with `engine_core` (`--engine-core`)."""
+    return request.getfixturevalue(STACK_OF_CORE[engine_core])
 
 
 @pytest.fixture(scope="session")
 def fast_stack(checkpoint_dir, tmp_path_factory):
-    """The same stack with our engine core (fast_core.py) instead of transformers continuous batching."""
+    """The same stack with our torch engine core (fast_core.py) instead of the default openvino core."""
     repository = prepare_repository(
         tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast"
     )

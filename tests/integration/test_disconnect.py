@@ -19,12 +19,6 @@ BOUND_S = 5.0  # correctness, not performance
 LONG = {"max_tokens": 2000, "min_tokens": 2000}  # never finishes on its own during a test
 
 
-@pytest.fixture(params=["transformers", "fast"])
-def engine_stack(request):
-    """Each test runs against both engine cores (`--engine-core`), each behind its own real stack."""
-    return request.getfixturevalue("stack" if request.param == "transformers" else "fast_stack")
-
-
 async def engine_freed_after(stack, since: float) -> float:
     """Seconds from `since` until the engine holds no request (polled every 20 ms)."""
     while stack.triton_metric("llm_engine_active_requests") > 0:

@@ -40,6 +40,11 @@ def test_engine_core_is_checked_as_flag_and_as_variable():
     assert variable.returncode == 2 and "LLMSERVE_ENGINE_CORE" in variable.stderr
 
 
+def test_the_openvino_core_on_cuda_is_refused_naming_the_way_out():
+    result = run("prepare", "--device", "cuda", "--engine-core", "openvino")
+    assert result.returncode == 2 and "engine_core fast" in result.stderr
+
+
 def test_public_bind_without_auth_is_refused():
     result = run("serve", "--host", "0.0.0.0")
     assert result.returncode == 2

@@ -46,20 +46,36 @@ def test_every_honoured_input_reaches_the_core(core):
     assert parsed.stream and parsed.exclude_input_in_output
 
 
+# A value other than the default for each input some engine does not honour.
+NON_DEFAULT = {"seed": 7, "repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.5,
+               "bad_words": ["Paris"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("core", sorted(CORES))
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_an_input_is_honoured_or_refused_by_name_as_the_contract_says(core, name):
+    request = arrays(text_input="hi", max_tokens=5, **{name: NON_DEFAULT[name]})
+    if core in contract.INPUTS_BY_NAME[name].honoured_by:
+        parsed = parse_request(request.get, core)
+        assert getattr(parsed.sampling, name) == NON_DEFAULT[name]
+    else:
+        with pytest.raises(InvalidRequest, match=f"^{name} is not supported"):
+            parse_request(request.get, core)
+
+
+def test_every_not_honoured_input_has_a_refusal_case_here():
+    assert {spec.name for core in CORES for spec in contract.not_honoured(core)} <= set(NON_DEFAULT)
+
+
 @pytest.mark.parametrize("core", sorted(CORES))
 @pytest.mark.parametrize(
     "extra, named",
     [
-        ({"seed": 7}, "seed"),
-        ({"repetition_penalty": 1.3}, "repetition_penalty"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"bad_words": ["Paris"]}, "bad_words"),
         ({"text_input": None}, "text_input is required"),
         ({"max_tokens": None}, "max_tokens is required"),
     ],
 )
-def test_inputs_the_core_cannot_honour_are_refused_by_name(core, extra, named):
+def test_a_missing_required_input_is_refused_by_name(core, extra, named):
     values = {"text_input": "hi", "max_tokens": 5, **extra}
     request = arrays(**{name: value for name, value in values.items() if value is not None})
     with pytest.raises(InvalidRequest, match=named) as refused:

@@ -17,8 +17,8 @@ PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start
 
 
 @pytest.fixture(scope="module", params=sorted(CORES))
-def engine(request, checkpoint_dir):
-    core = load_core(request.param)(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
+def engine(request, core_checkpoint):
+    core = load_core(request.param)(str(core_checkpoint(request.param)), max_num_seqs=4, max_model_len=256)
     yield core
     core.shutdown()
 
@@ -83,7 +83,7 @@ def test_stop_words_trim_the_output(engine):
 @pytest.mark.parametrize(
     "sampling, named",
     [
-        ({"min_tokens": 3}, "min_tokens"),
+        ({"min_tokens": -1}, "min_tokens"),
         ({"top_p": 1.5}, "top_p"),
         ({"temperature": -1.0}, "temperature"),
         ({"top_k": -1}, "top_k"),

@@ -1,5 +1,7 @@
 """Rendering the model repository: placeholders must all be filled, and the result is a valid Triton config."""
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -64,7 +66,11 @@ def test_every_model_gets_a_valid_triton_config(rendered):
         assert config.instance_group[0].count == 2
         assert config.parameters["served_model_name"].string_value == name
         assert int(config.parameters["max_model_len"].string_value) == 8192
-        assert config.parameters["engine_core"].string_value == "transformers"  # the default core
+        assert config.parameters["engine_core"].string_value == "openvino"  # the default core on CPU
+        engine_checkpoint = Path(config.parameters["checkpoint_dir"].string_value)
+        assert (engine_checkpoint / "openvino_model.xml").is_file()  # the core's own export ...
+        tokenizer_dir = Path(config.parameters["tokenizer_dir"].string_value)
+        assert (tokenizer_dir / "config.json").is_file() and tokenizer_dir != engine_checkpoint  # ... not the HF one
         assert (repository / name / "1" / "model.py").is_file()
 
 

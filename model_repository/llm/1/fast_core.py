@@ -30,7 +30,7 @@ log = logging.getLogger("llm.fast_core")
 
 CANCEL_POLL_INTERVAL_S = 0.05
 DEFAULT_SLOT_LEN = 2048  # tokens of KV cache per sequence when neither kv_cache_blocks nor max_model_len bound it
-BLOCK = 256  # kv_cache_blocks counts blocks of this many tokens, as for the transformers core
+BLOCK = 256  # the kv_cache_blocks setting counts blocks of this many tokens, for every core
 
 
 @dataclass(eq=False)

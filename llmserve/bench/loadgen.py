@@ -1,6 +1,7 @@
 """Asyncio load generators: the OpenAI endpoint with SSE, and Triton gRPC directly, with the same prompts.
 
-Every request asks for exactly `output_tokens` tokens (min_tokens = max_tokens) and records when it started,
+Every request asks for exactly `output_tokens` tokens (min_tokens = max_tokens; on the OpenAI endpoint also
+ignore_eos, the name llama.cpp's and vLLM's servers know, which ours ignores) and records when it started,
 when its first text arrived and when it ended, so that both targets are measured the same way.
 """
 
@@ -40,6 +41,7 @@ async def openai_completion(client, base_url: str, model: str, prompt: str, outp
         "prompt": prompt,
         "max_tokens": output_tokens,
         "min_tokens": output_tokens,
+        "ignore_eos": True,
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},

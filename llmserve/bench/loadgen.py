@@ -1,6 +1,7 @@
 """Asyncio load generators: the OpenAI endpoint with SSE, and Triton gRPC directly, with the same prompts.
 
-Every request asks for exactly `output_tokens` tokens (min_tokens = max_tokens) and records when it started,
+Every request asks for exactly `output_tokens` tokens (min_tokens = max_tokens; on the OpenAI endpoint also
+ignore_eos, the name llama.cpp's and vLLM's servers know, which ours ignores) and records when it started,
 when its first text arrived and when it ended, so that both targets are measured the same way.
 """
 
@@ -40,6 +41,7 @@ async def openai_completion(client, base_url: str, model: str, prompt: str, outp
         "prompt": prompt,
         "max_tokens": output_tokens,
         "min_tokens": output_tokens,
+        "ignore_eos": True,
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -110,12 +112,17 @@ async def run_level(
     output_tokens: int,
     first_index: int = 0,
     on_done=None,
+    keepalive: bool = True,
 ) -> list[RequestResult]:
-    """`concurrency` workers send `num_requests` requests in all, each as soon as its previous one ends."""
+    """`concurrency` workers send `num_requests` requests in all, each as soon as its previous one ends.
+
+    keepalive=False: a new connection per OpenAI request (llama.cpp's server closes a connection after its 5th
+    request without saying so, and the 6th, sent at once on it, fails with "Server disconnected")."""
     if target == "openai":
         import httpx
 
-        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+        idle = concurrency + 8 if keepalive else 0
+        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=idle)
         client = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
         close = client.aclose
 

@@ -38,7 +38,8 @@ def test_a_reply_that_echoes_an_event_handler_is_rendered_as_html_without_it(new
     ui.wait_reply_done()
     session_id = ui.page.locator("li.session.current").get_attribute("data-session-id")
     reply = httpx.get(f"{stack.api_url}/sessions/{session_id}/messages").json()["data"][-1]["content"]
-    assert PAYLOAD in reply, f"the model did not echo the payload this time, so this test proves nothing: {reply!r}"
+    echoed = re.search(r'<img src=x onerror="window.__xss=1"\s*/?>', reply)  # the model may self-close it
+    assert echoed, f"the model did not echo the payload this time, so this test proves nothing: {reply!r}"
 
     # Rendered as HTML through the Markdown path (an <img> element exists), with its handler removed.
     image = ui.replies.last.locator(".markdown img")

@@ -96,7 +96,10 @@ def describe_validation_errors(errors: Sequence[Any], subject: str = "The reques
             return f"type: {first.get('msg')}", "type"
         return f"{subject} must be a JSON object.", None
     param = ".".join(str(part) for part in loc)
-    message = f"{param}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
+    if first.get("type") == "extra_forbidden" and subject == "The request body":
+        message = f"Unrecognized request argument supplied: {param}"  # OpenAI's words for a field it does not define
+    else:
+        message = f"{param}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return message, param

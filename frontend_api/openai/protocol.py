@@ -1,7 +1,8 @@
 """Pydantic models of the OpenAI API subset we serve (requests validated here, responses built by serving).
 
-Unknown request fields are ignored (SDKs send extras), but a known field asking for something we cannot do
-(n > 1, echo, logprobs, tools, ...) is rejected with a 400 naming it, never silently dropped.
+A request field is either honoured (declared here) or refused with a 400 naming it: a field of OpenAI's or vLLM's
+API that we cannot honour is accepted only with a value that changes nothing (request_fields.py), and a field
+neither defines is unrecognized (as OpenAI answers a typo).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
 
+from frontend_api.openai.request_fields import RefusedChatFields, RefusedCompletionFields
+
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 1000  # per sequence: the engine holds back up to this much streamed text while it might be a stop
 UINT64_MAX = 2**64 - 1
@@ -17,13 +20,7 @@ INT32_MAX = 2**31 - 1  # the engine contract's INT32 inputs
 
 
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-def _reject_unless(value: Any, allowed: tuple[Any, ...], message: str) -> Any:
-    if value not in allowed:
-        raise ValueError(message)
-    return value
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # nested objects (messages) and responses
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -48,27 +45,23 @@ class StreamOptions(OpenAIBaseModel):
 class BaseGenerationRequest(OpenAIBaseModel):
     """Fields shared by chat and text completions (field order matters: `stream` precedes `stream_options`)."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: list[str] | None = None
     seed: int | None = Field(None, ge=0, le=UINT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
     user: str | None = None
     # Extensions (vLLM / TensorRT-LLM names)
     top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0 turns top-k sampling off.")
     min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     repetition_penalty: float | None = Field(None, gt=0)
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, value: int) -> int:
-        return _reject_unless(value, (1,), "only n=1 is supported")
+    ignore_eos: bool = Field(False, description="Generate exactly the max tokens: end-of-sequence is ignored.")
 
     @field_validator("stream_options")
     @classmethod
@@ -95,13 +88,6 @@ class BaseGenerationRequest(OpenAIBaseModel):
             raise ValueError(f"each sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("not supported")
-        return value
-
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
@@ -125,49 +111,20 @@ class ChatMessage(OpenAIBaseModel):
         return "\n".join(texts)
 
 
-class ChatCompletionRequest(BaseGenerationRequest):
+class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the honoured fields first
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    # Identifiers of the end user, as `user` (which they replace in OpenAI's API); nothing here uses them.
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
     # Extension: chat inside a stored session (its history is prepended, the turn is stored).
     session_id: str | None = Field(None, min_length=1, max_length=40)
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        return _reject_unless(value, (None, False), "not supported")
 
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        return _reject_unless(value, (None, 0), "not supported")
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError("not supported (no tool calling)")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_format_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "text":
-            raise ValueError('only response_format {"type": "text"} is supported')
-        return value
-
-
-class CompletionRequest(BaseGenerationRequest):
+class CompletionRequest(RefusedCompletionFields, BaseGenerationRequest):
     prompt: str = Field(min_length=1)
     max_tokens: int | None = Field(16, ge=1)
-    echo: bool | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -177,26 +134,6 @@ class CompletionRequest(BaseGenerationRequest):
                 raise ValueError("must be a string or a list of exactly one string")
             return value[0]
         return value
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool | None) -> bool | None:
-        return _reject_unless(value, (None, False), "not supported")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        return _reject_unless(value, (None,), "not supported")
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
-        return _reject_unless(value, (None,), "not supported")
-
-    @field_validator("best_of")
-    @classmethod
-    def _no_best_of(cls, value: int | None) -> int | None:
-        return _reject_unless(value, (None, 1), "only best_of=1 is supported")
 
 
 # --------------------------------------------------------------------------------------------- responses

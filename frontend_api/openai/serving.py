@@ -93,7 +93,7 @@ def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> Sampling
         top_p=request.top_p,
         top_k=request.top_k if request.top_k and request.top_k > 0 else None,
         seed=request.seed,
-        min_tokens=request.min_tokens,
+        min_tokens=max_tokens if request.ignore_eos else request.min_tokens,  # the engines then ignore end-of-sequence
         repetition_penalty=request.repetition_penalty,
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,

@@ -94,7 +94,9 @@ def test_sigterm_lets_a_stream_finish_refuses_new_requests_and_exits_0(repositor
 
     async def scenario() -> list:
         async with httpx.AsyncClient(timeout=60) as http:
-            response, lines = await open_stream(http, stack, tokens=400)  # 5-10 s on CPU: outlives the checks below, far less than the timeout
+            response, lines = await open_stream(
+                http, stack, tokens=400
+            )  # 5-10 s on CPU: outlives the checks below, far less than the timeout
             assert live_workers(stack) == (2 if workers == "2" else 0)  # one worker runs in the serve process
             stack.process.send_signal(signal.SIGTERM)
             await wait_draining(stack)

@@ -28,6 +28,7 @@ class EngineOptions:
     kv_cache_blocks: int = 0
     engine_core: str = "openvino"  # or "fast" (model_repository/llm/1/fast_core.py)
     weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
+    prefix_caching: bool = False  # the openvino core's
 
 
 def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
@@ -63,6 +64,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "instance_kind": "KIND_GPU" if options.device == "cuda" else "KIND_CPU",
             "max_num_seqs": options.max_num_seqs,
             "kv_cache_blocks": options.kv_cache_blocks,
+            "prefix_caching": str(options.prefix_caching).lower(),
             "engine_core": options.engine_core,
         }
         render_model(TEMPLATES / "llm", repository / spec.id, values)

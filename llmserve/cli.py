@@ -25,6 +25,7 @@ MODEL_FLAGS = {
     "home": "home",
     "engine_core": "engine_core",
     "weight_format": "weight_format",
+    "prefix_caching": "prefix_caching",
 }
 SERVE_FLAGS = {
     "host": "host",
@@ -57,6 +58,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         choices=LLM_CORES,
         help="openvino: OpenVINO GenAI continuous batching (default on cpu) or fast: ours, with CUDA-graph "
         "decode (default on cuda); docs/PERFORMANCE.md",
+    )
+    parser.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        default=None,
+        help="openvino core: reuse cached prompt prefixes (faster session turns; seeds then depend on the cache)",
     )
     parser.add_argument(
         "--weight-format",

@@ -31,6 +31,7 @@ def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
         kv_cache_blocks=settings.kv_cache_blocks,
         engine_core=settings.engine_core or "openvino",
         weight_format=settings.weight_format,
+        prefix_caching=settings.prefix_caching,
     )
     try:
         return prepare(settings.models, settings.home, output, options)

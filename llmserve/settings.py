@@ -56,6 +56,11 @@ class LauncherSettings(Settings):
         description="llm engine core: openvino (OpenVINO GenAI, CPU; the default on cpu) or fast (ours, torch: "
         "CUDA-graph decode; the default on cuda).",
     )
+    prefix_caching: bool = Field(
+        False,
+        description="openvino core: reuse the KV cache of a prompt prefix seen before (faster session turns); off "
+        "by default because the same seed then samples different text depending on what is cached.",
+    )
     weight_format: Literal["int8", "int4", "fp16"] = Field(
         "int8", description="Weights of the openvino core's export (int4 is faster and answers less well)."
     )
@@ -73,6 +78,10 @@ class LauncherSettings(Settings):
             self.engine_core = OPENVINO if self.device == "cpu" else FAST
         elif self.engine_core == OPENVINO and self.device != "cpu":
             raise ValueError("engine_core openvino runs on the CPU; use engine_core fast with device cuda")
+        if self.prefix_caching and self.engine_core != OPENVINO:
+            raise ValueError(
+                f"prefix_caching needs engine_core openvino; the {self.engine_core} core has no prefix cache"
+            )
         return self
 
     @field_validator("triton_address")

@@ -45,6 +45,11 @@ def test_the_openvino_core_on_cuda_is_refused_naming_the_way_out():
     assert result.returncode == 2 and "engine_core fast" in result.stderr
 
 
+def test_prefix_caching_with_the_fast_core_is_refused_naming_the_core():
+    result = run("prepare", "--engine-core", "fast", "--prefix-caching")
+    assert result.returncode == 2 and "prefix_caching needs engine_core openvino" in result.stderr
+
+
 def test_public_bind_without_auth_is_refused():
     result = run("serve", "--host", "0.0.0.0")
     assert result.returncode == 2

@@ -137,6 +137,25 @@ def test_cancellation_frees_the_pipelines_kv_blocks(engine, tokenizer):
     assert not engine.pipeline.has_non_finished_requests()
 
 
+def test_prefix_caching_when_asked_reuses_a_prompt_and_answers_the_same(openvino_checkpoint, tokenizer):
+    from openvino_core import OpenVINOEngine
+
+    core = OpenVINOEngine(str(openvino_checkpoint), max_num_seqs=2, max_model_len=512, prefix_caching=True)
+    try:
+        prompt = chat(tokenizer, "What is the capital of France?")
+        first = generate(core, prompt, max_tokens=12, temperature=0.0)
+        assert "Paris" in first and generate(core, prompt, max_tokens=12, temperature=0.0) == first
+    finally:
+        core.shutdown()
+
+
+def test_the_fast_core_refuses_prefix_caching(checkpoint_dir):
+    from fast_core import FastEngine
+
+    with pytest.raises(ValueError, match="no prefix cache"):
+        FastEngine(str(checkpoint_dir), max_num_seqs=1, max_model_len=64, prefix_caching=True)
+
+
 def test_the_export_is_reused_while_it_matches_and_redone_when_a_file_changes(
     checkpoint_dir, home, openvino_checkpoint, tmp_path
 ):

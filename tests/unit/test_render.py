@@ -47,7 +47,10 @@ def rendered(checkpoint_dir, home, tmp_path_factory):
 
 def test_engine_core_is_rendered(checkpoint_dir, home, tmp_path):
     repository = prepare([f"m={checkpoint_dir}"], home, tmp_path, EngineOptions(engine_core="fast"))
-    assert parse_config(repository / "m" / "config.pbtxt").parameters["engine_core"].string_value == "fast"
+    parameters = parse_config(repository / "m" / "config.pbtxt").parameters
+    assert parameters["engine_core"].string_value == "fast" and parameters["prefix_caching"].string_value == "false"
+    repository = prepare([f"m={checkpoint_dir}"], home, tmp_path, EngineOptions(prefix_caching=True))
+    assert parse_config(repository / "m" / "config.pbtxt").parameters["prefix_caching"].string_value == "true"
 
 
 def parse_config(path):

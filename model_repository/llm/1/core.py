@@ -61,7 +61,8 @@ Sink = Callable[[Update], None]
 @runtime_checkable
 class EngineCore(Protocol):
     """An in-flight batching core. Constructed as
-    `Core(checkpoint_dir, device=, dtype=, max_num_seqs=, kv_cache_blocks=, max_model_len=)`."""
+    `Core(checkpoint_dir, device=, dtype=, max_num_seqs=, kv_cache_blocks=, max_model_len=, prefix_caching=)`; a core
+    refuses (ValueError) an option it cannot honour."""
 
     max_model_len: int  # prompt + max_tokens must fit
 

@@ -73,7 +73,10 @@ class FastEngine:
         max_model_len: int | None = None,
         max_prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
+        prefix_caching: bool = False,
     ):
+        if prefix_caching:
+            raise ValueError("the fast engine core has no prefix cache; prefix_caching needs the openvino core")
         self.tokenizer, self._decoder, model, self.default_eos_ids = load_checkpoint(checkpoint_dir, device, dtype)
         config = model.config
         self.vocab_size = config.vocab_size

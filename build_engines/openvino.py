@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from build_engines.checkpoints import file_sizes, files_intact
+
 WEIGHT_FORMATS = ("int8", "int4", "fp16")
 DEFAULT_WEIGHT_FORMAT = "int8"
 EXPORT_TOOLS = ("transformers==5.5.4", "optimum-intel==2.2.0", "optimum==2.3.0", "huggingface-hub==1.21.0",
@@ -71,7 +73,7 @@ def ensure_openvino_ir(checkpoint: Path, home: Path, weight_format: str = DEFAUL
         "weight_format": weight_format,
         "tools": list(EXPORT_TOOLS),
         "top1_agreement": round(agreement, 4),
-        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+        "files": file_sizes(staging),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -101,9 +103,7 @@ def _is_current(target: Path, fingerprint: str) -> bool:
     if record.get("source", {}).get("fingerprint") != fingerprint or record.get("tools") != list(EXPORT_TOOLS):
         return False
     files = record.get("files", {})
-    return all(name in files for name in REQUIRED_FILES) and all(
-        (target / name).is_file() and (target / name).stat().st_size == size for name, size in files.items()
-    )
+    return all(name in files for name in REQUIRED_FILES) and files_intact(target, files)
 
 
 def _export_tools(home: Path) -> Path:

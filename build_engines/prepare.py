@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import engine_contract
 from build_engines.checkpoints import ModelSpec, resolve_checkpoint
 from build_engines.openvino import DEFAULT_WEIGHT_FORMAT, ensure_openvino_ir
 from build_engines.render import render_model
@@ -66,6 +67,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "kv_cache_blocks": options.kv_cache_blocks,
             "prefix_caching": str(options.prefix_caching).lower(),
             "engine_core": options.engine_core,
+            "capabilities": engine_contract.capabilities(options.engine_core),
         }
         render_model(TEMPLATES / "llm", repository / spec.id, values)
         built.append(

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import engine_contract
 from build_engines.render import render_model
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
@@ -70,7 +71,11 @@ def _bool(value: bool) -> str:
 def model_values(options: RepositoryOptions) -> dict[str, dict[str, object]]:
     """The values of each model's template (render refuses a missing one and an unused one)."""
     batch = {"triton_max_batch_size": options.max_batch_size}
-    served = {"tokenizer_dir": options.tokenizer_dir, "max_model_len": options.max_model_len}
+    served = {
+        "tokenizer_dir": options.tokenizer_dir,
+        "max_model_len": options.max_model_len,
+        "capabilities": engine_contract.capabilities(engine_contract.TENSORRT_LLM),
+    }
 
     def entry_name(model: str) -> str:
         return options.served_model_name if options.entry == model else ""

@@ -30,6 +30,9 @@ class InvalidRequest(ValueError):
 
 @dataclass
 class Sampling:
+    """One request's generation settings (engine_contract's inputs, read by contract_io.parse_request). A core
+    acts on those its contract entries list it in (`honoured_by`); contract_io refuses the others."""
+
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -37,25 +40,50 @@ class Sampling:
     min_tokens: int = 0
     end_id: int | None = None
     stop: tuple[str, ...] = ()
-    seed: int | None = None  # honoured by the cores whose contract entry says so (engine_contract.SEED)
+    seed: int | None = None  # None: the core draws one; a seeded request's tokens do not depend on its batch
+    presence_penalty: float = 0.0  # OpenAI: over generated tokens
+    frequency_penalty: float = 0.0  # OpenAI: over generated tokens, per occurrence
+    repetition_penalty: float = 1.0  # HF/vLLM: over prompt and generated tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    stop_token_ids: tuple[int, ...] = ()  # end the sequence like end-of-sequence (the token is not in the text)
+    bad_words: tuple[str, ...] = ()  # never generated (their token sequences are banned)
+    n: int = 1  # sequences for this prompt (engine_contract.NUM_RETURN_SEQUENCES)
+    logprobs: bool = False  # report each generated token's log-probability
+    top_logprobs: int = 0  # and this many most likely tokens with theirs (0..engine_contract.MAX_TOP_LOG_PROBS)
+    prompt_logprobs: bool = False  # report each prompt token's log-probability (with top_logprobs of them)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
 
+# One token's most likely alternatives: (token id, log-probability), most likely first.
+TopLogprobs = tuple[tuple[int, float], ...]
+
+
 @dataclass
 class Update:
-    """What a core reports to a request's sink: a text delta, and on the last update the outcome."""
+    """What a core reports to a request's sink: one sequence's delta (`index` of `Sampling.n`), and on that
+    sequence's last update its outcome. The request is over when every sequence has had its last update.
+
+    `token_ids` are the tokens generated since the previous update of this sequence (the text may lag them while
+    a stop string could still match); `logprobs` / `top_logprobs` align with them when asked for."""
 
     text: str
     finish_reason: str | None = None  # stop | length | cancelled | error
     error: str | None = None
     num_input_tokens: int = 0
     num_output_tokens: int = 0
+    index: int = 0
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[TopLogprobs, ...] = ()
+    prompt_logprobs: tuple[float, ...] | None = None  # once, on a sequence's first update: prompt tokens 1..
+    prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None
 
 
 Sink = Callable[[Update], None]
+Prompt = str | tuple[int, ...]  # text to tokenize, or token ids
 
 
 @runtime_checkable
@@ -72,9 +100,9 @@ class EngineCore(Protocol):
         ...
 
     def submit(
-        self, request_id: str, prompt: str, sampling: Sampling, sink: Sink, is_cancelled: Callable[[], bool]
+        self, request_id: str, prompt: Prompt, sampling: Sampling, sink: Sink, is_cancelled: Callable[[], bool]
     ) -> None:
-        """Queue a request, or raise InvalidRequest. `sink` is called from the core's own thread, never from
+        """Queue a request (its prompt as text, or as token ids), or raise InvalidRequest. `sink` is called from the core's own thread, never from
         `submit`; its last call has a finish_reason. `is_cancelled` is polled: once true, the request ends
         "cancelled" and frees its KV cache."""
         ...

@@ -13,15 +13,12 @@ import numpy as np
 
 import engine_contract as contract
 
-from core import InvalidRequest, Sampling, Update
-
-# Why the llm engine refuses an input it does not honour, where there is more to say than "not supported".
-_WHY_NOT = {contract.SEED.name: "its batching loop has one random generator for all requests"}  # the fast core
+from core import InvalidRequest, Prompt, Sampling, Update
 
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    prompt: str
+    prompt: Prompt  # text, or token ids (input_ids)
     sampling: Sampling
     stream: bool
     exclude_input_in_output: bool
@@ -40,10 +37,15 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
     for spec in contract.INPUTS:
         if not spec.optional and value(spec) is None:
             raise InvalidRequest(f"{spec.name} is required")
+    text, ids = value(contract.TEXT_INPUT), value(contract.INPUT_IDS)
+    if (text is None) == (not ids):
+        raise InvalidRequest("text_input is required (or input_ids instead, not both)")
     for spec in contract.not_honoured(core):
         if value(spec) != spec.default:
-            why = f" ({_WHY_NOT[spec.name]})" if spec.name in _WHY_NOT else ""
-            raise InvalidRequest(f"{spec.name} is not supported by the llm engine{why}")
+            raise InvalidRequest(f"{spec.name} is not supported by the llm engine core {core!r}")
+    bias_ids, bias_weights = value(contract.EMBEDDING_BIAS_TOKEN_IDS), value(contract.EMBEDDING_BIAS_WEIGHTS)
+    if len(bias_ids) != len(bias_weights):
+        raise InvalidRequest("embedding_bias_token_ids and embedding_bias_weights must have the same length")
     sampling = Sampling(
         max_tokens=int(value(contract.MAX_TOKENS)),
         temperature=float(value(contract.TEMPERATURE)),
@@ -53,9 +55,19 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
         end_id=value(contract.END_ID),
         stop=value(contract.STOP_WORDS),
         seed=value(contract.SEED),
+        presence_penalty=float(value(contract.PRESENCE_PENALTY)),
+        frequency_penalty=float(value(contract.FREQUENCY_PENALTY)),
+        repetition_penalty=float(value(contract.REPETITION_PENALTY)),
+        logit_bias=tuple(zip(map(int, bias_ids), map(float, bias_weights), strict=True)),
+        stop_token_ids=tuple(map(int, value(contract.STOP_TOKEN_IDS))),
+        bad_words=value(contract.BAD_WORDS),
+        n=int(value(contract.NUM_RETURN_SEQUENCES)),
+        logprobs=bool(value(contract.RETURN_LOG_PROBS)),
+        top_logprobs=int(value(contract.NUM_TOP_LOG_PROBS)),
+        prompt_logprobs=bool(value(contract.RETURN_PROMPT_LOG_PROBS)),
     )
     return ParsedRequest(
-        prompt=value(contract.TEXT_INPUT),
+        prompt=text if text is not None else tuple(map(int, ids)),
         sampling=sampling,
         stream=bool(value(contract.STREAM)),
         exclude_input_in_output=bool(value(contract.EXCLUDE_INPUT_IN_OUTPUT)),

@@ -6,11 +6,12 @@ choice's text (and, with `logprobs`, its tokens' log-probabilities: the first to
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from frontend_api.engine.protocol import EngineError
+from frontend_api.engine.protocol import EngineError, GenerationChunk, TopLogprobs
 from frontend_api.openai.protocol import (
     Completion,
     CompletionChoice,
@@ -46,6 +47,13 @@ class PromptRun:
     text: str
     token_ids: list[int] | None
     stream: EngineStream | None = None
+    # The prompt's log-probabilities as the engine sent them (on a sequence's first response; kept for the others)
+    prompt_logprobs: tuple[float, ...] | None = None
+    prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None
+
+    def saw(self, chunk: GenerationChunk) -> None:
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs, self.prompt_top_logprobs = chunk.prompt_logprobs, chunk.prompt_top_logprobs
 
 
 class Streams:
@@ -58,6 +66,27 @@ class Streams:
         for run in self.runs:
             if run.stream is not None:
                 await run.stream.aclose()
+
+
+async def merge(streams: list[EngineStream]) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+    """(stream number, chunk) of several engine streams as their chunks come (the prompts' choices interleave).
+    Closing it cancels the reads still pending; the streams themselves are closed by their owner."""
+    pending = {asyncio.ensure_future(anext(stream)): number for number, stream in enumerate(streams)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=pending.__getitem__):
+                number = pending.pop(future)
+                try:
+                    chunk = future.result()
+                except StopAsyncIteration:
+                    continue
+                yield number, chunk
+                pending[asyncio.ensure_future(anext(streams[number]))] = number
+    finally:
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -103,6 +132,10 @@ class OpenAIServingCompletion(OpenAIServing):
                 results.append((run.prepared, await self.collect(run.stream, request.choices_per_prompt)))
         finally:
             await streams.aclose()
+        for run, (_, tallies) in zip(runs, results, strict=True):
+            for _, tally in tallies.items():
+                if tally.prompt_logprobs is not None:
+                    run.prompt_logprobs, run.prompt_top_logprobs = tally.prompt_logprobs, tally.prompt_top_logprobs
         reasons, usage = await self.finish_all(results)
         choices = []
         for number, (run, (_, tallies)) in enumerate(zip(runs, results, strict=True)):
@@ -131,9 +164,9 @@ class OpenAIServingCompletion(OpenAIServing):
         top: list = []
         if first and request.echo and run.token_ids:
             ids = list(run.token_ids)
-            given = list(part.prompt_logprobs or ())[: len(ids) - 1]
+            given = list(part.prompt_logprobs or run.prompt_logprobs or ())[: len(ids) - 1]
             logprobs = [None, *given, *[None] * (len(ids) - 1 - len(given))]
-            given_top = list(part.prompt_top_logprobs or ())
+            given_top = list(part.prompt_top_logprobs or run.prompt_top_logprobs or ())
             top = [None, *(given_top[i] if i < len(given_top) else () for i in range(len(ids) - 1))]
         if len(part.logprobs) == len(part.token_ids):
             ids += part.token_ids
@@ -156,25 +189,26 @@ class OpenAIServingCompletion(OpenAIServing):
 
         try:
             try:
-                for number, run in enumerate(runs):
-                    tallies = Tallies(n)
-                    results.append((run.prepared, tallies))
-                    assert run.stream is not None
-                    async with aclosing(run.stream):
-                        async for chunk in run.stream:
-                            tally = tallies.add(chunk)
-                            index = number * n + chunk.index
-                            opening = tally.chunks == 1
-                            text = (run.text if opening and request.echo else "") + chunk.text
-                            part = Tally()
-                            part.add(chunk)
-                            logprobs = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
-                            offsets[index] = offsets.get(index, 0) + len(text)
-                            if text or (logprobs is not None and logprobs.tokens):
-                                yield event([CompletionChoice(index=index, text=text, logprobs=logprobs)])
-                            if chunk.finish_reason in FINISH_REASONS and index not in finished:
-                                finished.add(index)
-                                yield event([CompletionChoice(index=index, text="", finish_reason=chunk.finish_reason)])
+                for run in runs:
+                    results.append((run.prepared, Tallies(n)))
+                streams_ = [run.stream for run in runs if run.stream is not None]
+                async with aclosing(merge(streams_)) as chunks:
+                    async for number, chunk in chunks:
+                        run, tallies = runs[number], results[number][1]
+                        run.saw(chunk)
+                        tally = tallies.add(chunk)
+                        index = number * n + chunk.index
+                        opening = tally.chunks == 1
+                        text = (run.text if opening and request.echo else "") + chunk.text
+                        part = Tally()
+                        part.add(chunk)
+                        logprobs = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
+                        offsets[index] = offsets.get(index, 0) + len(text)
+                        if text or (logprobs is not None and logprobs.tokens):
+                            yield event([CompletionChoice(index=index, text=text, logprobs=logprobs)])
+                        if chunk.finish_reason in FINISH_REASONS and index not in finished:
+                            finished.add(index)
+                            yield event([CompletionChoice(index=index, text="", finish_reason=chunk.finish_reason)])
                 reasons, usage = await self.finish_all(results)
                 for number, run_reasons in enumerate(reasons):
                     for sequence, reason in enumerate(run_reasons):

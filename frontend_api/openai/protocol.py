@@ -231,6 +231,8 @@ class CompletionRequest(RefusedCompletionFields, BaseGenerationRequest):
                 raise ValueError(
                     f"each list of token ids must be non-empty, of integers from 0 to {INT32_MAX} (not strings)"
                 )
+        elif all(type(v) is int for v in value):
+            raise ValueError(f"token ids must be integers from 0 to {INT32_MAX}")
         else:
             raise ValueError("a list prompt must hold only strings, only token ids, or only lists of token ids")
         if len(prompts) > MAX_PROMPTS:

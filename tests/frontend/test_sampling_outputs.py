@@ -374,3 +374,24 @@ async def test_a_websocket_chat_takes_the_sampling_settings_and_refuses_n(app):
 def test_reply_words_is_what_n_1_returns(client, tokenizer):
     reply = client.chat.completions.create(model=MODEL, messages=HI)
     assert reply.choices[0].message.content == " ".join(reply_words(chat_prompt(tokenizer), REPLY_WORDS))
+
+
+def test_the_raw_bodies_validate_against_the_sdk_types(http):
+    """Strict pydantic validation of the JSON (the SDK's own parsing is lenient)."""
+    from openai.types.chat import ChatCompletionChunk
+
+    body = {"model": MODEL, "messages": HI, "max_tokens": 3, "n": 2, "logprobs": True, "top_logprobs": 2}
+    whole = http.post("/chat/completions", json=body).json()
+    ChatCompletion.model_validate(whole, strict=False)
+    assert set(whole["choices"][0]["logprobs"]["content"][0]) == {"token", "logprob", "bytes", "top_logprobs"}
+    assert set(whole["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0]) == {"token", "logprob", "bytes"}
+    with http.stream("POST", "/chat/completions", json=body | {"stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                ChatCompletionChunk.model_validate(json.loads(line[6:]))
+    # (without echo: the SDK types a token_logprobs entry as a float, while echo's first one is OpenAI's null)
+    body = {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 3, "n": 2, "logprobs": 2}
+    completion = http.post("/completions", json=body).json()
+    Completion.model_validate(completion)
+    assert set(completion["choices"][0]["logprobs"]) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    # (streamed completions are not validated so: the SDK types their finish_reason as never null, as OpenAI sends it)

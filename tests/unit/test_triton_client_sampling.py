@@ -153,3 +153,86 @@ def test_token_pieces_of_partial_utf8_keep_their_raw_bytes(checkpoint_dir):
     assert any("\ufffd" in piece.text for piece in pieces), "the emoji spans two byte-level pieces"
     assert all(piece.bytes == list(piece.text.encode()) for piece in pieces if "\ufffd" not in piece.text)
     assert tokenizer.vocab_size == 49152
+
+
+class _Result:
+    """A stand-in for tritonclient's InferResult: the output arrays, and the final flag."""
+
+    def __init__(self, final: bool = False, **arrays):
+        self.arrays = arrays
+        self.final = final
+
+    def as_numpy(self, name):
+        return self.arrays.get(name)
+
+    def get_response(self):
+        flag = type("Param", (), {"bool_param": self.final})()
+        return type("Response", (), {"parameters": {"triton_final_response": flag}})()
+
+
+class _Call:
+    """A stand-in for the stream_infer call: its responses, then the end of the stream."""
+
+    def __init__(self, results):
+        self.results = list(results)
+        self.read = 0
+        self.cancelled = False
+
+    async def __anext__(self):
+        if self.read == len(self.results):
+            raise StopAsyncIteration
+        self.read += 1
+        return self.results[self.read - 1], None
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def response(index: int, text: str, finish: str | None = None, final: bool = False) -> _Result:
+    arrays = {
+        "text_output": contract.TEXT_OUTPUT.array([text]),
+        "sequence_index": contract.SEQUENCE_INDEX.array(index),
+        "num_output_tokens": contract.NUM_OUTPUT_TOKENS.array(1),
+    }
+    if finish:
+        arrays["finish_reason"] = contract.FINISH_REASON.array(finish)
+    return _Result(final, **arrays)
+
+
+async def chunks_of(results, n: int) -> tuple[list, _Call]:
+    from frontend_api.engine.triton import TritonEngine
+
+    engine = TritonEngine("127.0.0.1:1")
+    call = _Call(results)
+    engine._client.stream_infer = lambda inputs_iterator: call  # type: ignore[method-assign]
+    try:
+        got = [chunk async for chunk in engine.generate(request(n=n))]
+    finally:
+        await engine.close()
+    return got, call
+
+
+async def test_n_sequences_end_on_the_final_flag_not_the_first_finish_reason():
+    results = [
+        response(0, "a"),
+        response(1, "b"),
+        response(0, "c", "stop"),  # sequence 0 ends; sequence 1 goes on
+        response(1, "d"),
+        response(1, "e", "length", final=True),
+        response(0, "not a chunk: after the final flag"),
+    ]
+    got, call = await chunks_of(results, n=2)
+    assert [(c.index, c.text, c.finish_reason) for c in got] == [
+        (0, "a", None),
+        (1, "b", None),
+        (0, "c", "stop"),
+        (1, "d", None),
+        (1, "e", "length"),
+    ]
+
+
+async def test_an_engine_without_the_flag_ends_when_every_sequence_finished():
+    got, _ = await chunks_of([response(0, "a", "stop"), response(1, "b"), response(1, "c", "stop")], n=2)
+    assert [c.text for c in got] == ["a", "b", "c"]
+    got, _ = await chunks_of([response(0, "a", "stop"), response(0, "after")], n=1)
+    assert [c.text for c in got] == ["a"]

@@ -71,6 +71,10 @@ class Streams:
 async def merge(streams: list[EngineStream]) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
     """(stream number, chunk) of several engine streams as their chunks come (the prompts' choices interleave).
     Closing it cancels the reads still pending; the streams themselves are closed by their owner."""
+    if len(streams) == 1:  # one prompt: no tasks needed
+        async for chunk in streams[0]:
+            yield 0, chunk
+        return
     pending = {asyncio.ensure_future(anext(stream)): number for number, stream in enumerate(streams)}
     try:
         while pending:

@@ -9,6 +9,7 @@ import shutil
 import threading
 
 import numpy as np
+import openvino_genai as ov_genai
 import pytest
 import torch
 
@@ -331,7 +332,8 @@ def test_logprobs_are_the_raw_log_softmax_of_the_fp32_checkpoint_within_int8s_to
 
 
 def test_prompt_logprobs_are_the_fp32_checkpoints_within_int8s_tolerance(engine, reference, tokenizer):
-    prompt = tuple(tokenizer(TEXT)["input_ids"])
+    prompt = tuple(tokenizer(" ".join([TEXT] * 5))["input_ids"])
+    assert len(prompt) > ov_genai.SchedulerConfig().max_num_batched_tokens  # prefilled in chunks
     seq = sequences(engine, prompt, max_tokens=3, temperature=0.0, prompt_logprobs=True)[0]
     assert seq[0].prompt_logprobs is not None and all(u.prompt_logprobs is None for u in seq[1:])
     assert len(tokens_of(seq)) == seq[-1].num_output_tokens  # the echoed prompt is not among the tokens

@@ -137,7 +137,10 @@ class OpenVINOEngine:
             if any(not 0 <= i < self.vocab_size for i in input_ids):
                 raise InvalidRequest(f"input_ids must be token ids in [0, {self.vocab_size})")
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
-        stop_ids = eos_ids | frozenset(sampling.stop_token_ids) if eos_ids else eos_ids
+        # No stop ids at all when min_tokens >= max_tokens (exactly max_tokens tokens), else the end-of-sequence ids
+        # and the request's own.
+        exact = sampling.min_tokens >= sampling.max_tokens
+        stop_ids = frozenset() if exact else eos_ids | frozenset(sampling.stop_token_ids)
         request = _Request(request_id, input_ids, sink, is_cancelled, stop_ids, sampling.logprobs)
         for index, seed in enumerate(sequence_seeds(sampling.seed, sampling.n)):
             echo = sampling.prompt_logprobs and index == 0  # the prompt's log-probabilities once, on sequence 0
@@ -235,7 +238,7 @@ class OpenVINOEngine:
         elif reason is not None:
             update.text += sequence.stream.finish()
             self._finish_sequence(sequence, reason, update)
-        elif text or tokens:
+        elif text or tokens or prompt_logprobs is not None:
             self._send(request, update)
 
     def _poll_cancellations(self) -> None:

@@ -1,6 +1,7 @@
 """The default CPU engine core (openvino_core.py) with the real SmolLM2 exported to int8 OpenVINO IR, against the
 fp32 Hugging Face checkpoint it came from: quality kept, per-request seeds, min_tokens, cancellation, the export's
-cache. (The behaviour every core shares is in test_engine_cores.py.)"""
+cache, and every sampling feature GenAI honours per request (penalties, stop_token_ids, n, log-probabilities,
+prompt log-probabilities, token-id prompts) with its semantics. (What every core shares is in test_engine_cores.py.)"""
 
 from __future__ import annotations
 
@@ -435,3 +436,21 @@ def test_the_contract_lists_what_the_openvino_core_honours():
         contract.MIN_TOKENS,
     ):
         assert contract.OPENVINO in spec.honoured_by, spec.name
+
+
+def test_cancelling_a_request_of_n_sequences_ends_each_of_them_and_frees_their_kv_blocks(engine, tokenizer):
+    done, updates = submit(
+        engine, chat(tokenizer, "Tell me a story."), cancel_after=3, max_tokens=400, min_tokens=400, n=3
+    )
+    for _ in range(1200):
+        if sum(1 for u in updates if u.finish_reason) == 3:
+            break
+        done.wait(0.1)
+    finals = [u for u in updates if u.finish_reason]
+    assert sorted(u.index for u in finals) == [0, 1, 2] and {u.finish_reason for u in finals} == {"cancelled"}
+    assert engine.num_active == 0
+    for _ in range(100):
+        if not engine.pipeline.has_non_finished_requests():
+            break
+        threading.Event().wait(0.02)
+    assert not engine.pipeline.has_non_finished_requests()

@@ -149,10 +149,18 @@ EMBEDDING_BIAS_WEIGHTS = _input(
 END_ID = _input("end_id", "TYPE_INT32", "the token that ends the sequence instead of the model's own")
 PAD_ID = _input("pad_id", "TYPE_INT32", "the padding token (TensorRT-LLM's; the llm cores need none)")
 NUM_RETURN_SEQUENCES = _input(
-    "num_return_sequences", "TYPE_INT32", "sequences generated for this prompt (OpenAI's n)", _TRTLLM_ONLY, default=1
+    "num_return_sequences",
+    "TYPE_INT32",
+    "sequences generated for this prompt (OpenAI's n)",
+    {OPENVINO, TENSORRT_LLM},
+    default=1,
 )
 RETURN_LOG_PROBS = _input(
-    "return_log_probs", "TYPE_BOOL", "send output_log_probs and cum_log_probs", _TRTLLM_ONLY, default=False
+    "return_log_probs",
+    "TYPE_BOOL",
+    "send output_log_probs and cum_log_probs",
+    {OPENVINO, TENSORRT_LLM},
+    default=False,
 )
 NUM_TOP_LOG_PROBS = _input(
     "num_top_log_probs",
@@ -165,7 +173,7 @@ RETURN_PROMPT_LOG_PROBS = _input(
     "return_prompt_log_probs",
     "TYPE_BOOL",
     "ours: send the log-probability of each prompt token (completions' echo with logprobs)",
-    frozenset(),
+    {OPENVINO},
     default=False,
 )
 EXCLUDE_INPUT_IN_OUTPUT = _input(

@@ -165,3 +165,17 @@ def test_logprobs_close_to_the_fp32_checkpoint(runner, openvino_checkpoint, chec
         assert (np.diff(top_values, axis=-1) <= 0).all()
         assert np.allclose(np.take_along_axis(logp, top_ids, -1), top_values)
         assert np.array_equal(top_values[:, 0], logp.max(-1))  # bf16 logits tie often: ids may differ
+
+
+def test_top_logprobs_matches_a_full_sort():
+    from openvino_paged_runner import log_softmax, top_logprobs
+
+    rng = np.random.default_rng(0)
+    for vocab in (49152, 49000):  # the chunked prefilter, and the plain argpartition when chunks do not divide
+        logits = rng.standard_normal((8, vocab), dtype=np.float32) * 4
+        logits[1] = np.round(logits[1] * 4) / 4  # ties, as bf16 logits have
+        ids, values = top_logprobs(logits, 20)
+        logp = log_softmax(logits)
+        assert np.allclose(values, -np.sort(-logp, axis=-1)[:, :20], atol=1e-5)
+        assert np.allclose(np.take_along_axis(logp, ids, -1), values, atol=1e-5)
+        assert all(len(set(row)) == 20 for row in ids)

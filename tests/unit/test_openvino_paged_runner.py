@@ -164,7 +164,7 @@ def test_logprobs_close_to_the_fp32_checkpoint(runner, openvino_checkpoint, chec
         top_ids, top_values = top_logprobs(logits, 20)
         assert (np.diff(top_values, axis=-1) <= 0).all()
         assert np.allclose(np.take_along_axis(logp, top_ids, -1), top_values, atol=1e-5)
-        assert np.array_equal(top_values[:, 0], logp.max(-1))  # bf16 logits tie often: ids may differ
+        assert np.allclose(top_values[:, 0], logp.max(-1), atol=1e-5)  # bf16 logits tie often: ids may differ
 
 
 def test_top_logprobs_matches_a_full_sort():

@@ -77,7 +77,7 @@ def test_batched_greedy_matches_each_alone(runner, prompt_ids):
     # Prompt 1 prefills while prompt 0 decodes (step 2), prompt 2 while 0 and 1 decode (step 5).
     batched, batched_logits = decoder.generate(prompt_ids, NEW_TOKENS, start_steps=[0, 2, 5])
     assert runner.allocator.num_free == free_before, "every block comes back"
-    for ids, tokens, logits in zip(prompt_ids, batched, batched_logits):
+    for ids, tokens, logits in zip(prompt_ids, batched, batched_logits, strict=True):
         (alone,), (alone_logits,) = decoder.generate([ids], NEW_TOKENS)
         assert tokens == alone
         # Each sequence's attention reads only its own blocks; the batch changes only the matmul shapes.
@@ -87,7 +87,6 @@ def test_batched_greedy_matches_each_alone(runner, prompt_ids):
 def test_first_tokens_match_openvino_genai(runner, prompt_ids, openvino_checkpoint):
     import openvino as ov
     import openvino_genai as ov_genai
-
     from openvino_paged_runner import GreedyDecoder
 
     ours, _ = GreedyDecoder(runner).generate(prompt_ids, GENAI_TOKENS)
@@ -133,10 +132,9 @@ def test_chunked_prefill_and_cache_growth_keep_the_sequence(openvino_checkpoint,
 
 
 def test_logprobs_close_to_the_fp32_checkpoint(runner, openvino_checkpoint, checkpoint_dir):
+    from openvino_paged_runner import SeqInput, blocks_needed, log_softmax, top_logprobs
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
-
-    from openvino_paged_runner import SeqInput, blocks_needed, log_softmax, top_logprobs
 
     ids = Tokenizer.from_file(str(openvino_checkpoint / "tokenizer.json")).encode(TEXT).ids
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32, local_files_only=True).eval()

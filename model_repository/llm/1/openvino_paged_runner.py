@@ -137,9 +137,7 @@ class PagedRunner:
         self.request = self.compiled.create_infer_request()
         self.input_names = {port.get_any_name() for port in self.compiled.inputs}
 
-        layers = sorted(
-            int(name.split(".")[1]) for name in self.input_names if name.startswith("key_cache.")
-        )
+        layers = sorted(int(name.split(".")[1]) for name in self.input_names if name.startswith("key_cache."))
         self.num_layers = len(layers)
         self._kv_specs: list[tuple[str, ov.Type, list[int]]] = []
         for layer in layers:
@@ -183,22 +181,25 @@ class PagedRunner:
         if (counts < 1).any():
             raise ValueError("every scheduled sequence needs at least one new token")
         past = np.array([s.past_len for s in batch], dtype=np.int32)
-        for s, n in zip(batch, counts):
+        for s, n in zip(batch, counts, strict=True):
             if len(s.block_table) < blocks_needed(s.past_len + int(n), self.block_size):
                 raise ValueError(f"a block table of {len(s.block_table)} blocks cannot hold {s.past_len + n} tokens")
         begins = np.zeros(len(batch) + 1, dtype=np.int32)
         np.cumsum(counts, out=begins[1:])
         # Only as many blocks as the sequence uses this step (the table may have been grown ahead).
-        tables = [s.block_table[: blocks_needed(s.past_len + int(n), self.block_size)] for s, n in zip(batch, counts)]
+        tables = [
+            s.block_table[: blocks_needed(s.past_len + int(n), self.block_size)]
+            for s, n in zip(batch, counts, strict=True)
+        ]
         table_begins = np.zeros(len(batch) + 1, dtype=np.int32)
         np.cumsum([len(t) for t in tables], out=table_begins[1:])
 
         input_ids = np.concatenate([np.asarray(s.token_ids, dtype=np.int64) for s in batch])
-        positions = np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in zip(past, counts)])
+        positions = np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in zip(past, counts, strict=True)])
         # The rows to project: each sequence's last token, or all its new tokens.
         rows = [
             np.arange(b, e, dtype=np.int64) if s.all_logits else np.array([e - 1], dtype=np.int64)
-            for s, b, e in zip(batch, begins[:-1], begins[1:])
+            for s, b, e in zip(batch, begins[:-1], begins[1:], strict=True)
         ]
         sampled = np.concatenate(rows)
 
@@ -223,7 +224,8 @@ class PagedRunner:
         row_ends = np.cumsum([len(r) for r in rows])
         last = logits[row_ends - 1].copy()
         per_token: list[np.ndarray | None] = [
-            logits[e - len(r) : e].copy() if s.all_logits else None for s, r, e in zip(batch, rows, row_ends)
+            logits[e - len(r) : e].copy() if s.all_logits else None
+            for s, r, e in zip(batch, rows, row_ends, strict=True)
         ]
         return StepOutput(last, per_token)
 
@@ -269,9 +271,7 @@ class GreedyDecoder:
         prompt per generated token)."""
         runner = self.runner
         start_steps = start_steps or [0] * len(prompts)
-        state = [
-            {"tokens": list(p), "past": 0, "table": [], "out": [], "logits": []} for p in prompts
-        ]
+        state = [{"tokens": list(p), "past": 0, "table": [], "out": [], "logits": []} for p in prompts]
         step = 0
         try:
             while any(len(s["out"]) < max_new_tokens for s in state):
@@ -302,3 +302,40 @@ class GreedyDecoder:
             for s in state:
                 runner.allocator.free(s["table"])
         return [s["out"] for s in state], [np.stack(s["logits"]) for s in state]
+
+
+SCHEDULING_SKETCH = """How an EngineCore over PagedRunner would schedule (a sketch; nothing here is wired in).
+
+One loop thread, as openvino_core has: admit new requests, poll cancellations, build one step, run it, sample,
+deliver. Per step:
+
+1. Budget. At most `max_num_batched_tokens` tokens (GenAI's default is 256) and `max_num_seqs` sequences. Every
+   running sequence that has finished its prompt gets its one decode token first (decodes never wait behind a
+   prefill); what remains of the budget goes to prompts, oldest first, in chunks (chunked prefill, GenAI's
+   dynamic_split_fuse): a prompt longer than the remainder is fed `remainder` tokens now and the rest in later
+   steps, its past_len advancing. Chunks are best kept multiples of the 32-token block. With the u8 KV cache a
+   chunk attends to the earlier chunks' keys and values as quantized in the cache, while a whole-prompt prefill
+   attends to them unquantized: chunking changes the logits a little (the same holds for GenAI).
+
+2. Blocks. Before the step each scheduled sequence's table must cover past_len + new tokens: take
+   blocks_needed(...) - len(table) blocks from the free list. If the list runs short, preempt by recomputation: the
+   most recently admitted running sequence gives all its blocks back and goes to the head of the waiting queue with
+   prompt + generated tokens as its prompt (its tokens already streamed are not streamed again; its sampler state,
+   a per-request seeded Generator and its penalty counters, stays with the request, so preemption does not change
+   what a seeded request samples beyond the recomputed KV's rounding). A prompt that cannot fit even in an empty
+   cache is refused at submit (max_model_len and the cache size are known). grow_cache() lets the cache start
+   small and double up to kv_cache_blocks (the copy is ~0.44 MB a block for SmolLM2) instead of preempting.
+
+3. Logits. step() returns one row per sequence (every row of a prompt chunk for prompt_logprobs: row i is the
+   distribution of prompt token i + 1). Per row, in numpy: logit_bias (add at ids), bad words / min_tokens (set
+   ids to -inf), presence/frequency/repetition penalties from per-sequence counts, then temperature, top-k, top-p
+   and a draw from the request's Generator, or argmax. logprobs / top_logprobs via top_logprobs() (~0.15 ms a row)
+   of the raw logits (as vLLM reports them by default) or of the processed ones: a choice to document.
+
+4. n > 1. Prefill the prompt once, then fork: the full prompt blocks are shared (a reference count per block, so
+   free() returns a block only when its last sequence lets go) and only the partly filled last block is copied for
+   each child (numpy copy of that block in every key/value tensor); each child then grows its own table.
+
+5. Cancellation, stop strings, end ids: the sequence's blocks go back to the free list at once (no step needed,
+   unlike GenAI's cancel which frees them in the next step).
+"""

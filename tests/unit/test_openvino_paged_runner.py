@@ -84,25 +84,52 @@ def test_batched_greedy_matches_each_alone(runner, prompt_ids):
         assert np.abs(logits - alone_logits).max() < 0.05
 
 
-def test_first_tokens_match_openvino_genai(runner, prompt_ids, openvino_checkpoint):
+@pytest.fixture(scope="module")
+def genai_greedy(openvino_checkpoint):
+    """openvino_genai's own greedy tokens for a list of prompts (its default scheduler: 256 tokens a step, prompts
+    longer than that prefilled in chunks, dynamic_split_fuse)."""
     import openvino as ov
     import openvino_genai as ov_genai
-    from openvino_paged_runner import GreedyDecoder
 
-    ours, _ = GreedyDecoder(runner).generate(prompt_ids, GENAI_TOKENS)
     scheduler = ov_genai.SchedulerConfig()
     scheduler.cache_size = 0
     scheduler.num_kv_blocks = 32
     scheduler.dynamic_split_fuse = True
     pipeline = ov_genai.ContinuousBatchingPipeline(str(openvino_checkpoint), scheduler, "CPU")
-    config = ov_genai.GenerationConfig()
-    config.max_new_tokens = GENAI_TOKENS
-    config.ignore_eos = True
-    results = pipeline.generate(
-        [ov.Tensor(np.array([ids], dtype=np.int64)) for ids in prompt_ids], [config] * len(prompt_ids)
+
+    def generate(prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        config = ov_genai.GenerationConfig()
+        config.max_new_tokens = max_new_tokens
+        config.ignore_eos = True
+        tensors = [ov.Tensor(np.array([ids], dtype=np.int64)) for ids in prompts]
+        return [list(result.m_generation_ids[0]) for result in pipeline.generate(tensors, [config] * len(prompts))]
+
+    return generate
+
+
+def test_first_tokens_match_openvino_genai(runner, prompt_ids, genai_greedy):
+    from openvino_paged_runner import GreedyDecoder
+
+    ours, _ = GreedyDecoder(runner).generate(prompt_ids, GENAI_TOKENS)
+    assert ours == genai_greedy(prompt_ids, GENAI_TOKENS)
+
+
+def test_a_long_prompt_prefilled_in_chunks_matches_openvino_genai(runner, openvino_checkpoint, genai_greedy):
+    """330 tokens: GenAI prefills 256, then 74; so do we (chunk=256), and get its tokens."""
+    from openvino_paged_runner import GreedyDecoder
+    from tokenizers import Tokenizer
+
+    text = (
+        "The history of the Roman Empire spans many centuries, from the founding of the city to the fall of the west. "
     )
-    theirs = [list(result.m_generation_ids[0]) for result in results]
-    assert ours == theirs
+    ids = (
+        Tokenizer.from_file(str(openvino_checkpoint / "tokenizer.json"))
+        .encode(text * 14 + "In summary, the most important lesson is")
+        .ids
+    )
+    assert len(ids) > 256
+    (ours,), _ = GreedyDecoder(runner, chunk=256).generate([ids], GENAI_TOKENS)
+    assert ours == genai_greedy([ids], GENAI_TOKENS)[0]
 
 
 def test_chunked_prefill_and_cache_growth_keep_the_sequence(openvino_checkpoint, prompt_ids):

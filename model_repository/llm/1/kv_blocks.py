@@ -93,6 +93,11 @@ class BlockManager:
         """Whether the sequence can grow by `num_new_tokens` tokens with the blocks free now."""
         return self._blocks_to_grow(seq_id, num_new_tokens) <= self.num_free
 
+    def append_room(self, seq_id: SeqId) -> int:
+        """How many more tokens the sequence can take with the blocks free now (its last block's room included)."""
+        table = self._tables[seq_id]
+        return (len(table.blocks) + self.num_free) * self.block_size - table.num_tokens
+
     def num_tokens(self, seq_id: SeqId) -> int:
         """Tokens the sequence's blocks hold or have room reserved for."""
         return self._tables[seq_id].num_tokens

@@ -3,6 +3,9 @@ HF `generate` token for token, with chunked prefill mixed with decode, block siz
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 from kv_blocks import BlockManager
@@ -118,3 +121,74 @@ def test_real_smollm2_greedy_matches_hf_generate(checkpoint_dir, tokenizer):
     assert [(s.seq_id, s.start, len(s.token_ids)) for s in plans[1].scheduled] == [(0, 4, 1), (1, 8, 8)]
     for seq_id, prompt in prompts.items():
         assert outputs[seq_id] == hf_greedy(model, prompt, 6), texts[seq_id]
+
+
+class FakePagedPrefillWrapper:
+    """A stand-in for flashinfer.BatchPrefillWithPagedKVCacheWrapper with the documented semantics (NHD pages,
+    CSR page tables, causal with the queries at the end of each request's KV), in torch: it checks the metadata
+    and the calls the `flashinfer` backend makes, not FlashInfer's kernels (those need CUDA)."""
+
+    plans = 0
+
+    def __init__(self, float_workspace_buffer, kv_layout="NHD"):
+        assert kv_layout == "NHD" and float_workspace_buffer.dtype == torch.uint8
+
+    def plan(
+        self,
+        qo_indptr,
+        paged_kv_indptr,
+        paged_kv_indices,
+        paged_kv_last_page_len,
+        num_qo_heads,
+        num_kv_heads,
+        head_dim_qk,
+        page_size,
+        *,
+        causal=False,
+        sm_scale=None,
+        q_data_type=None,
+        kv_data_type=None,
+    ):
+        for tensor in (qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len):
+            assert tensor.dtype == torch.int32 and tensor.dim() == 1
+        assert causal and len(paged_kv_indptr) == len(qo_indptr) == len(paged_kv_last_page_len) + 1
+        assert ((paged_kv_last_page_len >= 1) & (paged_kv_last_page_len <= page_size)).all()
+        self.qo, self.kv_indptr = qo_indptr.tolist(), paged_kv_indptr.tolist()
+        self.pages, self.last = paged_kv_indices.tolist(), paged_kv_last_page_len.tolist()
+        self.heads, self.page_size, self.scale = (num_qo_heads, num_kv_heads, head_dim_qk), page_size, sm_scale
+        FakePagedPrefillWrapper.plans += 1
+
+    def run(self, q, paged_kv_cache):
+        num_qo_heads, num_kv_heads, head_dim = self.heads
+        assert q.shape[1:] == (num_qo_heads, head_dim)
+        assert paged_kv_cache.shape[1:] == (2, self.page_size, num_kv_heads, head_dim)
+        out = torch.empty_like(q)
+        for b in range(len(self.qo) - 1):
+            pages = self.pages[self.kv_indptr[b] : self.kv_indptr[b + 1]]
+            kv_len = (len(pages) - 1) * self.page_size + self.last[b]
+            qo_len = self.qo[b + 1] - self.qo[b]
+            k, v = (paged_kv_cache[pages, i].reshape(-1, num_kv_heads, head_dim)[:kv_len] for i in (0, 1))
+            mask = torch.arange(kv_len)[None] <= torch.arange(qo_len)[:, None] + kv_len - qo_len
+            rows = q[self.qo[b] : self.qo[b + 1]]
+            q_, k_, v_ = (t.transpose(0, 1) for t in (rows, k, v))
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                q_, k_, v_, attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+            out[self.qo[b] : self.qo[b + 1]] = attended.transpose(0, 1)
+        return out
+
+
+def test_flashinfer_backend_metadata_and_calls_against_a_stand_in(tiny_llama, monkeypatch):
+    monkeypatch.setitem(
+        sys.modules, "flashinfer", SimpleNamespace(BatchPrefillWithPagedKVCacheWrapper=FakePagedPrefillWrapper)
+    )
+    FakePagedPrefillWrapper.plans = 0
+    generator = torch.Generator().manual_seed(4)
+    prompts = {i: torch.randint(3, 128, (n,), generator=generator).tolist() for i, n in enumerate((3, 9, 14))}
+    scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=3, max_num_batched_tokens=8)
+    runner = PagedRunner(tiny_llama, 64, 4, attention="flashinfer")
+    plans: list = []
+    outputs = paged_greedy(scheduler, runner, prompts, max_tokens=8, plans=plans)
+    assert FakePagedPrefillWrapper.plans == len(plans)  # planned once per step, not per layer
+    for seq_id, prompt in prompts.items():
+        assert outputs[seq_id] == hf_greedy(tiny_llama, prompt, 8), seq_id

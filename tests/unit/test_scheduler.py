@@ -180,3 +180,16 @@ def test_a_sequence_that_can_never_fit_is_refused():
         scheduler.add("big", [1] * 10, max_tokens=7)
     with pytest.raises(ValueError, match="cover one decode token"):
         Scheduler(BlockManager(4, 4), max_num_seqs=8, max_num_batched_tokens=4)
+
+
+def test_a_prefill_chunk_shrinks_to_the_room_left_and_never_preempts_an_older_sequence():
+    scheduler = make(num_blocks=5, block_size=4, budget=8, max_num_seqs=2)  # 20 tokens in all
+    scheduler.add("old", [1] * 6, max_tokens=8)
+    scheduler.add("new", [2] * 16, max_tokens=2)
+    assert [(s.seq_id, len(s.token_ids)) for s in step(scheduler).scheduled] == [("old", 6), ("new", 2)]
+    assert [(s.seq_id, len(s.token_ids)) for s in step(scheduler).scheduled] == [("old", 1), ("new", 7)]
+    plan = step(scheduler)  # "new" wants 7 more tokens; its blocks have room for 3 and none is free
+    assert [(s.seq_id, s.start, len(s.token_ids)) for s in plan.scheduled] == [("old", 7, 1), ("new", 9, 3)]
+    assert not plan.preempted and scheduler.blocks.num_free == 0
+    plan = step(scheduler)  # "old"'s next decode token needs a block: the newer sequence makes room
+    assert plan.preempted == ["new"] and [s.seq_id for s in plan.scheduled] == ["old"]

@@ -178,8 +178,15 @@ class PagedRunner:
 
     def flatten(self, plan: StepPlan) -> StepTensors:
         """The plan as flat token arrays (device) and CSR block tables (host)."""
-        ids, positions, blocks, offsets, sample_rows = [], [], [], [], []
-        qo_indptr, kv_indptr, kv_indices, last_page_len, context_lens = [0], [0], [], [], []
+        ids: list[int] = []
+        positions: list[int] = []
+        blocks: list[int] = []  # where each token's K/V go: block ...
+        offsets: list[int] = []  # ... and row in it
+        sample_rows: list[int] = []
+        qo_indptr, kv_indptr = [0], [0]
+        kv_indices: list[int] = []
+        last_page_len: list[int] = []
+        context_lens: list[int] = []
         size = self.block_size
         for item in plan.scheduled:
             context_len = item.context_len

@@ -163,8 +163,9 @@ class PagedRunner:
         positions = torch.arange(self.max_model_len, device=self.device)
         cos, sin = model.model.rotary_emb(torch.zeros(1, **kw), positions[None])
         self.cos, self.sin = cos[0], sin[0]  # [max_model_len, head_dim], transformers' own rotary tables
-        if attention == "auto":
-            attention = "flashinfer" if self.device.type == "cuda" else "torch_reference"
+        if attention == "auto":  # FlashInfer's kernels take fp16/bf16 only
+            half = self.dtype in (torch.float16, torch.bfloat16)
+            attention = "flashinfer" if self.device.type == "cuda" and half else "torch_reference"
         self.attention_name = attention
         self.attention: AttentionBackend
         if attention == "torch_reference":

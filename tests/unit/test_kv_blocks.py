@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kv_blocks import BlockManager, OutOfBlocks
 
 BS = 4

@@ -116,8 +116,9 @@ def test_first_tokens_match_openvino_genai(runner, prompt_ids, genai_greedy):
 
 def test_a_long_prompt_prefilled_in_chunks_matches_openvino_genai(runner, openvino_checkpoint, genai_greedy):
     """330 tokens: GenAI prefills 256, then 74; so do we (chunk=256), and get its tokens."""
-    from openvino_paged_runner import GreedyDecoder
     from tokenizers import Tokenizer
+
+    from openvino_paged_runner import GreedyDecoder
 
     text = (
         "The history of the Roman Empire spans many centuries, from the founding of the city to the fall of the west. "
@@ -159,9 +160,10 @@ def test_chunked_prefill_and_cache_growth_keep_the_sequence(openvino_checkpoint,
 
 
 def test_logprobs_close_to_the_fp32_checkpoint(runner, openvino_checkpoint, checkpoint_dir):
-    from openvino_paged_runner import SeqInput, blocks_needed, log_softmax, top_logprobs
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
+
+    from openvino_paged_runner import SeqInput, blocks_needed, log_softmax, top_logprobs
 
     ids = Tokenizer.from_file(str(openvino_checkpoint / "tokenizer.json")).encode(TEXT).ids
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32, local_files_only=True).eval()

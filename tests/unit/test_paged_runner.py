@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from kv_blocks import BlockManager
 from paged_runner import PagedRunner
 from scheduler import Scheduler
-from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture(scope="module")

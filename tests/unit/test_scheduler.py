@@ -6,6 +6,7 @@ sequence that is preempted and recomputed must end with exactly the tokens it wo
 from __future__ import annotations
 
 import pytest
+
 from kv_blocks import BlockManager
 from scheduler import Scheduler, StepPlan
 

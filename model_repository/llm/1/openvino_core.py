@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
-from openvino_sampling import check_sampling, generation_config, sequence_seeds
 from tokenizers import Tokenizer
 
 from cancellation import CancellationPoller
 from core import InvalidRequest, Update, check_prompt, validate_sampling
+from openvino_sampling import check_sampling, generation_config, sequence_seeds
 from text_stream import TextStream
 
 log = logging.getLogger("llm.openvino_core")

@@ -22,8 +22,9 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from scheduler import StepPlan
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from scheduler import StepPlan
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested
 FLASHINFER_WORKSPACE_BYTES = 128 * 1024 * 1024

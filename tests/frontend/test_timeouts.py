@@ -7,6 +7,7 @@ descriptors and the clients' together: the clients' are counted apart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -18,13 +19,14 @@ import httpx
 import pytest
 import uvicorn
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from frontend_api.server.app import create_app
 from frontend_api.server.protocol import uvicorn_options
 from frontend_api.settings import Settings
 
 from fake_engine import MODEL, REPLY_WORDS, FakeEngine
+from helpers import receive, until_done
 from stack import free_port
 
 SLACK_S = 3.0  # a loaded CI host: timers fire late, 2,000 sockets take a while to open
@@ -253,3 +255,39 @@ async def test_connections_over_the_cap_get_503_and_the_cap_frees_up(guarded):
     await asyncio.sleep(0.3)
     async with httpx.AsyncClient(base_url=server.url) as client:
         assert (await client.get("/v1/models")).status_code == 200
+
+
+IDLE_TIMEOUT = 4408  # frontend_api/websocket/socket.py, docs/RELIABILITY.md
+
+
+async def frames_until_closed(ws, limit_s: float) -> list[dict]:
+    frames = []
+    with contextlib.suppress(ConnectionClosed):
+        async with asyncio.timeout(limit_s):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["type"] != "ping":
+                    frames.append(frame)
+    return frames
+
+
+async def test_an_idle_websocket_is_closed_with_4408_and_client_frames_or_a_reply_keep_it_open(start_app):
+    app = start_app(token_delay_s=0.05, reply_words=200, ws_idle_timeout_s=1.0, ws_keepalive_s=0.3)
+    async with connect(app.ws_url) as ws:
+        assert await receive(ws) == {"type": "ready", "protocol": 1}
+        for _ in range(6):  # 2.4 s of client pings: not idle (the server's own pings do not count)
+            await ws.send(json.dumps({"type": "ping"}))
+            assert await receive(ws) == {"type": "pong"}
+            await asyncio.sleep(0.4)
+        # a reply that takes ~3 s, three times the idle timeout, is not cut
+        await ws.send(
+            json.dumps({"type": "chat", "content": "a story", "settings": {"max_tokens": 60, "model": MODEL}})
+        )
+        _, done = await until_done(ws)
+        assert done["finish_reason"] == "length" and done["usage"]["completion_tokens"] == 60
+        finished = time.monotonic()
+        frames = await frames_until_closed(ws, 1.0 + SLACK_S + 5)
+        waited = time.monotonic() - finished
+    assert frames == [frames[-1]] and frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"
+    assert ws.close_code == IDLE_TIMEOUT
+    assert 0.8 <= waited <= 1.0 + SLACK_S

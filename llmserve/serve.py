@@ -131,6 +131,7 @@ def serve_api(settings: LauncherSettings, started: float) -> bool:
 
     if settings.workers > 1:
         return _serve_workers(settings, started)
+    say(f"serving the API from this process (workers = 1: {settings.workers_reason})")
 
     from frontend_api.server.app import create_app
     from frontend_api.server.protocol import raise_fd_limit, uvicorn_options

@@ -18,14 +18,17 @@ from frontend_api.settings import Settings, check_address
 MAX_AUTO_WORKERS = 8
 
 
-def available_cpus() -> float:
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> float:
     """CPUs this process may use: its affinity mask, lowered by a cgroup v2 CPU quota (a container's limit)."""
     try:
         cpus: float = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = cpu_max.read_text().split()
         if quota != "max":
             cpus = min(cpus, int(quota) / int(period))
     except (OSError, ValueError):

@@ -38,11 +38,14 @@ def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> float:
 
 def auto_workers(settings: LauncherSettings) -> tuple[int, str]:
     """The default number of front-end processes, and why."""
-    in_memory = [
-        name for name in ("rate_limit_rpm", "rate_limit_tpm", "max_streams_per_key") if getattr(settings, name)
-    ]
-    if in_memory and not settings.redis_url:
-        return 1, f"{', '.join(in_memory)} set without redis_url: one process keeps one budget"
+    # Per-caller budgets a second process would double: rpm/tpm unless Redis shares them, streams always (they
+    # are counted in each process).
+    in_memory = [name for name in ("rate_limit_rpm", "rate_limit_tpm") if getattr(settings, name)]
+    in_memory = [] if settings.redis_url else in_memory
+    if settings.max_streams_per_key:
+        in_memory.append("max_streams_per_key")
+    if in_memory:
+        return 1, f"{', '.join(in_memory)} counted in this process: one process keeps one budget"
     cpus = available_cpus()
     workers = max(1, min(MAX_AUTO_WORKERS, int(cpus // 2)))
     return workers, f"auto: half of {cpus:g} CPUs, 1 to {MAX_AUTO_WORKERS}"

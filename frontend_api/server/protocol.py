@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,6 +84,21 @@ async def refuse_connection(scope, receive, send) -> None:
     await response(scope, receive, send)
 
 
+LOG_EVERY_S = 10.0
+_log_counts: dict[str, int] = {}
+_log_last: dict[str, float] = {}
+
+
+def _log_throttled(event: str) -> None:
+    """One warning per kind of event and LOG_EVERY_S, with how many happened: a flood of slow clients must not
+    flood the log too."""
+    _log_counts[event] = _log_counts.get(event, 0) + 1
+    now = time.monotonic()
+    if now - _log_last.get(event, -LOG_EVERY_S) >= LOG_EVERY_S:
+        logger.warning("%s (%d connections since the last such line)", event, _log_counts.pop(event))
+        _log_last[event] = now
+
+
 class _Guard:
     """Mixed into uvicorn's protocol classes (httptools, h11). Every hook calls the class's own first."""
 
@@ -125,7 +141,7 @@ class _Guard:
             self.transport.close()
             return
         seconds = self._limits.header_timeout_s if phase == "headers" else self._limits.body_timeout_s
-        logger.info("closing a connection whose request %s took longer than %g s", phase, seconds)
+        _log_throttled(f"request {phase} slower than {seconds:g} s: answered 408 and closed")
         if phase == "body" and self.cycle is not None:
             if self.cycle.response_started:  # the route answered without reading it all: just close
                 self.transport.close()
@@ -141,7 +157,7 @@ class _Guard:
         if len(self.connections) > self._limits.max_connections:
             self._refused = True
             self.app = refuse_connection  # read when the request's headers are complete
-            logger.warning("over max_connections (%d): refusing a connection with 503", self._limits.max_connections)
+            _log_throttled(f"over max_connections ({self._limits.max_connections}): refused with 503")
         self._arm("headers")
 
     def _on_data(self, data: bytes) -> None:

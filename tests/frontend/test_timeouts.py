@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from frontend_api.server.app import create_app
-from frontend_api.server.protocol import uvicorn_options
+from frontend_api.server.protocol import GuardedH11Protocol, guarded_protocol, uvicorn_options
 from frontend_api.settings import Settings
 
 from fake_engine import MODEL, REPLY_WORDS, FakeEngine
@@ -37,8 +37,11 @@ SLACK_S = 3.0  # a loaded CI host: timers fire late, 2,000 sockets take a while 
 class Guarded:
     """The app served as `llmserve serve` serves it: uvicorn with the options of uvicorn_options()."""
 
-    def __init__(self, settings: Settings, engine: FakeEngine):
+    def __init__(self, settings: Settings, engine: FakeEngine, protocol: type | None = None):
         self.port = free_port()
+        options = uvicorn_options(settings)
+        if protocol is not None:
+            options["http"] = guarded_protocol(settings, protocol)
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             create_app(settings, engine=engine),
@@ -48,7 +51,7 @@ class Guarded:
             log_level="warning",
             timeout_graceful_shutdown=2,
             backlog=4096,
-            **uvicorn_options(settings),
+            **options,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -74,14 +77,18 @@ class Guarded:
 def guarded(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Guarded]]:
     started: list[Guarded] = []
 
-    def start(token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, **fields) -> Guarded:
+    def start(
+        token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, protocol: type | None = None, **fields
+    ) -> Guarded:
         defaults = {
             "home": tmp_path,
             "database_url": f"sqlite:///{tmp_path / f'db-{len(started)}.db'}",
             "log_level": "warning",
             "log_format": "text",
         }
-        started.append(Guarded(Settings(**(defaults | fields)), FakeEngine(checkpoint_dir, token_delay_s, reply_words)))
+        started.append(
+            Guarded(Settings(**(defaults | fields)), FakeEngine(checkpoint_dir, token_delay_s, reply_words), protocol)
+        )
         return started[-1]
 
     yield start
@@ -97,7 +104,7 @@ SERVER_SCRIPT = """
 import json, sys
 import uvicorn
 from frontend_api.server.app import create_app
-from frontend_api.server.protocol import uvicorn_options
+from frontend_api.server.protocol import GuardedH11Protocol, guarded_protocol, uvicorn_options
 from frontend_api.settings import Settings
 from fake_engine import FakeEngine
 fields, port, checkpoint = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -345,3 +352,27 @@ async def test_an_idle_websocket_is_closed_with_4408_and_client_frames_or_a_repl
     assert frames == [frames[-1]] and frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"
     assert ws.close_code == IDLE_TIMEOUT
     assert 0.8 <= waited <= 1.0 + SLACK_S
+
+
+async def test_the_h11_implementation_is_guarded_the_same_way(guarded):
+    """uvicorn without httptools falls back to h11: the same deadlines and cap (GuardedH11Protocol)."""
+    server = guarded(protocol=GuardedH11Protocol, http_header_timeout_s=1.0, http_body_timeout_s=1.0, max_connections=5)
+    (_, silent_data), (slow_s, slow_data) = await asyncio.gather(
+        silent(server.port, 1.0 + SLACK_S + 5), slow_headers(server.port, 1.0 + SLACK_S + 5)
+    )
+    assert silent_data == b"" and slow_data.startswith(b"HTTP/1.1 408") and 0.8 <= slow_s <= 1.0 + SLACK_S
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    assert (await read_until_closed(reader, 1.0 + SLACK_S + 5)).startswith(b"HTTP/1.1 408")
+    writer.close()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        request = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=request) as response:
+            assert [line async for line in response.aiter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=server.url) as other:
+            refused = await other.get("/v1/models")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "too_many_connections"
+        for _, w in held:
+            w.close()

@@ -154,11 +154,13 @@ async def listen_for_revocations(redis_url: str, channel: str, checks: KeyChecks
     Redis failure (meanwhile the TTL bounds how long a revoked key lasts)."""
     from redis.asyncio import Redis
 
+    backoff = 1.0
     while True:
         client = Redis.from_url(redis_url)
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(channel)
+                backoff = 1.0
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         with contextlib.suppress(ValueError, TypeError):
@@ -166,8 +168,9 @@ async def listen_for_revocations(redis_url: str, channel: str, checks: KeyChecks
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis down or gone: the TTL still bounds revocations; try again
-            logger.warning("listening for key revocations on Redis failed (%s); retrying in 2 s", exc)
-            await asyncio.sleep(2)
+            logger.warning("listening for key revocations on Redis failed (%s); retrying in %g s", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(30.0, backoff * 2)
         finally:
             with contextlib.suppress(Exception):
                 await client.aclose()

@@ -90,6 +90,7 @@ class ChatSocket:
         self.last_activity = time.monotonic()  # the last client frame, or the end of the last reply
         self.closing = False
         self._revoked = False
+        self._closer: asyncio.Task[None] | None = None  # the close a revocation heard on Redis started
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:
@@ -154,8 +155,8 @@ class ChatSocket:
         return bool(await app_state.key_checks.active(app_state.database, self.principal.key_id))
 
     def _heard_revoked(self, key_id: int) -> None:
-        if key_id == self.principal.key_id:
-            asyncio.get_running_loop().create_task(self._close_revoked())
+        if key_id == self.principal.key_id and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_revoked())  # kept: not collected
 
     async def _close_revoked(self, now: bool = False) -> None:
         """The key was revoked: say so and close. A reply being generated finishes first: then `_chat` calls this

@@ -100,7 +100,8 @@ def _log_throttled(event: str) -> None:
 
 
 class _Guard:
-    """Mixed into uvicorn's protocol classes (httptools, h11). Every hook calls the class's own first."""
+    """Mixed into uvicorn's protocol classes (httptools, h11); the subclasses below call these hooks around
+    uvicorn's own methods."""
 
     limits: ClassVar[ConnectionLimits | None] = None
     # the attributes of uvicorn's classes this mixin relies on

@@ -8,6 +8,7 @@ from contextlib import aclosing
 
 from frontend_api.engine.protocol import Engine, EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
+from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
 from frontend_api.openai.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -22,13 +23,9 @@ from frontend_api.openai.protocol import (
 from frontend_api.openai.serving import (
     FINISH_REASONS,
     SSE_DONE,
-    EngineStream,
-    EventStream,
     LogprobsAsked,
     OpenAIServing,
     Prepared,
-    Tallies,
-    Tally,
     engine_error_body,
     sse_event,
 )

@@ -12,6 +12,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from frontend_api.engine.protocol import EngineError, GenerationChunk, TopLogprobs
+from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
 from frontend_api.openai.protocol import (
     Completion,
     CompletionChoice,
@@ -23,13 +24,9 @@ from frontend_api.openai.protocol import (
 from frontend_api.openai.serving import (
     FINISH_REASONS,
     SSE_DONE,
-    EngineStream,
-    EventStream,
     LogprobsAsked,
     OpenAIServing,
     Prepared,
-    Tallies,
-    Tally,
     engine_error_body,
     new_id,
     sse_event,

@@ -26,7 +26,8 @@ def tensor(name, value):
 
 def inputs(prompt=PROMPT, max_tokens=8, **extra):
     extra = {"stream": True, **extra}
-    return [tensor(name, value) for name, value in {"text_input": prompt, "max_tokens": max_tokens, **extra}.items()]
+    values = {"text_input": prompt, "max_tokens": max_tokens, **extra}
+    return [tensor(name, value) for name, value in values.items() if value is not None]
 
 
 async def run(stack, tensors, stop_after=None):
@@ -98,10 +99,10 @@ async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(engin
 @pytest.mark.parametrize(
     "extra, named",
     [
-        ({"repetition_penalty": 1.3}, "repetition_penalty"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"bad_words": ["Paris"]}, "bad_words"),
         ({"top_p": 1.5}, "top_p"),
+        ({"num_top_log_probs": 21}, "num_top_log_probs"),
+        ({"num_return_sequences": 17}, "num_return_sequences"),
+        ({"input_ids": [49152]}, "input_ids"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 9000}, "context"),
     ],
@@ -109,9 +110,38 @@ async def test_min_tokens_equal_to_max_tokens_generates_exactly_max_tokens(engin
 async def test_inputs_the_engine_cannot_honour_are_rejected(engine_stack, extra, named):
     extra = dict(extra)  # the parameter dict is shared by both engine cores' runs
     max_tokens = extra.pop("max_tokens", 8)
-    responses, error = await run(engine_stack, inputs(max_tokens=max_tokens, **extra))
+    prompt = {"prompt": None} if "input_ids" in extra else {}
+    responses, error = await run(engine_stack, inputs(max_tokens=max_tokens, **prompt, **extra))
     assert error is not None and not responses
     assert "invalid request" in error.message() and named in error.message()
+
+
+# A non-default value of each input some engine core may not honour.
+NON_DEFAULT = {
+    "repetition_penalty": 1.3,
+    "presence_penalty": 0.5,
+    "frequency_penalty": 0.5,
+    "bad_words": ["Paris"],
+    "embedding_bias_token_ids": [504],
+    "num_return_sequences": 2,
+    "return_log_probs": True,
+    "num_top_log_probs": 3,
+    "return_prompt_log_probs": True,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+async def test_each_input_is_honoured_or_refused_by_name_as_the_capabilities_say(engine_stack, engine_core, name):
+    values = {name: NON_DEFAULT[name]}
+    if name == "embedding_bias_token_ids":
+        values["embedding_bias_weights"] = [-5.0]
+    if name == "num_top_log_probs":
+        values["return_log_probs"] = True
+    responses, error = await run(engine_stack, inputs(max_tokens=4, temperature=0.0, **values))
+    if engine_core in contract.INPUTS_BY_NAME[name].honoured_by:
+        assert error is None and responses, error
+    else:
+        assert error is not None and name in error.message() and not responses
 
 
 async def test_seed_is_honoured_or_refused_as_the_contract_says(engine_stack, engine_core):

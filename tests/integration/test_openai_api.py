@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+import engine_contract
+
 from stack import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -132,15 +134,20 @@ def test_unicode_round_trip(client, tokenizer):
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": -5}, "max_tokens"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
+        ({"seed": -1}, "seed"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"logit_bias": {"49152": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": 101}}, "logit_bias"),
         ({"stop": [""]}, "stop"),
         ({"stop": [str(i) for i in range(17)]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         ({"max_tokens": 9000}, "max_tokens"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"top_k": 2**40}, "top_k"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
@@ -226,3 +233,34 @@ async def test_client_disconnect_frees_the_engine(stack, aclient):
         await asyncio.sleep(0.05)
     assert stack.triton_metric("llm_engine_requests_finished_total", reason="cancelled") == cancelled_before + 1
     assert stack.triton_metric("llm_engine_active_requests") == 0
+
+
+def served_capabilities(stack) -> frozenset[str]:
+    """The `capabilities` parameter of the served model's Triton config."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{stack.triton_grpc_port}") as triton:
+        config = triton.get_model_config(MODEL, as_json=True)["config"]
+    return engine_contract.parse_capabilities(config["parameters"]["capabilities"]["string_value"])
+
+
+# An OpenAI field that needs a contract input some engine does not honour, with that input's name.
+NEEDS = {
+    "top_logprobs": ({"logprobs": True, "top_logprobs": 3}, "num_top_log_probs"),
+    "logit_bias": ({"logit_bias": {"504": -100}}, "embedding_bias_token_ids"),
+    "bad_words": ({"bad_words": ["Paris"]}, "bad_words"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(NEEDS))
+def test_a_field_the_models_engine_cannot_honour_is_a_400_naming_it_and_the_model(stack, field):
+    """Served models declare their capabilities (config parameter); a request needing more is refused by name."""
+    body, needed = NEEDS[field]
+    payload = {"model": MODEL, "messages": FRANCE, "max_tokens": 4} | body
+    response = httpx.post(f"{stack.api_url}/chat/completions", json=payload, timeout=60)
+    if needed in served_capabilities(stack):
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == field and MODEL in error["message"], error

@@ -15,7 +15,7 @@ from limits import RateLimitItemPerMinute
 
 from frontend_api.engine.protocol import EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
-from frontend_api.openai.serving import EngineStream, EventStream
+from frontend_api.openai.engine_stream import EngineStream, EventStream
 from frontend_api.policy.auth import Principal
 from frontend_api.policy.limits import Limiter, seconds_until_room
 from frontend_api.settings import Settings

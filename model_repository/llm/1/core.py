@@ -136,6 +136,35 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequest("min_tokens must be >= 0")
     if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
         raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
+    if not 0 < sampling.repetition_penalty:
+        raise InvalidRequest("repetition_penalty must be > 0")
+    for name, value in (
+        ("presence_penalty", sampling.presence_penalty),
+        ("frequency_penalty", sampling.frequency_penalty),
+    ):
+        if not -2 <= value <= 2:
+            raise InvalidRequest(f"{name} must be in [-2, 2]")
+    if not 1 <= sampling.n <= engine_contract.MAX_RETURN_SEQUENCES:
+        raise InvalidRequest(f"num_return_sequences must be in [1, {engine_contract.MAX_RETURN_SEQUENCES}]")
+    if not 0 <= sampling.top_logprobs <= engine_contract.MAX_TOP_LOG_PROBS:
+        raise InvalidRequest(f"num_top_log_probs must be in [0, {engine_contract.MAX_TOP_LOG_PROBS}]")
+    bound = engine_contract.MAX_EMBEDDING_BIAS
+    for token, weight in sampling.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"embedding_bias_token_ids must be token ids in [0, {vocab_size}), not {token}")
+        if not -bound <= weight <= bound:
+            raise InvalidRequest(f"embedding_bias_weights must be in [-{bound:g}, {bound:g}], not {weight:g}")
+    for token in sampling.stop_token_ids:
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), not {token}")
+
+
+def check_prompt_ids(prompt: tuple[int, ...], vocab_size: int) -> list[int]:
+    """A prompt given as token ids (input_ids), once they are known to be the vocabulary's."""
+    outside = [token for token in prompt if not 0 <= token < vocab_size]
+    if outside:
+        raise InvalidRequest(f"input_ids must be token ids in [0, {vocab_size}): {outside[:5]} are not")
+    return list(prompt)
 
 
 def check_prompt(

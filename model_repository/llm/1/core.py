@@ -81,6 +81,23 @@ class Update:
     prompt_logprobs: tuple[float, ...] | None = None  # once, on a sequence's first update: prompt tokens 1..
     prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None
 
+    def then(self, later: Update) -> Update:
+        """This delta followed by `later` (of the same sequence) as one: texts and tokens joined, the later counts
+        and outcome, the prompt's scores from whichever has them."""
+        return Update(
+            self.text + later.text,
+            later.finish_reason,
+            later.error,
+            later.num_input_tokens,
+            later.num_output_tokens,
+            later.index,
+            self.token_ids + later.token_ids,
+            self.logprobs + later.logprobs,
+            self.top_logprobs + later.top_logprobs,
+            self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+            self.prompt_top_logprobs if self.prompt_top_logprobs is not None else later.prompt_top_logprobs,
+        )
+
 
 Sink = Callable[[Update], None]
 Prompt = str | tuple[int, ...]  # text to tokenize, or token ids

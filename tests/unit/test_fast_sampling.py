@@ -169,14 +169,22 @@ def test_stop_token_ids_end_the_sequence_without_the_token(engine, tokenizer):
     assert len(floor.ids()) >= 5  # min_tokens masks stop ids too
 
 
-def test_single_token_bad_words_are_never_generated_and_longer_ones_refused(engine):
+def test_bad_words_are_never_generated(engine, tokenizer):
     from core import InvalidRequest, Sampling
 
-    assert "Paris" in run(engine, CHAT, max_tokens=10, temperature=0.0).text()
-    request = run(engine, CHAT, max_tokens=10, temperature=0.0, bad_words=("Paris",))
+    plain = run(engine, CHAT, max_tokens=10, temperature=0.0)
+    assert "Paris" in plain.text() and "capital of" in plain.text()
+    request = run(engine, CHAT, max_tokens=10, temperature=0.0, bad_words=("Paris",))  # one token, both spellings
     assert "Paris" not in request.text() and not {7042, 38634} & set(request.ids())
+    banned = tokenizer(" capital of", add_special_tokens=False)["input_ids"]
+    assert len(banned) == 2  # a multi-token word: its last token is banned right after the others
+    request = run(engine, CHAT, max_tokens=10, temperature=0.0, bad_words=("capital of",))
+    assert "capital of" not in request.text() and request.text() != plain.text()
+    ids = request.ids()
+    assert not any(ids[i : i + 2] == banned for i in range(len(ids) - 1))
     with pytest.raises(InvalidRequest, match="^bad_words"):
-        engine.submit("multi", CHAT, Sampling(max_tokens=4, bad_words=("capital city",)), lambda u: None, lambda: False)
+        sampling = Sampling(max_tokens=4, bad_words=("a b c d e f g h i j",))
+        engine.submit("long", CHAT, sampling, lambda u: None, lambda: False)
 
 
 def test_a_seed_repeats_alone_differs_from_another_and_ignores_the_batch(engine):

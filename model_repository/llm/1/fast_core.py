@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from sampler import Flags, SlotConfig, sequence_key
+from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, sequence_key
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
@@ -137,7 +137,8 @@ class FastEngine:
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
         if eos_ids or sampling.min_tokens < sampling.max_tokens:
             eos_ids |= frozenset(sampling.stop_token_ids)
-        bias = sampling.logit_bias + tuple((token, float("-inf")) for token in self._banned(sampling.bad_words))
+        banned, bad_sequences = self._bad_words(sampling.bad_words)
+        bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
         request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
         for index in range(sampling.n):
@@ -151,6 +152,7 @@ class FastEngine:
                 frequency=sampling.frequency_penalty,
                 repetition=sampling.repetition_penalty,
                 bias=bias,
+                bad_sequences=bad_sequences,
                 end_ids=eos_ids,
                 min_tokens=sampling.min_tokens,
                 logprobs=sampling.top_logprobs if sampling.logprobs or sampling.top_logprobs else -1,
@@ -163,20 +165,24 @@ class FastEngine:
             self._active[request_id] = request
         self._incoming.put(request)
 
-    def _banned(self, bad_words: tuple[str, ...]) -> set[int]:
-        """The token ids of bad words (each as written and after a space, as vLLM bans them). Only single-token
-        words can be banned: a step samples every sequence on the device while the host is a step behind, so a
-        multi-token word's last token cannot be banned after its prefix; such words are refused."""
-        banned = set()
+    def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
+        """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written
+        and after a space (as vLLM bans them)."""
+        single, multi = set(), []
         for word in bad_words:
             for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
-                ids = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
-                if len(ids) != 1:
-                    raise InvalidRequest(
-                        f"bad_words: {variant!r} is {len(ids)} tokens; the fast engine core bans single-token words only"
-                    )
-                banned.update(ids)
-        return banned
+                ids = tuple(self.tokenizer(variant, add_special_tokens=False)["input_ids"])
+                if len(ids) == 1:
+                    single.add(ids[0])
+                elif len(ids) > BAD_WORD_TOKENS:
+                    raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
+                elif ids and ids not in multi:
+                    multi.append(ids)
+        if len(multi) > BAD_WORD_SEQUENCES:
+            raise InvalidRequest(
+                f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)"
+            )
+        return single, tuple(multi)
 
     def shutdown(self) -> None:
         self._stopping.set()

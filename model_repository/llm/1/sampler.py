@@ -4,7 +4,9 @@ Every request's settings live in per-slot device tensors, written once at prefil
 honours each sequence's own settings without the host:
 - repetition penalty (HF/vLLM: over prompt and generated tokens, positive logits divided, negative multiplied),
   then presence / frequency penalties (OpenAI: over generated tokens, `logit -= presence*(count>0) + frequency*count`),
-  then the logit bias row (OpenAI logit_bias, and -inf for banned single-token bad words), then the end ids
+  then the logit bias row (OpenAI logit_bias, and -inf for banned single-token bad words), then the last token of
+  each multi-token bad word whose other tokens the sequence just generated (vLLM's prefix match, over generated
+  tokens only; a word spelt by other tokens is not caught, as in vLLM), then the end ids
   (end-of-sequence, stop_token_ids) masked while fewer than min_tokens were generated; then temperature, top-k,
   top-p;
 - the draw is Gumbel-max with counter-based noise: u = hash(key, position, token id) in integer tensor ops, the
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 MASK32 = 0xFFFFFFFF
+BAD_WORD_TOKENS = 8  # the longest multi-token bad word (tokens) a request may ban
+BAD_WORD_SEQUENCES = 16  # and how many token sequences of them
+_NO_TOKEN = -2  # the recent-token window before anything was generated (matches no prefix entry)
 
 
 def mix32(x):
@@ -55,6 +60,7 @@ class SlotConfig:
     frequency: float = 0.0
     repetition: float = 1.0
     bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); -inf bans it
+    bad_sequences: tuple[tuple[int, ...], ...] = ()  # multi-token bad words: the last is banned after the others
     end_ids: frozenset[int] = field(default_factory=frozenset)  # masked while fewer than min_tokens generated
     min_tokens: int = 0
     logprobs: int = -1  # -1: none; k >= 0: the sampled token's log-probability and the top k
@@ -72,6 +78,7 @@ class Flags:
     filtered: bool = False  # some sequence samples with top-k or top-p
     penalties: bool = False
     bias: bool = False
+    bad_words: bool = False  # multi-token ones
     min_tokens: bool = False
     logprobs: int = -1  # the largest top-k asked for; -1 when nobody asks
 
@@ -84,6 +91,7 @@ class Flags:
             filtered=any(0 < c.top_k < vocab_size or c.top_p < 1 for c in sampled),
             penalties=any(c.penalised for c in configs),
             bias=any(c.bias for c in configs),
+            bad_words=any(c.bad_sequences for c in configs),
             min_tokens=any(c.min_tokens > 0 and c.end_ids for c in configs),
             logprobs=max((c.logprobs for c in configs), default=-1),
         )
@@ -107,6 +115,10 @@ class SlotSampler:
         self.in_prompt = torch.zeros(num_slots, vocab_size, device=device, dtype=torch.bool)
         self.bias = torch.zeros(num_slots, vocab_size, **f32)
         self.end_mask = torch.zeros(num_slots, vocab_size, device=device, dtype=torch.bool)
+        window = BAD_WORD_TOKENS - 1
+        self.recent = torch.full((num_slots, window), _NO_TOKEN, **i64)  # the last tokens generated, oldest first
+        self.bad_prefix = torch.full((num_slots, BAD_WORD_SEQUENCES, window), -1, **i64)  # right-aligned; -1: any
+        self.bad_last = torch.full((num_slots, BAD_WORD_SEQUENCES), -1, **i64)  # -1: no entry
         self.token_hash = mix32(torch.arange(vocab_size, **i64))
         self.ranks = torch.arange(vocab_size, **i64)[None]
 
@@ -130,6 +142,16 @@ class SlotSampler:
         self.in_prompt[slots] = False
         self.bias[slots] = 0.0
         self.end_mask[slots] = False
+        self.recent[slots] = _NO_TOKEN
+        window = BAD_WORD_TOKENS - 1
+        prefix = torch.full((len(configs), BAD_WORD_SEQUENCES, window), -1, dtype=torch.long)
+        last = torch.full((len(configs), BAD_WORD_SEQUENCES), -1, dtype=torch.long)
+        for row, config in enumerate(configs):
+            for entry, words in enumerate(config.bad_sequences):
+                prefix[row, entry, window - len(words) + 1 :] = torch.tensor(words[:-1])
+                last[row, entry] = words[-1]
+        self.bad_prefix[slots] = prefix.to(self.device, non_blocking=True)
+        self.bad_last[slots] = last.to(self.device, non_blocking=True)
         rows, cols, values, prompt_rows, prompt_cols, end_rows, end_cols = [], [], [], [], [], [], []
         for row, (config, prompt) in enumerate(zip(configs, prompts, strict=True)):
             for token, value in config.bias:
@@ -164,6 +186,11 @@ class SlotSampler:
             logits = logits - self.frequency[rows][:, None] * counts - self.presence[rows][:, None] * (counts > 0)
         if flags.bias:
             logits = logits + self.bias[rows]
+        if flags.bad_words:
+            prefix, last = self.bad_prefix[rows], self.bad_last[rows]
+            matched = ((prefix == self.recent[rows][:, None]) | (prefix < 0)).all(dim=-1) & (last >= 0)
+            ban = torch.where(matched, float("-inf"), 0.0).to(logits.dtype)
+            logits = logits + torch.zeros_like(logits).scatter_add_(1, last.clamp_min(0), ban)
         if flags.min_tokens:
             early = (self.generated[rows] < self.min_tokens[rows])[:, None]
             logits = logits.masked_fill(self.end_mask[rows] & early, float("-inf"))
@@ -196,5 +223,8 @@ class SlotSampler:
     def advance(self, rows: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, flags: Flags) -> None:
         """Count the tokens just sampled (rows whose `active` is 0 are left as they are)."""
         self.generated[rows] += active
+        if flags.bad_words:
+            shifted = torch.cat([self.recent[rows][:, 1:], tokens[:, None]], dim=1)
+            self.recent[rows] = torch.where(active.bool()[:, None], shifted, self.recent[rows])
         if flags.penalties:
             self.counts.index_put_((rows, tokens), active.to(torch.int32), accumulate=True)

@@ -126,7 +126,7 @@ class SlotRunner:
         self.sampler.setup(slot_index, configs, [prompts[row] for row in group_rows])
         flags = Flags.of(configs, self.vocab_size)
         first, logprobs = self.sampler.sample(logits, slot_index, lengths - 1, flags)
-        self.sampler.advance(slot_index, first, torch.ones_like(first), flags)
+        self.sampler.start(slot_index, first, flags)
         self.tokens[slot_index] = first
         self.positions[slot_index] = lengths
         self.active[slot_index] = 1
@@ -156,9 +156,9 @@ class SlotRunner:
                 graph.replay()
             else:
                 self._decode_logits(batch, length)
-            rows, positions, active = self.slot_ids[:batch], self.positions[:batch], self.active[:batch]
-            new, logprobs = self.sampler.sample(self.logits[:batch], rows, positions, flags)
-            self.sampler.advance(rows, new, active, flags)
+            positions, active = self.positions[:batch], self.active[:batch]
+            new, logprobs = self.sampler.sample(self.logits[:batch], slice(0, batch), positions, flags)
+            self.sampler.advance(batch, new, active, flags)
             self.tokens[:batch] = torch.where(active.bool(), new, self.tokens[:batch])
             self.positions[:batch] += active
         return new, logprobs

@@ -171,8 +171,9 @@ class SlotSampler:
         if end_rows:
             self.end_mask[host[end_rows].to(self.device), torch.tensor(end_cols, device=self.device)] = True
 
-    def sample(self, logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, flags: Flags):
-        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`), and
+    def sample(self, logits: torch.Tensor, rows: torch.Tensor | slice, positions: torch.Tensor, flags: Flags):
+        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`; `rows` a
+        slice [0, batch) in decode, views rather than gathers), and
         when flags.logprobs >= 0 its log-probability and the top flags.logprobs (values, ids); all on the device."""
         logprobs = None
         if flags.logprobs >= 0:
@@ -220,11 +221,21 @@ class SlotSampler:
         score = (ordered + gumbel.gather(1, order)).masked_fill(~keep, float("-inf"))
         return order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
 
-    def advance(self, rows: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, flags: Flags) -> None:
-        """Count the tokens just sampled (rows whose `active` is 0 are left as they are)."""
-        self.generated[rows] += active
-        if flags.bad_words:
-            shifted = torch.cat([self.recent[rows][:, 1:], tokens[:, None]], dim=1)
-            self.recent[rows] = torch.where(active.bool()[:, None], shifted, self.recent[rows])
+    def start(self, slots: torch.Tensor, tokens: torch.Tensor, flags: Flags) -> None:
+        """Count the first tokens of the sequences just set up in `slots`."""
+        self.generated[slots] = 1
         if flags.penalties:
-            self.counts.index_put_((rows, tokens), active.to(torch.int32), accumulate=True)
+            self.counts[slots, tokens] = 1
+        if flags.bad_words:
+            self.recent[slots, -1] = tokens
+
+    def advance(self, batch: int, tokens: torch.Tensor, active: torch.Tensor, flags: Flags) -> None:
+        """Count the tokens a decode step sampled for slots [0, batch) (those whose `active` is 0 stay as they are).
+        Slices, not index tensors: in-place on views, a kernel or two each."""
+        self.generated[:batch] += active
+        if flags.penalties:
+            self.counts[:batch].scatter_add_(1, tokens[:, None], active[:, None].to(torch.int32))
+        if flags.bad_words:
+            recent = self.recent[:batch]
+            shifted = torch.cat([recent[:, 1:], tokens[:, None]], dim=1)
+            recent.copy_(torch.where(active.bool()[:, None], shifted, recent))

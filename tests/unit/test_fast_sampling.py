@@ -77,7 +77,10 @@ def hf_logprobs(reference, ids: list[int]) -> torch.Tensor:
     return reference(torch.tensor([ids])).logits[0].float().log_softmax(dim=-1)
 
 
-def test_logprobs_and_prompt_logprobs_equal_hf_log_softmax(engine, reference, tokenizer):
+def test_logprobs_and_prompt_logprobs_equal_hf_log_softmax(engine, reference, tokenizer, monkeypatch):
+    import fast_runner
+
+    monkeypatch.setattr(fast_runner, "PROMPT_LOGPROB_CHUNK", 4)  # the prompt's logits in several chunks
     request = run(
         engine, CHAT, max_tokens=6, min_tokens=6, temperature=0.0, logprobs=True, top_logprobs=5, prompt_logprobs=True
     )
@@ -103,6 +106,8 @@ def test_logprobs_and_prompt_logprobs_equal_hf_log_softmax(engine, reference, to
         values, ids = row.topk(5)
         assert [t for t, _ in first.prompt_top_logprobs[position]] == ids.tolist()
         assert [v for _, v in first.prompt_top_logprobs[position]] == pytest.approx(values.tolist(), abs=1e-3)
+    one = run(engine, (1,), max_tokens=2, temperature=0.0, prompt_logprobs=True, top_logprobs=2).of()[0]
+    assert one.prompt_logprobs == () and one.prompt_top_logprobs == ()  # a one-token prompt has none to score
 
 
 def test_repetition_penalty_equals_hf_generate(engine, reference, tokenizer):

@@ -5,6 +5,12 @@ decode step, and, while the GPU runs it, hand the previous step's tokens to thei
 detokenization, stop strings, end of sequence, length) and their sinks. The host is therefore one step behind
 the device: a sequence that just finished still rides along in the step already launched, and that step's
 token for it is dropped. No thread per request, no per-token allocation on the device.
+
+Every sampling setting is per sequence and acts on the device (sampler.py): seeds, penalties, logit bias, bad words,
+min_tokens, stop ids, log-probabilities. A request of n sequences (num_return_sequences) is prefilled once into
+n slots (fast_runner copies the KV), each with its own seed stream; each reports Update(index=i), and the request
+is over when all n are. Token ids (Update.token_ids) leave out the token that ended a sequence (end-of-sequence,
+end_id, stop_token_ids), as its text does; they keep the tokens of a stop string the text is trimmed before.
 """
 
 from __future__ import annotations
@@ -120,9 +126,9 @@ class FastEngine:
 
     def validate(self, sampling: Sampling) -> None:
         validate_sampling(sampling, self.vocab_size)
-        if sampling.n > len(self.runner.slot_ids):
+        if sampling.n > self.runner.num_slots:
             raise InvalidRequest(
-                f"num_return_sequences ({sampling.n}) exceeds the {len(self.runner.slot_ids)} sequences this engine "
+                f"num_return_sequences ({sampling.n}) exceeds the {self.runner.num_slots} sequences this engine "
                 "runs at once (max_num_seqs)"
             )
 
@@ -135,7 +141,7 @@ class FastEngine:
         else:
             input_ids = check_prompt_ids(prompt, self.vocab_size)
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
-        if eos_ids or sampling.min_tokens < sampling.max_tokens:
+        if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
             eos_ids |= frozenset(sampling.stop_token_ids)
         banned, bad_sequences = self._bad_words(sampling.bad_words)
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sampler import Flags, SlotConfig, SlotSampler
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+PROMPT_LOGPROB_CHUNK = 512  # prompt positions whose logits a prefill holds at once (return_prompt_log_probs)
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested
 
 
@@ -133,12 +134,20 @@ class SlotRunner:
         return Prefilled(first.tolist(), host_logprobs(logprobs), scored)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, prompt: list[int], k: int):
-        """(log-probability of each prompt token after the first given its prefix, top-k (values, ids)), or None."""
+        """(log-probability of each prompt token after the first given its prefix (the raw log_softmax, as for
+        generated tokens), top-k (values, ids)), or None; PROMPT_LOGPROB_CHUNK positions of logits at a time."""
         if k < 0:
             return None
-        logprobs = self.model.lm_head(self.model.model.norm(hidden[:-1])).float().log_softmax(dim=-1)
-        chosen = logprobs.gather(1, torch.tensor(prompt[1:], device=self.device)[:, None])[:, 0]
-        return host_logprobs((chosen, *(logprobs.topk(k, dim=-1) if k else (None, None))))
+        targets = torch.tensor(prompt[1:], device=self.device)
+        parts = []
+        for start in range(0, len(prompt) - 1, PROMPT_LOGPROB_CHUNK):
+            end = min(start + PROMPT_LOGPROB_CHUNK, len(prompt) - 1)
+            logprobs = self.model.lm_head(self.model.model.norm(hidden[start:end])).float().log_softmax(dim=-1)
+            chosen = logprobs.gather(1, targets[start:end, None])[:, 0]
+            parts.append((chosen, *(logprobs.topk(k, dim=-1) if k else (None, None))))
+        if not parts:  # a one-token prompt: nothing to score
+            return [], [] if k else None, [] if k else None
+        return host_logprobs(tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True)))
 
     def release(self, slot: int) -> None:
         self.active[slot] = 0

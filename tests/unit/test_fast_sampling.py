@@ -230,6 +230,14 @@ def test_n_sequences_share_one_prefill_and_each_finishes(engine):
     assert engine.num_active == 0
 
 
+def test_n_sequences_wait_for_enough_free_slots(engine):
+    busy = [Run(engine, STORY, max_tokens=20, min_tokens=20, temperature=0.0) for _ in range(3)]
+    request = Run(engine, CHAT, max_tokens=6, min_tokens=6, temperature=1.0, n=4).wait()  # needs all 4 slots
+    assert sorted(u.index for u in request.updates if u.finish_reason) == [0, 1, 2, 3]
+    assert all(b.wait().last().num_output_tokens == 20 for b in busy)
+    assert engine.num_active == 0
+
+
 def test_a_prompt_of_token_ids_equals_its_text(engine, tokenizer):
     ids = tuple(prompt_ids(tokenizer, CHAT))
     assert (

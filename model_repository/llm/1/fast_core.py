@@ -212,7 +212,7 @@ class FastEngine:
         while not self._stopping.is_set():
             self._take_incoming(block=not self._running and not self._waiting and pending is None)
             self._poll_cancellations()
-            if self._waiting and self._free_slots:
+            if self._can_admit():
                 if pending is not None:  # the prefill's own sync would wait for it anyway
                     self._deliver(*pending)
                     pending = None
@@ -232,14 +232,17 @@ class FastEngine:
         except queue.Empty:
             pass
 
+    def _can_admit(self) -> bool:
+        """Whether the next waiting request (cancelled ones dropped) has the free slots for its n sequences."""
+        while self._waiting and self._waiting[0].done:
+            self._waiting.popleft()
+        return bool(self._waiting) and len(self._free_slots) >= self._waiting[0].sampling.n
+
     def _prefill(self) -> None:
         batch: list[_Request] = []
         width = 0
-        while self._waiting and len(self._free_slots) >= self._waiting[0].sampling.n:
+        while self._can_admit():
             request = self._waiting[0]
-            if request.done:
-                self._waiting.popleft()
-                continue
             new_width = max(width, len(request.prompt))
             if batch and new_width * (len(batch) + 1) > self.max_prefill_tokens:
                 break

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 MASK32 = 0xFFFFFFFF
+TOP_K_BOUND = 1024  # top_k up to this: the candidates come from torch.topk rather than sorting the vocabulary
 BAD_WORD_TOKENS = 8  # the longest multi-token bad word (tokens) a request may ban
 BAD_WORD_SEQUENCES = 16  # and how many token sequences of them
 _NO_TOKEN = -2  # the recent-token window before anything was generated (matches no prefix entry)
@@ -76,6 +77,7 @@ class Flags:
 
     sampling: bool = False  # some sequence samples (else argmax)
     filtered: bool = False  # some sequence samples with top-k or top-p
+    top_k_bound: int = 0  # > 0: every sampling sequence keeps at most this many tokens (a top-k, not a full sort)
     penalties: bool = False
     bias: bool = False
     bad_words: bool = False  # multi-token ones
@@ -89,6 +91,9 @@ class Flags:
         return cls(
             sampling=bool(sampled),
             filtered=any(0 < c.top_k < vocab_size or c.top_p < 1 for c in sampled),
+            top_k_bound=max((c.top_k for c in sampled), default=0)
+            if all(0 < c.top_k <= TOP_K_BOUND for c in sampled)
+            else 0,
             penalties=any(c.penalised for c in configs),
             bias=any(c.bias for c in configs),
             bad_words=any(c.bad_sequences for c in configs),
@@ -172,13 +177,25 @@ class SlotSampler:
             self.end_mask[host[end_rows].to(self.device), torch.tensor(end_cols, device=self.device)] = True
 
     def sample(self, logits: torch.Tensor, rows: torch.Tensor | slice, positions: torch.Tensor, flags: Flags):
-        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`; `rows` a
-        slice [0, batch) in decode, views rather than gathers), and
-        when flags.logprobs >= 0 its log-probability and the top flags.logprobs (values, ids); all on the device."""
-        logprobs = None
-        if flags.logprobs >= 0:
-            raw = logits.float().log_softmax(dim=-1)
-            logprobs = raw  # the sampled token's is gathered below
+        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`; `rows` is
+        a slice [0, batch) in decode: views rather than gathers) and, when flags.logprobs >= 0, its log-probability
+        and the top flags.logprobs (values, ids): vLLM's default, the raw log_softmax of the model's logits (before
+        temperature, penalties and bias). All on the device, with no host sync."""
+        logprobs = logits.float().log_softmax(dim=-1) if flags.logprobs >= 0 else None
+        logits = self.process(logits, rows, flags)
+        tokens = logits.argmax(dim=-1)
+        if flags.sampling:
+            tokens = torch.where(self.greedy[rows], tokens, self._draw(logits, rows, positions, flags))
+        if logprobs is None:
+            return tokens, None
+        chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+        if flags.logprobs == 0:
+            return tokens, (chosen, None, None)
+        top_values, top_ids = logprobs.topk(flags.logprobs, dim=-1)
+        return tokens, (chosen, top_values, top_ids)
+
+    def process(self, logits: torch.Tensor, rows: torch.Tensor | slice, flags: Flags) -> torch.Tensor:
+        """The logits after the penalties, the bias, the bad words and the min_tokens mask (not in place)."""
         if flags.penalties:
             counts = self.counts[rows]
             seen = self.in_prompt[rows] | (counts > 0)
@@ -195,31 +212,31 @@ class SlotSampler:
         if flags.min_tokens:
             early = (self.generated[rows] < self.min_tokens[rows])[:, None]
             logits = logits.masked_fill(self.end_mask[rows] & early, float("-inf"))
-        tokens = logits.argmax(dim=-1)
-        if flags.sampling:
-            tokens = torch.where(self.greedy[rows], tokens, self._draw(logits, rows, positions, flags.filtered))
-        if logprobs is None:
-            return tokens, None
-        chosen = logprobs.gather(1, tokens[:, None])[:, 0]
-        if flags.logprobs == 0:
-            return tokens, (chosen, None, None)
-        top_values, top_ids = logprobs.topk(flags.logprobs, dim=-1)
-        return tokens, (chosen, top_values, top_ids)
+        return logits
 
-    def _draw(self, logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, filtered: bool):
+    def _draw(self, logits: torch.Tensor, rows: torch.Tensor | slice, positions: torch.Tensor, flags: Flags):
         scaled = logits / self.temperature[rows].clamp_min(1e-5)[:, None]
         step = mix32(self.key[rows] ^ mix32((positions * 0x9E3779B1 + 0x632BE5AB) & MASK32))
-        bits = mix32((step[:, None] + self.token_hash[None]) & MASK32) >> 8  # 24 random bits per token
-        uniform = (bits.float() + 0.5) * (1.0 / (1 << 24))
-        gumbel = -torch.log(-torch.log(uniform))
-        if not filtered:
-            return (scaled + gumbel).argmax(dim=-1)
-        ordered, order = scaled.sort(dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
+        if not flags.filtered:
+            return (scaled + self._gumbel(step, None)).argmax(dim=-1)
+        if flags.top_k_bound:  # the same candidates and probabilities as the full sort, from a top-k
+            ordered, order = scaled.topk(min(flags.top_k_bound, self.vocab_size), dim=-1)
+            probs = (ordered - scaled.logsumexp(dim=-1, keepdim=True)).exp()
+        else:
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
         before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        keep = (self.ranks < self.top_k[rows][:, None]) & (before < self.top_p[rows][:, None])
-        score = (ordered + gumbel.gather(1, order)).masked_fill(~keep, float("-inf"))
+        ranks = self.ranks[:, : order.shape[1]]
+        keep = (ranks < self.top_k[rows][:, None]) & (before < self.top_p[rows][:, None])
+        score = (ordered + self._gumbel(step, order)).masked_fill(~keep, float("-inf"))
         return order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
+
+    def _gumbel(self, step: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Gumbel noise of each row's `tokens` (every token when None), from hash(row's step key, token id)."""
+        hashed = self.token_hash[None] if tokens is None else self.token_hash[tokens]
+        bits = mix32((step[:, None] + hashed) & MASK32) >> 8  # 24 random bits per token
+        uniform = (bits.float() + 0.5) * (1.0 / (1 << 24))
+        return -torch.log(-torch.log(uniform))
 
     def start(self, slots: torch.Tensor, tokens: torch.Tensor, flags: Flags) -> None:
         """Count the first tokens of the sequences just set up in `slots`."""

@@ -25,7 +25,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-NEVER = {"torch", "nvidia-pytriton"}  # the image's CUDA torch; the Triton server travels trimmed
+# The image's CUDA torch; the Triton server travels trimmed; the CPU engine (OpenVINO, its export's nncf and gguf)
+# is never used on a GPU machine and would push the bundle past one call's 64 MiB.
+NEVER = {"torch", "nvidia-pytriton", "openvino", "openvino-genai", "openvino-tokenizers", "nncf", "gguf"}
 EXTRAS = ("engine",)  # the optional dependencies the GPU side needs (bench's extra is all on the image)
 # Markers are evaluated for the GPU machine's interpreter, not this one.
 TARGET_ENV = {

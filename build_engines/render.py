@@ -17,8 +17,9 @@ class TemplateError(ValueError):
     pass
 
 
-def contract_tensors_block() -> str:
-    """The `input [...]` and `output [...]` blocks of a model that implements the whole engine contract."""
+def contract_tensors_block(engine: str | None = None) -> str:
+    """The `input [...]` and `output [...]` blocks of a model that implements the engine contract: all of it, or
+    the tensors `engine` honours."""
 
     def line(spec: engine_contract.TensorSpec) -> str:
         optional = " optional: true" if spec.optional else ""
@@ -28,11 +29,17 @@ def contract_tensors_block() -> str:
     def block(kind: str, specs: tuple[engine_contract.TensorSpec, ...]) -> str:
         return f"{kind} [\n" + ",\n".join(map(line, specs)) + "\n]"
 
-    return block("input", engine_contract.INPUTS) + "\n\n" + block("output", engine_contract.OUTPUTS)
+    inputs, outputs = engine_contract.INPUTS, engine_contract.OUTPUTS
+    if engine is not None:
+        inputs, outputs = engine_contract.honoured(engine), engine_contract.honoured(engine, outputs)
+    return block("input", inputs) + "\n\n" + block("output", outputs)
 
 
 # Placeholders any template may use without being given a value: they are rendered from the repository itself.
-BUILT_IN_VALUES = {"engine_contract_tensors": contract_tensors_block}
+BUILT_IN_VALUES = {
+    "engine_contract_tensors": contract_tensors_block,
+    "trtllm_contract_tensors": lambda: contract_tensors_block(engine_contract.TENSORRT_LLM),
+}
 
 
 def fill(text: str, values: dict[str, object], source: str) -> str:

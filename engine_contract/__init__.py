@@ -154,11 +154,15 @@ NUM_RETURN_SEQUENCES = _input(
     "num_return_sequences",
     "TYPE_INT32",
     "sequences generated for this prompt (OpenAI's n)",
-    {TENSORRT_LLM, FAST},
+    {OPENVINO, TENSORRT_LLM, FAST},
     default=1,
 )
 RETURN_LOG_PROBS = _input(
-    "return_log_probs", "TYPE_BOOL", "send output_log_probs and cum_log_probs", {TENSORRT_LLM, FAST}, default=False
+    "return_log_probs",
+    "TYPE_BOOL",
+    "send output_log_probs and cum_log_probs",
+    {OPENVINO, TENSORRT_LLM, FAST},
+    default=False,
 )
 NUM_TOP_LOG_PROBS = _input(
     "num_top_log_probs",
@@ -171,7 +175,7 @@ RETURN_PROMPT_LOG_PROBS = _input(
     "return_prompt_log_probs",
     "TYPE_BOOL",
     "ours: send the log-probability of each prompt token (completions' echo with logprobs)",
-    {FAST},
+    {OPENVINO, FAST},
     default=False,
 )
 EXCLUDE_INPUT_IN_OUTPUT = _input(

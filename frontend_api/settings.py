@@ -62,6 +62,26 @@ class Settings(BaseSettings):
         "(new requests get 503) before they are ended with an error and the process exits.",
     )
 
+    # Connections (frontend_api/server/protocol.py; docs/RELIABILITY.md "Slow and idle clients")
+    http_header_timeout_s: float = Field(
+        10,
+        gt=0,
+        description="Time a request gets to send its complete headers (from the connection's opening, or "
+        "the first byte of a later request); then 408, or a silent close if nothing came.",
+    )
+    http_body_timeout_s: float = Field(
+        60, gt=0, description="Time a request gets, after its headers, to send its whole body; then 408 and close."
+    )
+    http_keepalive_timeout_s: float = Field(
+        5, gt=0, description="An idle keep-alive connection is closed after this long without a new request."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections (HTTP and WebSocket) per front-end process; more get 503 "
+        "too_many_connections and are closed.",
+    )
+
     # Triton (internal). The front-end reaches it over gRPC only; by default the Triton that `serve` starts.
     triton_grpc_url: str = Field("", description="host:port of Triton's gRPC; default 127.0.0.1:<grpc port>")
 
@@ -101,6 +121,22 @@ class Settings(BaseSettings):
     # WebSocket chat
     ws_keepalive_s: float = Field(20, gt=0, description="Server ping interval on /v1/chat/ws.")
     ws_auth_timeout_s: float = Field(10, gt=0, description="Time a WebSocket client has to authenticate.")
+    ws_ping_timeout_s: float = Field(
+        20, gt=0, description="A WebSocket whose peer does not answer a protocol ping within this long is closed."
+    )
+    ws_idle_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="A WebSocket on which the client sends no frame for this long, with no reply being "
+        "generated, gets an idle_timeout error frame and is closed with code 4408.",
+    )
+    key_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        le=1.0,
+        description="How long an open WebSocket may trust an API-key check before checking the database again "
+        "(every chat frame is checked; 0: no cache).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -44,6 +44,7 @@ async def _keys(settings: LauncherSettings, action: str, args) -> int:
             else:
                 revoked = await keys.revoke(args.name)
                 print(f"Revoked key {revoked.name!r}: requests with it fail from now on, on every replica.")
+                await _announce(settings, revoked.id)
             return 0
     except ApiKeyError as exc:
         print(f"llmserve keys {action}: {exc}")
@@ -51,6 +52,20 @@ async def _keys(settings: LauncherSettings, action: str, args) -> int:
     except DatabaseUnavailable as exc:
         print(f"llmserve keys {action}: cannot reach the database ({exc}). Check DATABASE_URL / database_url.")
         return 1
+
+
+async def _announce(settings: LauncherSettings, key_id: int | None) -> None:
+    """With redis_url set, tell the front-ends at once (open WebSockets close now); without, or if Redis fails,
+    they notice within key_cache_ttl_s on the next chat frame or keepalive tick."""
+    if not settings.redis_url or key_id is None:
+        return
+    from frontend_api.policy.auth import announce_revocation, revocation_channel
+
+    try:
+        heard = await announce_revocation(settings.redis_url, revocation_channel(settings), key_id)
+        print(f"Announced on Redis to {heard} front-end process(es): their open WebSockets with it close now.")
+    except Exception as exc:  # the revocation stands; open sockets see it within key_cache_ttl_s
+        print(f"Could not announce the revocation on Redis ({exc}); open WebSockets notice it within a second.")
 
 
 async def _create_given_key(keys: KeyAdmin, args) -> int:

@@ -81,7 +81,10 @@ def _add_api_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="front-end address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="front-end port (default 8000, or LLMSERVE_PORT)")
     parser.add_argument(
-        "--workers", type=int, help="front-end processes sharing the port (default 1; see docs/CONFIGURATION.md)"
+        "--workers",
+        type=int,
+        help="front-end processes sharing the port (default 0: half the CPUs available, 1 to 8, or 1 with per-key "
+        "limits and no Redis; docs/CONFIGURATION.md)",
     )
     parser.add_argument("--auth", action="store_true", default=None, help="require API keys on every /v1 route")
     parser.add_argument(

@@ -131,11 +131,15 @@ def serve_api(settings: LauncherSettings, started: float) -> bool:
 
     if settings.workers > 1:
         return _serve_workers(settings, started)
+    say(f"serving the API from this process (workers = 1: {settings.workers_reason})")
 
     from frontend_api.server.app import create_app
+    from frontend_api.server.protocol import raise_fd_limit, uvicorn_options
 
+    frontend = settings.frontend()
+    raise_fd_limit(settings.max_connections)
     config = uvicorn.Config(
-        create_app(settings.frontend()),
+        create_app(frontend),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -143,6 +147,7 @@ def serve_api(settings: LauncherSettings, started: float) -> bool:
         server_header=False,
         log_config=None,
         access_log=False,  # create_app set up logging; its middleware writes the access lines
+        **uvicorn_options(frontend),
     )
     server = uvicorn.Server(config)
 
@@ -176,8 +181,10 @@ def _serve_workers(settings: LauncherSettings, started: float) -> bool:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from frontend_api.server.protocol import raise_fd_limit, uvicorn_options
     from frontend_api.settings import SETTINGS_JSON_ENV
 
+    raise_fd_limit(settings.max_connections)  # the workers inherit the limit
     metrics_dir = tempfile.mkdtemp(prefix="llmserve-metrics-")
     os.environ[SETTINGS_JSON_ENV] = settings.frontend().model_dump_json()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -192,6 +199,7 @@ def _serve_workers(settings: LauncherSettings, started: float) -> bool:
         server_header=False,
         log_config=None,
         access_log=False,
+        **uvicorn_options(settings.frontend(), workers=True),  # the workers read the limits handed down
     )
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "localhost") else settings.host
     ready_url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/health"
@@ -205,7 +213,7 @@ def _serve_workers(settings: LauncherSettings, started: float) -> bool:
             except OSError:
                 time.sleep(0.1)
 
-    say(f"starting {settings.workers} front-end worker processes")
+    say(f"starting {settings.workers} front-end worker processes ({settings.workers_reason})")
     threading.Thread(target=announce, daemon=True).start()
     try:
         Multiprocess(config, sockets=[config.bind_socket()]).run()

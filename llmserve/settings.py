@@ -6,17 +6,61 @@ the stack has; each front-end process receives only the front-end's part (`front
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from engine_contract import FAST, LLM_CORES, OPENVINO
 from frontend_api.settings import Settings, check_address
 
+MAX_AUTO_WORKERS = 8
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> float:
+    """CPUs this process may use: its affinity mask, lowered by a cgroup v2 CPU quota (a container's limit)."""
+    try:
+        cpus: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def auto_workers(settings: LauncherSettings) -> tuple[int, str]:
+    """The default number of front-end processes, and why."""
+    # Per-caller budgets a second process would double: rpm/tpm unless Redis shares them, streams always (they
+    # are counted in each process).
+    in_memory = [name for name in ("rate_limit_rpm", "rate_limit_tpm") if getattr(settings, name)]
+    in_memory = [] if settings.redis_url else in_memory
+    if settings.max_streams_per_key:
+        in_memory.append("max_streams_per_key")
+    if in_memory:
+        return 1, f"{', '.join(in_memory)} counted in this process: one process keeps one budget"
+    cpus = available_cpus()
+    workers = max(1, min(MAX_AUTO_WORKERS, int(cpus // 2)))
+    return workers, f"auto: half of {cpus:g} CPUs, 1 to {MAX_AUTO_WORKERS}"
+
 
 class LauncherSettings(Settings):
-    workers: int = Field(1, ge=1, le=64, description="Front-end processes sharing the port (uvicorn workers).")
+    _workers_reason: str = PrivateAttr("as configured")
+
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Front-end processes sharing the port (uvicorn workers); 0 (the default) picks half the CPUs "
+        "this process may use, 1 to 8, or 1 when per-key limits are kept in memory (no redis_url).",
+    )
 
     # Triton, started and supervised by `llmserve serve` / `llmserve triton`
     triton_address: str = Field(
@@ -91,12 +135,20 @@ class LauncherSettings(Settings):
 
     @model_validator(mode="after")
     def _workers_share_limits(self) -> LauncherSettings:
+        if self.workers == 0:
+            self.workers, self._workers_reason = auto_workers(self)
+        else:
+            self._workers_reason = "as configured"
         if self.workers > 1 and (self.rate_limit_rpm or self.rate_limit_tpm) and not self.redis_url:
             raise ValueError(
                 "workers > 1 with rate_limit_rpm / rate_limit_tpm needs redis_url: each worker process "
                 "would otherwise keep a budget of its own"
             )
         return self
+
+    @property
+    def workers_reason(self) -> str:
+        return self._workers_reason
 
     @property
     def local_triton_grpc_port(self) -> int:

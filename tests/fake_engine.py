@@ -5,7 +5,10 @@ It implements the front-end's `Engine` protocol (frontend_api/engine/protocol.py
 real engines promise by the tensor contract:
 - one served model whose tokenizer is the real SmolLM2 one, so chat templates and token counts are real;
 - a deterministic reply derived from the prompt, one word per "token": words of the NATO alphabet, starting at
-  an offset given by a hash of the prompt. A natural reply is REPLY_WORDS words and then end-of-sequence, which
+  an offset given by a hash of the prompt (sequence j > 0 of n: of the prompt and j), the n sequences' responses
+  interleaved, each response built as the contract's output tensors and read back by the Triton client's parser;
+  its output ids are the real tokenizer's ids of the text delta, with deterministic fake log-probabilities
+  (fake_logprob, fake_top: the chosen token first), and prompt log-probabilities likewise. A natural reply is REPLY_WORDS words and then end-of-sequence, which
   counts as one more output token (as the real engine counts the EOS it generated), finish `stop`;
 - max_tokens ends the reply with finish `length`; min_tokens >= max_tokens generates exactly max_tokens;
 - stop strings end it with finish `stop`, the stop string and what follows trimmed, text that might begin a stop
@@ -13,9 +16,10 @@ real engines promise by the tensor contract:
 - every chunk carries the token counts; the prompt count is the real tokenizer's (with special tokens);
 - it speaks the contract: the request's tensors are built by the Triton client's own encoding
   (frontend_api.engine.triton.input_values -> engine_contract arrays) and read back by the real `llm` model's
-  parser and checks (contract_io.parse_request, core.validate_sampling, for the default `openvino` core), so what
-  the real engine refuses (penalties, bad_words) raises the same EngineError 400 naming
-  the field, through the Triton client's own error mapping, before the first chunk;
+  parser and checks (contract_io.parse_request, core.validate_sampling, for what the `openvino` core honours; the
+  other inputs by the contract's own reading); an input outside the fake's `capabilities` set to anything but
+  its default raises the EngineError 400 a real engine's refusal does, through the Triton client's own error
+  mapping, before the first chunk;
 - closing the iterator early cancels the request: it is recorded in `cancelled`, and leaves `active`.
 The app runs in another thread (a uvicorn server): tests read `requests`, `active` and `cancelled` from theirs,
 so those are plain containers updated atomically, read with `wait_until`.
@@ -26,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -38,7 +43,7 @@ from frontend_api.engine.protocol import (
     GenerationChunk,
     GenerationRequest,
 )
-from frontend_api.engine.triton import infer_error, input_values
+from frontend_api.engine.triton import infer_error, input_values, parse_outputs
 
 from contract_io import parse_request  # the `llm` model's own modules (pytest's pythonpath)
 from core import InvalidRequest, validate_sampling
@@ -64,15 +69,41 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
 
 
+def fake_logprob(token_id: int) -> float:
+    """The fake's log-probability of a token: deterministic, in (-2.5, -0.01]."""
+    return -((token_id * 7919) % 1000) / 400.0 - 0.01
+
+
+def fake_top(token_id: int, k: int, vocab_size: int) -> list[tuple[int, float]]:
+    """The fake's k likeliest tokens at a position where `token_id` was chosen: that token first, then others."""
+    logprob = fake_logprob(token_id)
+    return [(token_id, logprob)] + [((token_id + 131 * r) % vocab_size, logprob - 0.5 * r) for r in range(1, k)]
+
+
+ALL_INPUTS = frozenset(spec.name for spec in contract.INPUTS)
+
+
 class FakeEngine:
     """A fake `Engine` (see the module docstring). `token_delay_s` paces the words and `reply_words` sets how long
-    a natural reply is, for tests that need a generation still running when they act (disconnect, stop)."""
+    a natural reply is, for tests that need a generation still running when they act (disconnect, stop).
+    `capabilities` are the contract inputs the fake honours (it refuses the others in-band, as the real engines
+    do); the model declares them unless `declare_capabilities` is false (a model config without the parameter)."""
 
-    def __init__(self, tokenizer_dir: Path, token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS):
+    def __init__(
+        self,
+        tokenizer_dir: Path,
+        token_delay_s: float = 0.0,
+        reply_words: int = REPLY_WORDS,
+        capabilities: Iterable[str] = ALL_INPUTS,
+        declare_capabilities: bool = True,
+    ):
         self.tokenizer_dir = Path(tokenizer_dir)
         self.token_delay_s = token_delay_s
         self.reply_words = reply_words
+        self.capabilities = frozenset(capabilities)
+        self.declare_capabilities = declare_capabilities
         self._tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
+        self.vocab_size = self._tokenizer.get_vocab_size()
         self.requests: list[GenerationRequest] = []  # every request generate() was called with
         self.active: set[str] = set()  # request ids being generated now
         self.cancelled: list[str] = []  # request ids whose iterator was closed before the final chunk
@@ -82,7 +113,11 @@ class FakeEngine:
     @property
     def model(self) -> EngineModel:
         return EngineModel(
-            id=MODEL, engine_model=ENGINE_MODEL, tokenizer_dir=str(self.tokenizer_dir), max_model_len=MAX_MODEL_LEN
+            id=MODEL,
+            engine_model=ENGINE_MODEL,
+            tokenizer_dir=str(self.tokenizer_dir),
+            max_model_len=MAX_MODEL_LEN,
+            capabilities=self.capabilities if self.declare_capabilities else None,
         )
 
     async def ready(self) -> bool:
@@ -105,51 +140,117 @@ class FakeEngine:
             raise EngineUnavailable(self._abort_message)
         if request.engine_model != ENGINE_MODEL:  # the Triton client calls an unloaded model unavailable
             raise EngineUnavailable("The model is not loaded on the inference server; retry shortly.")
-        self._reject_what_the_engine_cannot_honour(request)
-        params = request.params
-        exact = params.min_tokens is not None and params.min_tokens >= params.max_tokens  # no end-of-sequence
-        words = reply_words(request.prompt, params.max_tokens if exact else min(self.reply_words, params.max_tokens))
-        prompt_tokens = len(self._tokenizer.encode(request.prompt, add_special_tokens=True).ids)
+        values = self._reject_what_the_engine_cannot_honour(request)
+        max_tokens, stops = int(values["max_tokens"]), tuple(values["stop_words"])
+        n, k = int(values["num_return_sequences"]), int(values["num_top_log_probs"])
+        logprobs = bool(values["return_log_probs"])
+        exact = int(values["min_tokens"]) >= max_tokens  # no end-of-sequence
+        prompt_ids = list(values["input_ids"]) or self._tokenizer.encode(request.prompt, add_special_tokens=True).ids
+        prompt = request.prompt if values["text_input"] is not None else self._tokenizer.decode(prompt_ids)
+        length = max_tokens if exact else min(self.reply_words, max_tokens)
+        # Sequence 0's words are the prompt's (what a test predicts); the others' differ.
+        words = [reply_words(prompt if j == 0 else f"{prompt}#{j}", length) for j in range(n)]
+        cum = [0.0] * n
 
-        def chunk(text: str, generated: int, finish: str | None = None) -> GenerationChunk:
-            return GenerationChunk(text, finish, num_input_tokens=prompt_tokens, num_output_tokens=generated)
+        def chunk(j: int, text: str, generated: int, finish: str | None = None, first: bool = False) -> GenerationChunk:
+            """Sequence j's response as the engine's output tensors, read back by the Triton client's parser."""
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+            arrays = {
+                contract.TEXT_OUTPUT.name: contract.TEXT_OUTPUT.array([text]),
+                contract.NUM_INPUT_TOKENS.name: contract.NUM_INPUT_TOKENS.array(len(prompt_ids)),
+                contract.NUM_OUTPUT_TOKENS.name: contract.NUM_OUTPUT_TOKENS.array(generated),
+                contract.SEQUENCE_INDEX.name: contract.SEQUENCE_INDEX.array(j),
+                contract.OUTPUT_IDS.name: contract.OUTPUT_IDS.array(ids),
+            }
+            if finish:
+                arrays[contract.FINISH_REASON.name] = contract.FINISH_REASON.array(finish)
+            if logprobs:
+                cum[j] += sum(fake_logprob(t) for t in ids)
+                arrays[contract.OUTPUT_LOG_PROBS.name] = contract.OUTPUT_LOG_PROBS.array([fake_logprob(t) for t in ids])
+                arrays[contract.CUM_LOG_PROBS.name] = contract.CUM_LOG_PROBS.array(cum[j])
+            if k:
+                tops = [pair for t in ids for pair in fake_top(t, k, self.vocab_size)]
+                arrays[contract.TOP_LOG_PROBS.name] = contract.TOP_LOG_PROBS.array([lp for _, lp in tops])
+                arrays[contract.TOP_LOG_PROB_IDS.name] = contract.TOP_LOG_PROB_IDS.array([i for i, _ in tops])
+            if first and values["return_prompt_log_probs"]:
+                rest = prompt_ids[1:]
+                arrays[contract.PROMPT_LOG_PROBS.name] = contract.PROMPT_LOG_PROBS.array(
+                    [fake_logprob(t) for t in rest]
+                )
+                if k:
+                    tops = [pair for t in rest for pair in fake_top(t, k, self.vocab_size)]
+                    arrays[contract.PROMPT_TOP_LOG_PROBS.name] = contract.PROMPT_TOP_LOG_PROBS.array(
+                        [lp for _, lp in tops]
+                    )
+                    arrays[contract.PROMPT_TOP_LOG_PROB_IDS.name] = contract.PROMPT_TOP_LOG_PROB_IDS.array(
+                        [i for i, _ in tops]
+                    )
+            return parse_outputs(arrays.get, k)
 
         self.active.add(request.request_id)
         finished = False
         try:
-            text, sent = "", 0
-            for generated, word in enumerate(words, start=1):
+            texts, sent, done = [""] * n, [0] * n, [False] * n
+            for generated in range(1, length + 2):  # the words, then the end-of-sequence
                 await asyncio.sleep(self.token_delay_s)  # also lets the server loop serve others between words
                 if self._abort_message is not None:
                     raise EngineUnavailable(self._abort_message)
-                text += word if not text else f" {word}"
-                hits = [text.index(stop) for stop in params.stop if stop in text]
-                if hits:
-                    finished = True
-                    yield chunk(text[sent : min(hits)], generated, "stop")
-                    return
-                ready = len(text) - held_back(text, params.stop)
-                if generated == params.max_tokens:
-                    finished = True
-                    yield chunk(text[sent:], generated, "length")
-                    return
-                yield chunk(text[sent:ready], generated)
-                sent = ready
-            finished = True  # the natural end: the end-of-sequence token, counted as one more output token
-            yield chunk(text[sent:], len(words) + 1, "stop")
+                for j in range(n):  # the sequences' responses interleave
+                    if done[j]:
+                        continue
+                    first = generated == 1
+                    if generated > length:  # the natural end: end-of-sequence, counted as one more output token
+                        done[j] = True
+                        yield chunk(j, texts[j][sent[j] :], generated, "stop", first)
+                        continue
+                    word = words[j][generated - 1]
+                    texts[j] += word if not texts[j] else f" {word}"
+                    text = texts[j]
+                    hits = [text.index(stop) for stop in stops if stop in text]
+                    if hits:
+                        done[j] = True
+                        yield chunk(j, text[sent[j] : min(hits)], generated, "stop", first)
+                        continue
+                    if generated == max_tokens:
+                        done[j] = True
+                        yield chunk(j, text[sent[j] :], generated, "length", first)
+                        continue
+                    ready = len(text) - held_back(text, stops)
+                    yield chunk(j, text[sent[j] : ready], generated, None, first)
+                    sent[j] = ready
+                if all(done):
+                    break
+            finished = True
         finally:
             self.active.discard(request.request_id)
             if not finished:
                 self.cancelled.append(request.request_id)
 
-    def _reject_what_the_engine_cannot_honour(self, request: GenerationRequest) -> None:
-        """The real engine's checks over the request as the contract carries it (see the module docstring)."""
+    def _reject_what_the_engine_cannot_honour(self, request: GenerationRequest) -> dict[str, Any]:
+        """The real engine's checks over the request as the contract carries it (see the module docstring): an
+        input outside `capabilities` set to anything but its default, then the `llm` model's own parser and checks
+        for what the openvino core honours, then the contract's ranges. Returns every input's value."""
         arrays = {spec.name: spec.array(value) for spec, value in input_values(request)}
+        values = {spec.name: spec.read(arrays.get(spec.name)) for spec in contract.INPUTS}
         try:
-            parsed = parse_request(arrays.get, contract.OPENVINO)
-            validate_sampling(parsed.sampling, self._tokenizer.get_vocab_size())
+            for spec in contract.INPUTS:
+                if spec.name not in self.capabilities and values[spec.name] != spec.default:
+                    raise InvalidRequest(f"{spec.name} is not supported by the fake engine")
+            hidden = {spec.name for spec in contract.not_honoured(contract.OPENVINO)}  # read below, not parsed
+            parsed = parse_request(lambda name: None if name in hidden else arrays.get(name), contract.OPENVINO)
+            validate_sampling(parsed.sampling, self.vocab_size)
+            if not 1 <= values["num_return_sequences"] <= contract.MAX_RETURN_SEQUENCES:
+                raise InvalidRequest(f"num_return_sequences must be from 1 to {contract.MAX_RETURN_SEQUENCES}")
+            if not 0 <= values["num_top_log_probs"] <= contract.MAX_TOP_LOG_PROBS:
+                raise InvalidRequest(f"num_top_log_probs must be from 0 to {contract.MAX_TOP_LOG_PROBS}")
+            for name in ("input_ids", "stop_token_ids", "embedding_bias_token_ids"):
+                if any(not 0 <= i < self.vocab_size for i in values[name]):
+                    raise InvalidRequest(f"{name} must be token ids in [0, {self.vocab_size})")
+            if len(values["embedding_bias_token_ids"]) != len(values["embedding_bias_weights"]):
+                raise InvalidRequest("embedding_bias_token_ids and embedding_bias_weights must have the same length")
         except InvalidRequest as exc:
             raise infer_error(f"invalid request: {exc}") from None
+        return values
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:

@@ -11,16 +11,24 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
 import engine_contract as contract
-from frontend_api.engine.protocol import EngineError, EngineModel, EngineUnavailable, GenerationChunk, GenerationRequest
+from frontend_api.engine.protocol import (
+    EngineError,
+    EngineModel,
+    EngineUnavailable,
+    GenerationChunk,
+    GenerationRequest,
+    TopLogprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +51,28 @@ _FROM_PARAMS = {
     "presence_penalty": contract.PRESENCE_PENALTY,
     "frequency_penalty": contract.FREQUENCY_PENALTY,
 }
-# Contract input name -> the OpenAI request field it comes from (for the `param` of a 400).
-_INPUT_TO_PARAM = {spec.name: field for field, spec in _FROM_PARAMS.items()} | {
+# Contract input name -> the OpenAI request field it comes from (for the `param` of a 400). The serving layer
+# names a route's own fields where they differ (completions' `logprobs` is chat's `top_logprobs` too).
+INPUT_TO_PARAM = {spec.name: field for field, spec in _FROM_PARAMS.items()} | {
+    contract.TEXT_INPUT.name: "prompt",
+    contract.INPUT_IDS.name: "prompt",
     contract.MAX_TOKENS.name: "max_tokens",
     contract.STOP_WORDS.name: "stop",
+    contract.STOP_TOKEN_IDS.name: "stop_token_ids",
+    contract.BAD_WORDS.name: "bad_words",
+    contract.EMBEDDING_BIAS_TOKEN_IDS.name: "logit_bias",
+    contract.EMBEDDING_BIAS_WEIGHTS.name: "logit_bias",
+    contract.NUM_RETURN_SEQUENCES.name: "n",
+    contract.RETURN_LOG_PROBS.name: "logprobs",
+    contract.NUM_TOP_LOG_PROBS.name: "top_logprobs",
+    contract.RETURN_PROMPT_LOG_PROBS.name: "echo",
 }
+_PLUMBING = frozenset(spec.name for spec, _ in _ALWAYS_SENT)  # sent by the client itself, not asked for
 _INVALID_MARKER = "invalid request:"
 _UNEXPECTED_INPUT = re.compile(r"unexpected inference input '(\w+)'")
 _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _REQUIRED_PARAMETERS = ("served_model_name", "tokenizer_dir", "max_model_len")
+_CAPABILITIES = "capabilities"  # the contract inputs the model's engine honours (engine_contract.capabilities)
 _DRAIN_TIMEOUT_S = 1.0
 # tritonclient's own channel options, plus a short reconnect backoff: after Triton restarts (the launcher
 # supervises it) the channel reconnects within about a second instead of gRPC's default backoff of up to 120 s.
@@ -75,17 +96,47 @@ def _tensor(spec: contract.TensorSpec, value: Any) -> InferInput:
 def input_values(request: GenerationRequest) -> list[tuple[contract.TensorSpec, Any]]:
     """The contract's inputs this request sends, with their values (an unset option is not sent)."""
     params = request.params
-    values: list[tuple[contract.TensorSpec, Any]] = [
-        (contract.TEXT_INPUT, request.prompt),
-        (contract.MAX_TOKENS, params.max_tokens),
-        *_ALWAYS_SENT,
-    ]
+    prompt = (
+        (contract.TEXT_INPUT, request.prompt)
+        if request.prompt_token_ids is None
+        else (contract.INPUT_IDS, request.prompt_token_ids)
+    )
+    values: list[tuple[contract.TensorSpec, Any]] = [prompt, (contract.MAX_TOKENS, params.max_tokens), *_ALWAYS_SENT]
     for field, spec in _FROM_PARAMS.items():
         if (value := getattr(params, field)) is not None:
             values.append((spec, value))
     if params.stop:
         values.append((contract.STOP_WORDS, params.stop))
+    if params.stop_token_ids:
+        values.append((contract.STOP_TOKEN_IDS, params.stop_token_ids))
+    if params.bad_words:
+        values.append((contract.BAD_WORDS, params.bad_words))
+    if params.logit_bias:
+        values.append((contract.EMBEDDING_BIAS_TOKEN_IDS, [token for token, _ in params.logit_bias]))
+        values.append((contract.EMBEDDING_BIAS_WEIGHTS, [bias for _, bias in params.logit_bias]))
+    if params.n != 1:
+        values.append((contract.NUM_RETURN_SEQUENCES, params.n))
+    if params.logprobs or params.top_logprobs or params.prompt_logprobs:
+        values.append((contract.RETURN_LOG_PROBS, True))
+    if params.top_logprobs:
+        values.append((contract.NUM_TOP_LOG_PROBS, params.top_logprobs))
+    if params.prompt_logprobs:
+        values.append((contract.RETURN_PROMPT_LOG_PROBS, True))
     return values
+
+
+def needed_inputs(request: GenerationRequest) -> list[str]:
+    """The contract inputs this request sets to something but their default: those its model must honour (the
+    client's own plumbing, stream and the token counts, aside)."""
+    return [
+        spec.name
+        for spec, value in input_values(request)
+        if spec.name not in _PLUMBING and spec.array(value).tolist() != _default_list(spec)
+    ]
+
+
+def _default_list(spec: contract.TensorSpec) -> Any:
+    return None if spec.default is None else spec.array(spec.default).tolist()
 
 
 def build_inputs(request: GenerationRequest) -> list[InferInput]:
@@ -93,21 +144,54 @@ def build_inputs(request: GenerationRequest) -> list[InferInput]:
     return [_tensor(spec, value) for spec, value in input_values(request)]
 
 
-def parse_result(result: InferResult) -> tuple[GenerationChunk, bool]:
-    """(chunk, is_final) of one stream response."""
+def _top(values: tuple[float, ...], ids: tuple[int, ...], k: int, count: int) -> tuple[TopLogprobs, ...]:
+    """Flattened [token][rank] top-k outputs -> per token ((id, logprob), ...); () when absent or misshapen."""
+    if k <= 0 or not values or len(values) != len(ids) or len(values) != k * count:
+        return ()
+    pairs = [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
+    return tuple(tuple(pairs[t * k : (t + 1) * k]) for t in range(count))
+
+
+def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 0) -> GenerationChunk:
+    """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
+    the request's num_top_log_probs (the k of the flattened top-k outputs)."""
 
     def value(spec: contract.TensorSpec) -> Any:
-        return spec.read(result.as_numpy(spec.name))
+        return spec.read(read(spec.name))
 
-    chunk = GenerationChunk(
+    token_ids = tuple(int(t) for t in value(contract.OUTPUT_IDS))
+    logprobs = tuple(float(v) for v in value(contract.OUTPUT_LOG_PROBS))
+    prompt_logprobs = tuple(float(v) for v in value(contract.PROMPT_LOG_PROBS))
+    prompt_top = _top(
+        value(contract.PROMPT_TOP_LOG_PROBS),
+        value(contract.PROMPT_TOP_LOG_PROB_IDS),
+        top_logprobs,
+        len(prompt_logprobs),
+    )
+    cum = value(contract.CUM_LOG_PROBS)
+    return GenerationChunk(
         text="".join(value(contract.TEXT_OUTPUT)),
         finish_reason=value(contract.FINISH_REASON) or None,
         num_input_tokens=value(contract.NUM_INPUT_TOKENS),
         num_output_tokens=value(contract.NUM_OUTPUT_TOKENS),
+        index=int(value(contract.SEQUENCE_INDEX) or 0),
+        token_ids=token_ids,
+        logprobs=logprobs if len(logprobs) == len(token_ids) else (),
+        top_logprobs=_top(
+            value(contract.TOP_LOG_PROBS), value(contract.TOP_LOG_PROB_IDS), top_logprobs, len(token_ids)
+        ),
+        cum_logprob=None if cum is None else float(cum),
+        prompt_logprobs=prompt_logprobs or None,
+        prompt_top_logprobs=prompt_top or None,
     )
+
+
+def parse_result(result: InferResult, top_logprobs: int = 0) -> tuple[GenerationChunk, bool]:
+    """(chunk, is_final) of one stream response: final is Triton's flag, after the last sequence's response."""
+    chunk = parse_outputs(result.as_numpy, top_logprobs)
     parameters = result.get_response().parameters
     final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
-    return chunk, bool(final or chunk.finish_reason)
+    return chunk, bool(final)
 
 
 def infer_error(message: str) -> EngineError:
@@ -116,11 +200,17 @@ def infer_error(message: str) -> EngineError:
     if _INVALID_MARKER in message:
         detail = message.split(_INVALID_MARKER, 1)[1].strip()
         first_word = re.match(r"\w+", detail)
-        return EngineError(detail, status=400, param=_INPUT_TO_PARAM.get(first_word.group(0)) if first_word else None)
+        name = first_word.group(0) if first_word else None
+        return EngineError(
+            detail,
+            status=400,
+            param=INPUT_TO_PARAM.get(name) if name else None,
+            input_name=name if name in contract.INPUTS_BY_NAME else None,
+        )
     if unexpected := _UNEXPECTED_INPUT.search(message):
         name = unexpected.group(1)
-        param = _INPUT_TO_PARAM.get(name, name)
-        return EngineError(f"`{param}` is not supported by this model.", status=400, param=param)
+        param = INPUT_TO_PARAM.get(name, name)
+        return EngineError(f"`{param}` is not supported by this model.", status=400, param=param, input_name=name)
     if "unknown model" in message.lower():
         return EngineUnavailable("The model is not loaded on the inference server; retry shortly.")
     logger.error("inference server error: %s", message)
@@ -153,14 +243,17 @@ def engine_model_from_config(name: str, config: dict[str, Any]) -> EngineModel |
     metadata = {
         key: value["string_value"]
         for key, value in config.get("parameters", {}).items()
-        if key not in _REQUIRED_PARAMETERS and "string_value" in value
+        if key not in _REQUIRED_PARAMETERS and key != _CAPABILITIES and "string_value" in value
     }
+    declared = config.get("parameters", {}).get(_CAPABILITIES, {}).get("string_value")
+    capabilities = contract.parse_capabilities(declared) if declared is not None else None
     return EngineModel(
         id=values["served_model_name"] or name,
         engine_model=name,
         tokenizer_dir=values["tokenizer_dir"] or "",
         max_model_len=max_model_len,
         metadata=metadata,
+        capabilities=capabilities,
     )
 
 
@@ -247,6 +340,7 @@ class TritonEngine:
             raise EngineUnavailable(self._abort_message)
         responses = self._client.stream_infer(inputs_iterator=requests())
         self._streams.add(responses)
+        unfinished = set(range(request.params.n))  # sequences that have not had their finish_reason
         try:
             while True:
                 try:
@@ -256,9 +350,11 @@ class TritonEngine:
                 if error is not None:  # an in-band error is the request's final response
                     await self._drain(responses)
                     raise infer_error(error.message() or str(error))
-                chunk, final = parse_result(result)
+                chunk, final = parse_result(result, request.params.top_logprobs)
+                if chunk.finish_reason:
+                    unfinished.discard(chunk.index)
                 yield chunk
-                if final:
+                if final or not unfinished:  # Triton's flag, or (an engine that sends none) every sequence ended
                     await self._drain(responses)
                     return
         except grpc.RpcError as exc:

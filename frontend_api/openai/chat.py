@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
-from frontend_api.engine.protocol import Engine, EngineError
+from frontend_api.engine.protocol import Engine, EngineError, GenerationChunk
+from frontend_api.errors import OpenAIError
 from frontend_api.openai.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -14,15 +15,19 @@ from frontend_api.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionRequest,
+    ChoiceLogprobs,
     DeltaMessage,
     Usage,
 )
 from frontend_api.openai.serving import (
+    FINISH_REASONS,
     SSE_DONE,
     EngineStream,
     EventStream,
+    LogprobsAsked,
     OpenAIServing,
     Prepared,
+    Tallies,
     Tally,
     engine_error_body,
     sse_event,
@@ -36,32 +41,39 @@ from frontend_api.storage.sessions import SessionStore
 
 
 class ChatRun:
-    """A started chat generation. Iterate `deltas()` for the text; afterwards `finish_reason` and `usage` are set.
-    However the iteration ends, the engine request is closed and a session turn is stored once."""
+    """A started chat generation of n choices. Iterate `events()` for the engine's chunks (or `deltas()` for the
+    text of a one-choice chat); afterwards `finish_reasons`, `finish_reason` (the first choice's) and `usage` are
+    set. However the iteration ends, the engine request is closed and a session turn is stored once."""
 
     def __init__(self, serving: OpenAIServing, prepared: Prepared, chunks: EngineStream, turn: SessionTurn | None):
         self.serving = serving
         self.prepared = prepared
         self.chunks = chunks
         self.turn = turn
-        self.tally = Tally()
+        self.tallies = Tallies(prepared.engine_request.params.n)
+        self.finish_reasons: list[str] = []
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+
+    @property
+    def tally(self) -> Tally:
+        """The first (with a session: the only) choice's."""
+        return self.tallies[0]
 
     @property
     def session_id(self) -> str | None:
         return self.turn.session_id if self.turn else None
 
-    async def deltas(self) -> AsyncGenerator[str, None]:
+    async def events(self) -> AsyncGenerator[GenerationChunk, None]:
         ended = "cancelled"
         try:
             async with aclosing(self.chunks):
                 async for chunk in self.chunks:
-                    self.tally.add(chunk)
-                    if chunk.text:
-                        yield chunk.text
-            self.finish_reason, self.usage = await self.serving.finish(self.prepared, self.tally)
-            ended = self.finish_reason
+                    self.tallies.add(chunk)
+                    yield chunk
+            reasons, self.usage = await self.serving.finish_all([(self.prepared, self.tallies)])
+            self.finish_reasons = reasons[0]
+            self.finish_reason = ended = self.finish_reasons[0]
         except EngineError:
             ended = "error"
             raise
@@ -69,8 +81,15 @@ class ChatRun:
             if self.turn is not None:
                 await self.turn.record(self.tally.text, ended, self.usage)
 
+    async def deltas(self) -> AsyncGenerator[str, None]:
+        """The first choice's text deltas."""
+        async with aclosing(self.events()) as events:
+            async for chunk in events:
+                if chunk.index == 0 and chunk.text:
+                    yield chunk.text
+
     async def aclose(self) -> None:
-        """Close a run whose `deltas()` may never have started: cancel the engine request, store the turn."""
+        """Close a run whose `events()` may never have started: cancel the engine request, store the turn."""
         await self.chunks.aclose()
         if self.turn is not None:
             await self.turn.record(self.tally.text, self.finish_reason or "cancelled", self.usage)
@@ -78,6 +97,11 @@ class ChatRun:
     async def text(self) -> str:
         async with aclosing(self.deltas()) as deltas:
             return "".join([delta async for delta in deltas])
+
+    async def run_to_end(self) -> None:
+        async with aclosing(self.events()) as events:
+            async for _ in events:
+                pass
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -97,6 +121,8 @@ class OpenAIServingChat(OpenAIServing):
         """Start a chat generation; `arrived` (time.perf_counter()) is when a WebSocket frame asked for it."""
         model = await self.resolve_model(request.model)
         turn, prompt_tokens = None, None
+        if request.session_id is not None and request.choices_per_prompt > 1:
+            raise OpenAIError(400, "n: a chat session has one reply: only n = 1 is accepted with session_id.", "n")
         if request.session_id is not None:
             turn, request = await open_turn(self.sessions, self.principal.key_id, request)
             reserve = reply_reserve(request, self.settings.default_max_tokens, model.max_model_len)
@@ -110,8 +136,17 @@ class OpenAIServingChat(OpenAIServing):
             requested, names = request.max_completion_tokens, ("max_completion_tokens", "messages")
         else:
             requested, names = request.max_tokens, ("max_tokens", "messages")
+        logprobs = LogprobsAsked(output=bool(request.logprobs), top=request.top_logprobs or 0)
         prepared = await self.prepare(
-            request, model, prompt, requested, names, id_prefix="chatcmpl", prompt_tokens=prompt_tokens, arrived=arrived
+            request,
+            model,
+            prompt,
+            requested,
+            names,
+            id_prefix="chatcmpl",
+            prompt_tokens=prompt_tokens,
+            arrived=arrived,
+            logprobs=logprobs,
         )
         return ChatRun(self, prepared, await self.start(prepared), turn)
 
@@ -119,14 +154,29 @@ class OpenAIServingChat(OpenAIServing):
         run = await self.start_chat(request)
         if request.stream:
             return EventStream(self._stream(request, run), run)
-        text = await run.text()
-        assert run.finish_reason is not None and run.usage is not None
-        choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=run.finish_reason)
+        await run.run_to_end()
+        assert run.usage is not None
+        choices = []
+        for index, tally in run.tallies.items():
+            logprobs = None
+            if request.logprobs:
+                content = await self.token_logprobs(
+                    run.prepared.model, tally.token_ids, tally.logprobs, tally.top_logprobs
+                )
+                logprobs = ChoiceLogprobs(content=content)
+            choices.append(
+                ChatCompletionChoice(
+                    index=index,
+                    message=AssistantMessage(content=tally.text),
+                    logprobs=logprobs,
+                    finish_reason=run.finish_reasons[index],
+                )
+            )
         return ChatCompletion(
             id=run.prepared.id,
             created=run.prepared.created,
             model=request.model,
-            choices=[choice],
+            choices=choices,
             usage=run.usage,
             session_id=run.session_id,
         )
@@ -144,12 +194,34 @@ class OpenAIServingChat(OpenAIServing):
                 )
             )
 
-        async with aclosing(run.deltas()) as deltas:
+        finished: set[int] = set()
+        model = run.prepared.model
+        async with aclosing(run.events()) as events:
             try:
-                yield event([ChatCompletionChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
-                async for text in deltas:
-                    yield event([ChatCompletionChunkChoice(delta=DeltaMessage(content=text))])
-                yield event([ChatCompletionChunkChoice(delta=DeltaMessage(), finish_reason=run.finish_reason)])
+                for index in range(request.choices_per_prompt):
+                    yield event(
+                        [ChatCompletionChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))]
+                    )
+                async for chunk in events:
+                    logprobs = None
+                    if request.logprobs and chunk.token_ids:
+                        content = await self.token_logprobs(model, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
+                        logprobs = ChoiceLogprobs(content=content)
+                    if chunk.text or logprobs is not None:
+                        delta = DeltaMessage(content=chunk.text)
+                        yield event([ChatCompletionChunkChoice(index=chunk.index, delta=delta, logprobs=logprobs)])
+                    # A choice's end as it comes; in a session, once the turn is stored (after the last chunk).
+                    if chunk.finish_reason in FINISH_REASONS and chunk.index not in finished and run.turn is None:
+                        finished.add(chunk.index)
+                        reason = chunk.finish_reason
+                        yield event(
+                            [ChatCompletionChunkChoice(index=chunk.index, delta=DeltaMessage(), finish_reason=reason)]
+                        )
+                for index, reason in enumerate(run.finish_reasons):  # those the engine gave no (known) reason
+                    if index not in finished:
+                        yield event(
+                            [ChatCompletionChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)]
+                        )
                 if request.include_usage:
                     yield event([], run.usage)
             except EngineError as exc:

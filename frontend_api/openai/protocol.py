@@ -7,13 +7,20 @@ neither defines is unrecognized (as OpenAI answers a typo).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
 
+import engine_contract as contract
 from frontend_api.openai.request_fields import RefusedChatFields, RefusedCompletionFields
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 1024
+MAX_PROMPTS = 16  # prompts in one completions request (each with its n choices)
+MAX_TOP_LOG_PROBS = contract.MAX_TOP_LOG_PROBS
+MAX_RETURN_SEQUENCES = contract.MAX_RETURN_SEQUENCES
+MAX_EMBEDDING_BIAS = contract.MAX_EMBEDDING_BIAS
 MAX_STOP_CHARS = 1000  # per sequence: the engine holds back up to this much streamed text while it might be a stop
 UINT64_MAX = 2**64 - 1
 INT32_MAX = 2**31 - 1  # the engine contract's INT32 inputs
@@ -26,41 +33,113 @@ class OpenAIBaseModel(BaseModel):
 # ---------------------------------------------------------------------------------------------- requests
 
 
-class SessionSettings(BaseModel):
-    """Generation defaults stored with a session (and sent in a WebSocket chat frame); a request's own values win."""
+def _check_sequences(value: list[str] | None, what: str = "sequences") -> list[str] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} {what} are allowed, got {len(value)}")
+    if any(s == "" for s in value):
+        raise ValueError(f"{what} must not be empty strings")
+    if any(len(s) > MAX_STOP_CHARS for s in value):
+        raise ValueError(f"each of the {what} may have at most {MAX_STOP_CHARS} characters")
+    return value
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+class SamplingFields(BaseModel):
+    """The sampling fields of a generation: the same models validate a request's, a stored session's settings and
+    a WebSocket chat frame's. Token ids are checked against the model's vocabulary when the model is known."""
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
-    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    stop: list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=UINT64_MAX)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(
+        None,
+        description="Token id (as a string) -> a bias from -100 to 100 added to its logit.",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+    )
+    # Extensions (vLLM / TensorRT-LLM names)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0 turns top-k sampling off.")
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     repetition_penalty: float | None = Field(None, gt=0)
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = Field(
+        None, max_length=MAX_STOP_TOKEN_IDS, description="Token ids that end the output (not included in it)."
+    )
+    bad_words: list[str] | None = Field(None, description="Strings never to generate.")
+
+    @field_validator("stop", "bad_words", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_rules(cls, value: list[str] | None) -> list[str] | None:
+        return _check_sequences(value)
+
+    @field_validator("bad_words")
+    @classmethod
+    def _bad_words_rules(cls, value: list[str] | None) -> list[str] | None:
+        return _check_sequences(value, "words")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias_rules(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased, got {len(value)}")
+        for key, bias in value.items():
+            if not (key.isascii() and key.isdigit()) or int(key) > INT32_MAX:
+                raise ValueError(f"keys must be token ids (decimal strings), not {key!r}")
+            if not -MAX_EMBEDDING_BIAS <= bias <= MAX_EMBEDDING_BIAS:
+                raise ValueError(
+                    f"the bias of token {key} is {bias:g}; biases must be from {-MAX_EMBEDDING_BIAS:g} to "
+                    f"{MAX_EMBEDDING_BIAS:g}"
+                )
+        return value
+
+    def token_ids_to_check(self) -> dict[str, list[int]]:
+        """field -> the token ids it names (checked against the model's vocabulary)."""
+        return {
+            "logit_bias": [int(key) for key in self.logit_bias or {}],
+            "stop_token_ids": list(self.stop_token_ids or ()),
+        }
+
+
+class SessionSettings(SamplingFields):
+    """Generation defaults stored with a session (and sent in a WebSocket chat frame); a request's own values win.
+    The sampling fields of a chat request, validated the same way; a chat session has one reply (n 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    n: int | None = Field(None, description="Only 1: a chat session has one reply.")
+
+    @field_validator("n")
+    @classmethod
+    def _one_reply(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("a chat session has one reply: only 1 is accepted")
+        return value
 
 
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
-class BaseGenerationRequest(OpenAIBaseModel):
+class BaseGenerationRequest(SamplingFields):
     """Fields shared by chat and text completions (field order matters: `stream` precedes `stream_options`)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=UINT64_MAX)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: int | None = Field(None, ge=1, le=MAX_RETURN_SEQUENCES, description="Choices to generate.")
     user: str | None = None
-    # Extensions (vLLM / TensorRT-LLM names)
-    top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0 turns top-k sampling off.")
-    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
-    repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool = Field(False, description="Generate exactly the max tokens: end-of-sequence is ignored.")
 
     @field_validator("stream_options")
@@ -70,27 +149,13 @@ class BaseGenerationRequest(OpenAIBaseModel):
             raise ValueError("only allowed when stream is true")
         return value
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_rules(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if len(value) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} sequences are allowed, got {len(value)}")
-        if any(s == "" for s in value):
-            raise ValueError("sequences must not be empty strings")
-        if any(len(s) > MAX_STOP_CHARS for s in value):
-            raise ValueError(f"each sequence may have at most {MAX_STOP_CHARS} characters")
-        return value
-
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
 
 
 class ChatMessage(OpenAIBaseModel):
@@ -113,6 +178,10 @@ class ChatMessage(OpenAIBaseModel):
 
 class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the honoured fields first
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(None, description="Return each output token's log-probability.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOG_PROBS, description="With logprobs: this many most likely tokens per position."
+    )
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     # Identifiers of the end user, as `user` (which they replace in OpenAI's API); nothing here uses them.
@@ -121,19 +190,80 @@ class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the ho
     # Extension: chat inside a stored session (its history is prepended, the turn is stored).
     session_id: str | None = Field(None, min_length=1, max_length=40)
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("requires logprobs to be true")
+        return value
+
+
+Prompt = str | list[int]  # one prompt: text, or token ids
+
 
 class CompletionRequest(RefusedCompletionFields, BaseGenerationRequest):
-    prompt: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A string, a list of strings, a list of token ids, or a list of lists of token ids."
+    )
     max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOG_PROBS, description="Log-probabilities of the output tokens and this many likeliest."
+    )
+    echo: bool | None = Field(None, description="Return the prompt in front of the completion.")
+    best_of: int | None = Field(None, description="Only null or equal to n: one choice is generated per choice.")
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _single_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if len(value) != 1 or not isinstance(value[0], str):
-                raise ValueError("must be a string or a list of exactly one string")
-            return value[0]
+    def _prompt_shape(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("must not be empty")
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of them")
+        if all(isinstance(v, str) for v in value):
+            prompts: list[Any] = value
+        elif all(_is_token_id(v) for v in value):
+            prompts = [value]
+        elif all(isinstance(v, list) for v in value):
+            prompts = value
+            if not all(p and all(_is_token_id(t) for t in p) for p in prompts):
+                raise ValueError(
+                    f"each list of token ids must be non-empty, of integers from 0 to {INT32_MAX} (not strings)"
+                )
+        elif all(type(v) is int for v in value):
+            raise ValueError(f"token ids must be integers from 0 to {INT32_MAX}")
+        else:
+            raise ValueError("a list prompt must hold only strings, only token ids, or only lists of token ids")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts are allowed, got {len(prompts)}")
+        if any(p == "" for p in prompts):
+            raise ValueError("prompts must not be empty strings")
         return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n") or 1
+        if value is not None and value != n:
+            if value > n:
+                raise ValueError(f"best_of > n is not supported: best_of must be null or equal to n ({n})")
+            raise ValueError(f"must be at least n ({n})")
+        return value
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        """One entry per prompt: text, or token ids."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(v, int) for v in value):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
+
+
+def _is_token_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= INT32_MAX
 
 
 # --------------------------------------------------------------------------------------------- responses
@@ -168,10 +298,39 @@ class AssistantMessage(OpenAIBaseModel):
     content: str
 
 
+class TopLogprob(OpenAIBaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(OpenAIBaseModel):
+    """Chat's log-probability of one output token, and the likeliest tokens at its position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(OpenAIBaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(OpenAIBaseModel):
+    """Completions' (legacy) log-probabilities: parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatCompletionChoice(OpenAIBaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -198,7 +357,7 @@ class DeltaMessage(OpenAIBaseModel):
 class ChatCompletionChunkChoice(OpenAIBaseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -215,7 +374,7 @@ class ChatCompletionChunk(OpenAIBaseModel):
 class CompletionChoice(OpenAIBaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -1,7 +1,7 @@
 """The request fields of OpenAI's and vLLM's chat and completions APIs that we do not honour.
 
 Each is declared, so that it is known: a request may send it as null or with a value that changes nothing here
-(its default, e.g. `"n": 1`, `"logprobs": false`, `"tools": []`, as SDKs and frameworks send them); any other
+(its default, e.g. `"min_p": 0`, `"tools": []`, as SDKs and frameworks send them); any other
 value is a 400 naming the field. A field that neither API defines is refused as unrecognized (the request
 models forbid extra fields). The fields we honour are declared in protocol.py.
 
@@ -60,19 +60,15 @@ NO_TOOLS = Annotated[Any, Refused([], reason="no tool calling")]
 
 
 class RefusedFields(BaseModel):
-    """Both chat and completions (OpenAI's n, logit_bias, best_of and vLLM's extras)."""
+    """Both chat and completions (vLLM's extras; n, logit_bias, stop_token_ids and bad_words are honoured)."""
 
-    n: Annotated[Any, Refused(1, reason="only one choice is generated")] = None
-    best_of: Annotated[Any, Refused(1, reason="only one choice is generated")] = None
-    logit_bias: EMPTY_OBJECT = None
-    echo: FALSE = None
     response_format: TEXT_FORMAT = None  # OpenAI's in chat, vLLM's in completions
-    # vLLM's sampling parameters (top_k, repetition_penalty, min_tokens and ignore_eos are honoured)
+    # vLLM's sampling parameters (top_k, repetition_penalty, min_tokens, ignore_eos, stop_token_ids and bad_words
+    # are honoured)
     min_p: Annotated[Any, Refused(0)] = None
     use_beam_search: FALSE = None
     length_penalty: Annotated[Any, Refused(1)] = None
     watermarking: FALSE = None
-    stop_token_ids: EMPTY_LIST = None
     include_stop_str_in_output: FALSE = None
     skip_special_tokens: TRUE = None
     spaces_between_special_tokens: TRUE = None
@@ -81,7 +77,6 @@ class RefusedFields(BaseModel):
     prompt_logprobs: NULL = None
     logprob_token_ids: NULL = None
     allowed_token_ids: NULL = None
-    bad_words: EMPTY_LIST = None
     # vLLM's extra parameters
     add_special_tokens: NULL = None  # whether a BOS is added depends on the engine
     structured_outputs: NULL = None
@@ -110,8 +105,7 @@ class RefusedFields(BaseModel):
 
 
 class RefusedChatFields(RefusedFields):
-    logprobs: FALSE = None
-    top_logprobs: Annotated[Any, Refused(0)] = None
+    best_of: Annotated[Any, Refused(1, reason="one choice is generated per choice")] = None  # vLLM 0.10's
     tools: NO_TOOLS = None
     functions: NO_TOOLS = None
     # With no tools these change nothing.
@@ -143,7 +137,6 @@ class RefusedChatFields(RefusedFields):
 
 
 class RefusedCompletionFields(RefusedFields):
-    logprobs: NULL = None
     suffix: NULL = None
     prompt_embeds: NULL = None
     session_id: NULL = None  # vLLM's; ours is chat's stored session

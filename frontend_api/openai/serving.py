@@ -6,6 +6,7 @@ The serving layer knows nothing of HTTP beyond producing response models or an i
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+import engine_contract as contract
 from frontend_api.engine.protocol import (
     Engine,
     EngineError,
@@ -23,9 +25,19 @@ from frontend_api.engine.protocol import (
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
+    TopLogprobs,
 )
+from frontend_api.engine.triton import INPUT_TO_PARAM, needed_inputs
 from frontend_api.errors import OpenAIError, error_body, model_not_found
-from frontend_api.openai.protocol import BaseGenerationRequest, ModelCard, ModelList, Usage
+from frontend_api.openai.protocol import (
+    BaseGenerationRequest,
+    CompletionLogprobs,
+    ModelCard,
+    ModelList,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from frontend_api.openai.timing import GenerationTimer
 from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.policy.auth import Principal
@@ -60,33 +72,83 @@ class Prepared:
     prompt_tokens: int
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
-    arrived: float | None = None  # time.perf_counter() of a WebSocket chat frame (HTTP: the request's own)
+    arrived: float | None = None
+    request: BaseGenerationRequest | None = (
+        None  # time.perf_counter() of a WebSocket chat frame (HTTP: the request's own)
+    )
     timer: GenerationTimer | None = None  # set by start(): metrics and usage.stats
 
 
 @dataclass
 class Tally:
-    """What the engine produced so far; the counts come from the engine's last chunk that carried them."""
+    """What the engine produced so far for one sequence; the counts come from its last chunk that carried them."""
 
     parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    prompt_logprobs: tuple[float, ...] | None = None
+    prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None
+    chunks: int = 0
 
     def add(self, chunk: GenerationChunk) -> None:
+        self.chunks += 1
         self.parts.append(chunk.text)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         if chunk.num_input_tokens is not None:
             self.num_input_tokens = chunk.num_input_tokens
         if chunk.num_output_tokens is not None:
             self.num_output_tokens = chunk.num_output_tokens
+        self.token_ids.extend(chunk.token_ids)
+        self.logprobs.extend(chunk.logprobs)
+        self.top_logprobs.extend(chunk.top_logprobs)
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
+            self.prompt_top_logprobs = chunk.prompt_top_logprobs
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
 
-def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> SamplingParams:
+class Tallies:
+    """The tallies of a generation's n sequences, by index (a chunk says which sequence it is for)."""
+
+    def __init__(self, n: int = 1):
+        self.by_index = {i: Tally() for i in range(n)}
+
+    def add(self, chunk: GenerationChunk) -> Tally:
+        tally = self.by_index.setdefault(chunk.index, Tally())
+        tally.add(chunk)
+        return tally
+
+    def __getitem__(self, index: int) -> Tally:
+        return self.by_index.setdefault(index, Tally())
+
+    def items(self) -> list[tuple[int, Tally]]:
+        return sorted(self.by_index.items())
+
+    @property
+    def num_input_tokens(self) -> int | None:
+        return next((t.num_input_tokens for _, t in self.items() if t.num_input_tokens is not None), None)
+
+
+@dataclass(frozen=True)
+class LogprobsAsked:
+    """What a request asks of log-probabilities: of the output tokens, the k likeliest per position, and of the
+    prompt tokens (completions' echo)."""
+
+    output: bool = False
+    top: int = 0
+    prompt: bool = False
+
+
+def sampling_params(
+    request: BaseGenerationRequest, max_tokens: int, logprobs: LogprobsAsked = LogprobsAsked()
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=request.temperature,
@@ -98,10 +160,25 @@ def sampling_params(request: BaseGenerationRequest, max_tokens: int) -> Sampling
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         stop=tuple(request.stop or ()),
+        stop_token_ids=tuple(request.stop_token_ids or ()),
+        bad_words=tuple(request.bad_words or ()),
+        logit_bias=tuple((int(token), float(bias)) for token, bias in (request.logit_bias or {}).items()),
+        n=request.choices_per_prompt,
+        logprobs=logprobs.output,
+        top_logprobs=logprobs.top,
+        prompt_logprobs=logprobs.prompt,
     )
 
 
+def finite(logprob: float) -> float:
+    """A log-probability JSON can carry: -inf (a token the sampler excluded) as OpenAI's -9999."""
+    return logprob if math.isfinite(logprob) else -9999.0
+
+
 class OpenAIServing:
+    # Contract input -> the request field that asks for it, where this route's name differs from the default.
+    param_names: dict[str, str] = {}
+
     def __init__(
         self,
         engine: Engine,
@@ -157,6 +234,36 @@ class OpenAIServing:
         default = self.settings.default_max_tokens
         return min(default or room, room, cap or room)
 
+    def param_of(self, input_name: str, request: BaseGenerationRequest | None = None) -> str:
+        """The request field that set a contract input (for the `param` of a 400)."""
+        if input_name == contract.MIN_TOKENS.name and request is not None and request.ignore_eos:
+            return "ignore_eos"
+        return self.param_names.get(input_name) or INPUT_TO_PARAM.get(input_name, input_name)
+
+    async def check_token_ids(self, model: EngineModel, fields: dict[str, list[int]]) -> None:
+        """Token ids a request names must be in the model's vocabulary: a 400 naming the field."""
+        if not any(fields.values()):
+            return
+        vocab = await self.tokenizers.vocab_size(model)
+        for param, ids in fields.items():
+            if outside := [i for i in ids if not 0 <= i < vocab]:
+                raise OpenAIError(
+                    400,
+                    f"{param}: token id {outside[0]} is not in the vocabulary of model '{model.id}' "
+                    f"(ids 0 to {vocab - 1}).",
+                    param=param,
+                )
+
+    def check_capabilities(self, model: EngineModel, request: BaseGenerationRequest, engine: GenerationRequest) -> None:
+        """Refuse, naming the field, what the model's engine does not honour (its declared `capabilities`; a model
+        that declares none is left to refuse by itself)."""
+        if model.capabilities is None:
+            return
+        for name in needed_inputs(engine):
+            if name not in model.capabilities:
+                param = self.param_of(name, request)
+                raise OpenAIError(400, f"`{param}` is not supported by model '{model.id}'", param=param)
+
     async def prepare(
         self,
         request: BaseGenerationRequest,
@@ -167,7 +274,13 @@ class OpenAIServing:
         id_prefix: str,
         prompt_tokens: int | None = None,  # when the caller has counted the prompt already
         arrived: float | None = None,
+        prompt_token_ids: list[int] | None = None,  # send the prompt as these token ids
+        logprobs: LogprobsAsked = LogprobsAsked(),
+        request_id: str | None = None,
     ) -> Prepared:
+        await self.check_token_ids(model, request.token_ids_to_check())
+        if prompt_token_ids is not None:
+            prompt_tokens = len(prompt_token_ids)
         if prompt_tokens is None:
             prompt_tokens = await self.tokenizers.count_tokens(model, prompt)
         longest = self.settings.max_prompt_tokens
@@ -184,16 +297,23 @@ class OpenAIServing:
             raise OpenAIError(
                 400, f"min_tokens ({request.min_tokens}) must not exceed max_tokens ({max_tokens}).", param="min_tokens"
             )
-        request_id = new_id(id_prefix)
+        request_id = request_id or new_id(id_prefix)
         engine_request = GenerationRequest(
             request_id=request_id,
             engine_model=model.engine_model,
             prompt=prompt,
-            params=sampling_params(request, max_tokens),
+            params=sampling_params(request, max_tokens, logprobs),
             stream=request.stream,
+            prompt_token_ids=tuple(prompt_token_ids) if prompt_token_ids is not None else None,
         )
+        self.check_capabilities(model, request, engine_request)
         return Prepared(
-            model=model, engine_request=engine_request, prompt_tokens=prompt_tokens, id=request_id, arrived=arrived
+            model=model,
+            engine_request=engine_request,
+            prompt_tokens=prompt_tokens,
+            id=request_id,
+            arrived=arrived,
+            request=request,
         )
 
     async def admit(self, prepared: Prepared) -> Admission | None:
@@ -218,34 +338,126 @@ class OpenAIServing:
         stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
         try:
             await stream.receive_first()
+        except EngineError as exc:
+            await stream.aclose()
+            if exc.input_name is not None:  # the engine refused an input: name this route's field for it
+                exc.param = self.param_of(exc.input_name, prepared.request)
+            raise
         except BaseException:
             await stream.aclose()
             raise
         return stream
 
-    async def collect(self, chunks: EngineStream) -> Tally:
-        tally = Tally()
+    async def collect(self, chunks: EngineStream, n: int = 1) -> Tallies:
+        tallies = Tallies(n)
         async with aclosing(chunks):
             async for chunk in chunks:
-                tally.add(chunk)
-        return tally
+                tallies.add(chunk)
+        return tallies
 
-    async def finish(self, prepared: Prepared, tally: Tally) -> tuple[str, Usage]:
-        """(finish_reason, usage): the engine's counts when it sent them, else our tokenizer's."""
-        prompt_tokens = tally.num_input_tokens if tally.num_input_tokens is not None else prepared.prompt_tokens
-        completion_tokens = tally.num_output_tokens
-        if completion_tokens is None:
-            completion_tokens = await self.tokenizers.count_tokens(prepared.model, tally.text, add_special_tokens=False)
+    async def completion_tokens(self, prepared: Prepared, tally: Tally) -> int:
+        """The engine's count of a sequence's tokens when it sent one, else our tokenizer's."""
+        if tally.num_output_tokens is not None:
+            return tally.num_output_tokens
+        return await self.tokenizers.count_tokens(prepared.model, tally.text, add_special_tokens=False)
+
+    def finish_reason(self, prepared: Prepared, tally: Tally, completion_tokens: int) -> str:
         reason = tally.finish_reason
         if reason not in FINISH_REASONS:
             reason = "length" if completion_tokens >= prepared.engine_request.params.max_tokens else "stop"
+        return reason
+
+    async def finish_all(self, runs: list[tuple[Prepared, Tallies]]) -> tuple[list[list[str]], Usage]:
+        """(each run's finish reason per sequence, the usage of them all): the prompts are counted once each (not
+        per choice), the completion tokens of every sequence."""
+        prompt_tokens = completion_tokens = 0
+        reasons: list[list[str]] = []
+        first: Prepared | None = None
+        for prepared, tallies in runs:
+            first = first or prepared
+            counted = tallies.num_input_tokens
+            prompt_tokens += counted if counted is not None else prepared.prompt_tokens
+            run_reasons = []
+            for _, tally in tallies.items():
+                count = await self.completion_tokens(prepared, tally)
+                completion_tokens += count
+                run_reasons.append(self.finish_reason(prepared, tally, count))
+            reasons.append(run_reasons)
+        timer = first.timer if first else None
         usage = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
-            stats=prepared.timer.stats(completion_tokens) if prepared.timer else None,
+            stats=timer.stats(timer.completion_tokens if len(runs) > 1 else completion_tokens) if timer else None,
         )
-        return reason, usage
+        return reasons, usage
+
+    async def finish(self, prepared: Prepared, tally: Tally) -> tuple[str, Usage]:
+        """(finish_reason, usage) of a one-sequence generation."""
+        tallies = Tallies()
+        tallies.by_index[0] = tally
+        reasons, usage = await self.finish_all([(prepared, tallies)])
+        return reasons[0][0], usage
+
+    async def token_logprobs(
+        self, model: EngineModel, token_ids: list[int] | tuple[int, ...], logprobs: Any, top: Any
+    ) -> list[TokenLogprob]:
+        """Chat's logprobs `content` of these tokens (their log-probabilities and top alternatives, aligned)."""
+        if not token_ids or len(logprobs) != len(token_ids):
+            return []
+        alternatives = [pair for position in top for pair in position]
+        pieces = await self.tokenizers.pieces(model, [*token_ids, *(i for i, _ in alternatives)])
+        piece_of = dict(zip([*token_ids, *(i for i, _ in alternatives)], pieces, strict=True))
+        content = []
+        for position, (token_id, logprob) in enumerate(zip(token_ids, logprobs, strict=True)):
+            piece = piece_of[token_id]
+            tops = top[position] if position < len(top) else ()
+            content.append(
+                TokenLogprob(
+                    token=piece.text,
+                    logprob=finite(logprob),
+                    bytes=piece.bytes,
+                    top_logprobs=[
+                        TopLogprob(token=piece_of[i].text, logprob=finite(lp), bytes=piece_of[i].bytes)
+                        for i, lp in tops
+                    ],
+                )
+            )
+        return content
+
+    async def completion_logprobs(
+        self,
+        model: EngineModel,
+        token_ids: list[int] | tuple[int, ...],
+        logprobs: list[float | None],
+        top: list[TopLogprobs | None],
+        text_offset: int = 0,
+    ) -> CompletionLogprobs:
+        """Completions' logprobs of these tokens: each token's text, log-probability (None: the first prompt
+        token's), its likeliest alternatives with the token itself (as OpenAI's: up to logprobs + 1 entries),
+        and its offset in the choice's text from `text_offset`."""
+        alternatives = [i for position in top if position for i, _ in position]
+        pieces = await self.tokenizers.pieces(model, [*token_ids, *alternatives])
+        piece_of = dict(zip([*token_ids, *alternatives], pieces, strict=True))
+        result = CompletionLogprobs()
+        offset = text_offset
+        for position, token_id in enumerate(token_ids):
+            text = piece_of[token_id].text
+            logprob = logprobs[position] if position < len(logprobs) else None
+            tops = top[position] if position < len(top) else None
+            result.tokens.append(text)
+            result.token_logprobs.append(None if logprob is None else finite(logprob))
+            if logprob is None:
+                result.top_logprobs.append(None)
+            else:
+                ranked: dict[str, float] = {}
+                for i, lp in tops or ():
+                    ranked.setdefault(piece_of[i].text, finite(lp))
+                ranked.setdefault(text, finite(logprob))
+                result.top_logprobs.append(ranked)
+            result.text_offset.append(offset)
+            offset += len(text)
+        return result
 
     async def list_models(self, created: int) -> ModelList:
         models = await self.engine.list_models()
@@ -274,7 +486,7 @@ class EngineStream:
         self._first: GenerationChunk | None = None
         self._rest = rest
         self._admission = admission
-        self.num_output_tokens = 0  # the engine's count so far (it reports it on every response)
+        self._counts: dict[int, int] = {}  # each sequence's count so far (the engine reports it on every response)
 
     async def receive_first(self) -> None:
         try:
@@ -282,9 +494,14 @@ class EngineStream:
         except StopAsyncIteration:
             self._first = None
 
+    @property
+    def num_output_tokens(self) -> int:
+        """The tokens generated so far, over all the sequences."""
+        return sum(self._counts.values())
+
     def _seen(self, chunk: GenerationChunk) -> GenerationChunk:
         if chunk.num_output_tokens is not None:
-            self.num_output_tokens = chunk.num_output_tokens
+            self._counts[chunk.index] = chunk.num_output_tokens
         return chunk
 
     def __aiter__(self) -> EngineStream:

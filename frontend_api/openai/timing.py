@@ -34,7 +34,8 @@ class GenerationTimer:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
+        self.completion_tokens = 0  # over all the sequences (n)
+        self._counts: dict[int, int] = {}  # each sequence's count
         self.chunks = 0
         self.engine_reason: str | None = None
         self.exhausted = False
@@ -66,16 +67,15 @@ class GenerationTimer:
             self.prompt_tokens = chunk.num_input_tokens
         if chunk.finish_reason:
             self.engine_reason = chunk.finish_reason
-        # The engine reports its running count of generated tokens; without one, a chunk with text is one token.
-        count = (
-            chunk.num_output_tokens
-            if chunk.num_output_tokens is not None
-            else self.completion_tokens + bool(chunk.text)
-        )
-        new = count - self.completion_tokens
+        # The engine reports each sequence's running count of generated tokens; without one, a chunk with text is
+        # one token.
+        before = self._counts.get(chunk.index, 0)
+        count = chunk.num_output_tokens if chunk.num_output_tokens is not None else before + bool(chunk.text)
+        new = count - before
         if new <= 0:
             return
-        self.completion_tokens = count
+        self._counts[chunk.index] = count
+        self.completion_tokens += new
         if self.first_token_at is None:
             self.first_token_at = now
             if self.metrics:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,62 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the character that stands for each byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece's byte tokens
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    """One token as logprobs show it: its decoded text, and the UTF-8 bytes it stands for (a byte-level piece
+    that is part of a character: its own raw bytes, while its text is the replacement character)."""
+
+    text: str
+    bytes: list[int]
+
+
 @dataclass(frozen=True)
 class ModelTokenizer:
     tokenizer: Tokenizer
     chat_template: jinja2.Template | None
     special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template expects them
+    pieces: dict[int, TokenPiece] = field(default_factory=dict)  # cache of piece()
+    byte_level: bool = False
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def piece(self, token_id: int) -> TokenPiece:
+        if (cached := self.pieces.get(token_id)) is not None:
+            return cached
+        text = self.decode([token_id]) if 0 <= token_id < self.vocab_size else ""
+        raw = text.encode("utf-8")
+        if "\ufffd" in text and (token := self.tokenizer.id_to_token(token_id)) is not None:
+            if self.byte_level and all(char in _BYTE_LEVEL for char in token):
+                raw = bytes(_BYTE_LEVEL[char] for char in token)
+            elif fallback := _BYTE_FALLBACK.fullmatch(token):
+                raw = bytes([int(fallback.group(1), 16)])
+        piece = self.pieces[token_id] = TokenPiece(text, list(raw))
+        return piece
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if self.chat_template is None:
@@ -101,7 +153,11 @@ def load_model_tokenizer(tokenizer_dir: str | Path) -> ModelTokenizer:
     for key, value in config.items():
         if key.endswith("_token") and (content := _token_content(value)) is not None:
             special[key] = content
-    return ModelTokenizer(tokenizer=tokenizer, chat_template=template, special_tokens=special)
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    byte_level = decoder.get("type") == "ByteLevel" or any(
+        d.get("type") == "ByteLevel" for d in decoder.get("decoders", []) if isinstance(d, dict)
+    )
+    return ModelTokenizer(tokenizer=tokenizer, chat_template=template, special_tokens=special, byte_level=byte_level)
 
 
 def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -142,6 +198,24 @@ class Tokenizers:
     async def count_tokens(self, model: EngineModel, text: str, add_special_tokens: bool = True) -> int:
         tokenizer = await self.get(model)
         return await self._run(tokenizer.count_tokens, text, add_special_tokens)
+
+    async def vocab_size(self, model: EngineModel) -> int:
+        return (await self.get(model)).vocab_size
+
+    async def encode(self, model: EngineModel, text: str, add_special_tokens: bool = True) -> list[int]:
+        tokenizer = await self.get(model)
+        return await self._run(tokenizer.encode, text, add_special_tokens)
+
+    async def decode(self, model: EngineModel, ids: Sequence[int]) -> str:
+        tokenizer = await self.get(model)
+        return await self._run(tokenizer.decode, ids)
+
+    async def pieces(self, model: EngineModel, ids: Sequence[int]) -> list[TokenPiece]:
+        """The logprobs view of each token id (see TokenPiece)."""
+        tokenizer = await self.get(model)
+        if all(i in tokenizer.pieces for i in ids):  # cached: no thread hop
+            return [tokenizer.pieces[i] for i in ids]
+        return await self._run(lambda: [tokenizer.piece(i) for i in ids])
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

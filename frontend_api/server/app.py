@@ -19,7 +19,7 @@ from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
 from frontend_api.observability.system import SystemProbe
 from frontend_api.openai.tokenization import Tokenizers
-from frontend_api.policy.auth import authenticate
+from frontend_api.policy.auth import KeyChecks, authenticate, listen_for_revocations, revocation_channel
 from frontend_api.policy.limits import Limiter
 from frontend_api.server.draining import Drain, DrainMiddleware
 from frontend_api.server.error_handlers import install_error_handlers
@@ -61,9 +61,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             owned = app.state.engine = TritonEngine(settings.triton_grpc_url)
             logger.info("inference server at %s (gRPC)", settings.triton_grpc_url)
         app.state.drain.install(app)
+        revocations: asyncio.Task[None] | None = None
+        if settings.auth and settings.redis_url:  # revocations reach open WebSockets at once, not after the TTL
+            revocations = asyncio.create_task(
+                listen_for_revocations(settings.redis_url, revocation_channel(settings), app.state.key_checks)
+            )
         try:
             yield
         finally:
+            if revocations is not None:
+                revocations.cancel()
+                await asyncio.gather(revocations, return_exceptions=True)
             if migrating is not None:
                 migrating.cancel()
             if owned is not None:
@@ -89,6 +97,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.metrics = Metrics()
     app.state.system_probe = SystemProbe()
     app.state.drain = Drain(settings.drain_timeout_s)
+    app.state.key_checks = KeyChecks(settings.key_cache_ttl_s)  # open WebSockets re-check their key
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

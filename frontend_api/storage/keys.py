@@ -97,3 +97,11 @@ async def find_active_key(db: Database, presented: str) -> ApiKey | None:
     if record is None or not hmac.compare_digest(record.key_hash, digest) or record.revoked_at is not None:
         return None
     return record
+
+
+async def key_is_active(db: Database, key_id: int) -> bool:
+    """Whether the key with this id exists and is not revoked: the re-check of a key already accepted (an open
+    WebSocket; frontend_api/policy/auth.py KeyChecks)."""
+    async with db.session() as session:
+        row = (await session.exec(select(ApiKey.id, ApiKey.revoked_at).where(ApiKey.id == key_id))).first()
+    return row is not None and row[1] is None

@@ -3,6 +3,10 @@
 client -> server
   {"type": "auth", "api_key": "..."}                    first frame, when auth is on and no Authorization header
   {"type": "chat", "content": "...", "session_id"?: "sess_...", "settings"?: {...}}
+                                                        settings: model, system_prompt and the sampling fields of a
+                                                        session (SessionSettings: temperature, top_p, top_k,
+                                                        max_tokens, seed, the penalties, min_tokens, stop,
+                                                        stop_token_ids, bad_words, logit_bias; n only 1; no logprobs)
   {"type": "stop"}                                      cancel the running generation (frees the engine slot)
   {"type": "ping"}                                      answered with {"type": "pong"}
 server -> client

@@ -1,5 +1,12 @@
 """One WebSocket chat connection (protocol in frontend_api/websocket/frames.py): authenticate, then read frames
-while at most one generation runs; `stop` cancels it, which closes the engine stream and frees the slot."""
+while at most one generation runs; `stop` cancels it, which closes the engine stream and frees the slot.
+
+An open socket keeps being checked (docs/KEYS_AND_LIMITS.md "Revocation"): its key on every chat frame and every
+keepalive tick (through KeyChecks, a verdict at most key_cache_ttl_s old), and at once when a revocation is heard
+on Redis. A revoked key gets an `invalid_api_key` error frame and close code 1008; a reply being generated then
+finishes first (it was admitted while the key was valid), and the close follows its `done` frame. A socket on
+which the client sends nothing for ws_idle_timeout_s (no reply being generated) gets an `idle_timeout` error frame
+and close code 4408."""
 
 from __future__ import annotations
 
@@ -22,8 +29,10 @@ from frontend_api.settings import Settings
 from frontend_api.storage.database import DatabaseUnavailable
 from frontend_api.websocket.frames import PROTOCOL_VERSION, AuthFrame, ChatFrame, ClientFrame, error_frame
 
-POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication
+POLICY_VIOLATION = 1008  # WebSocket close code for failed authentication, and for a key revoked meanwhile
 TRY_AGAIN_LATER = 1013  # the key could not be checked (database down): the key may well be valid
+IDLE_TIMEOUT = 4408  # no frame from the client for ws_idle_timeout_s (4000-4999: application codes; 408 as in HTTP)
+REVOKED = "This API key was revoked; the connection is closed."
 
 
 async def authenticate_socket(websocket: WebSocket, settings: Settings) -> Principal | None:
@@ -78,6 +87,10 @@ class ChatSocket:
         self.make_serving = serving
         self.generation: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self.last_activity = time.monotonic()  # the last client frame, or the end of the last reply
+        self.closing = False
+        self._revoked = False
+        self._closer: asyncio.Task[None] | None = None  # the close a revocation heard on Redis started
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:
@@ -88,17 +101,24 @@ class ChatSocket:
 
     async def run(self) -> None:
         await self.send({"type": "ready", "protocol": PROTOCOL_VERSION})
-        keepalive = asyncio.create_task(self._keepalive())
+        watchers = [asyncio.create_task(self._keepalive()), asyncio.create_task(self._idle_watch())]
+        checks = self.websocket.app.state.key_checks
+        if self.principal.key_id is not None:
+            checks.on_revoked(self._heard_revoked)
         try:
-            while True:
+            while not self.closing:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
+                self.last_activity = time.monotonic()
                 await self._handle(message.get("text"))
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: receive() after our own close
             return
         finally:
-            keepalive.cancel()
+            if self.principal.key_id is not None:
+                checks.off_revoked(self._heard_revoked)
+            for watcher in watchers:
+                watcher.cancel()
             if self.generation is not None:
                 self.generation.cancel()
                 await asyncio.gather(self.generation, return_exceptions=True)
@@ -107,12 +127,61 @@ class ChatSocket:
         while True:
             await asyncio.sleep(self.settings.ws_keepalive_s)
             await self.send({"type": "ping"})
+            with contextlib.suppress(DatabaseUnavailable):  # the store is down: the next chat frame finds out
+                if not await self._key_active():
+                    await self._close_revoked()
+
+    async def _idle_watch(self) -> None:
+        idle = self.settings.ws_idle_timeout_s
+        while True:
+            remaining = self.last_activity + idle - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            elif self.generating:  # a long reply is no idleness; the clock starts again at its end
+                await asyncio.sleep(min(idle, 1.0))
+            else:
+                if not self.closing:
+                    self.closing = True
+                    await self.send(
+                        error_frame("idle_timeout", f"No frame for {idle:g} s; the connection is closed. Reconnect.")
+                    )
+                    await self._close(IDLE_TIMEOUT)
+                return
+
+    async def _key_active(self) -> bool:
+        if self.principal.key_id is None:  # auth off
+            return True
+        app_state = self.websocket.app.state
+        return bool(await app_state.key_checks.active(app_state.database, self.principal.key_id))
+
+    def _heard_revoked(self, key_id: int) -> None:
+        if key_id == self.principal.key_id and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_revoked())  # kept: not collected
+
+    async def _close_revoked(self, now: bool = False) -> None:
+        """The key was revoked: say so and close. A reply being generated finishes first: then `_chat` calls this
+        again with `now`."""
+        self._revoked = True
+        if self.closing or (self.generating and not now):
+            return
+        self.closing = True
+        await self.send(error_frame("invalid_api_key", REVOKED))
+        await self._close(POLICY_VIOLATION)
+
+    async def _close(self, code: int) -> None:
+        self.closing = True  # frames that still arrive are ignored
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            async with self._send_lock:
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                    await self.websocket.close(code)
 
     @property
     def generating(self) -> bool:
         return self.generation is not None and not self.generation.done()
 
     async def _handle(self, text: str | None) -> None:
+        if self.closing:
+            return
         if text is None:
             await self.send(error_frame("invalid_message", "Send JSON text frames; binary frames are not supported."))
             return
@@ -133,11 +202,32 @@ class ChatSocket:
             await self.send(error_frame("server_shutting_down", SHUTTING_DOWN))
         elif self.generating:
             await self.send(error_frame("busy", 'A reply is being generated; wait for it or send {"type": "stop"}.'))
+        elif not await self._still_authorised():
+            return
         else:
             self.generation = asyncio.create_task(self._chat(frame))
             self.websocket.app.state.drain.track(self.generation)
 
+    async def _still_authorised(self) -> bool:
+        """Every chat frame re-checks the key: False (and the socket closing) if it was revoked meanwhile."""
+        try:
+            if not self._revoked and await self._key_active():
+                return True
+        except DatabaseUnavailable:
+            await self.send(error_frame("database_unavailable", "The key store is unavailable; retry shortly."))
+            return False
+        await self._close_revoked(now=True)
+        return False
+
     async def _chat(self, frame: ChatFrame) -> None:
+        try:
+            await self._chat_once(frame)
+        finally:
+            self.last_activity = time.monotonic()
+            if self._revoked:  # revoked while this reply was generated: it has finished; now the close
+                await self._close_revoked(now=True)
+
+    async def _chat_once(self, frame: ChatFrame) -> None:
         arrived = time.perf_counter()
         try:
             serving = self.make_serving()

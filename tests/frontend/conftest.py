@@ -20,7 +20,7 @@ from openai import AsyncOpenAI, OpenAI
 from frontend_api.server.app import create_app
 from frontend_api.settings import Settings
 
-from fake_engine import REPLY_WORDS, FakeEngine
+from fake_engine import ALL_INPUTS, REPLY_WORDS, FakeEngine
 from stack import LocalUrls, free_port
 
 
@@ -74,16 +74,22 @@ def serve(engine: FakeEngine, settings: Settings, timeout_s: float = 30) -> Live
 
 @pytest.fixture
 def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., LiveApp]]:
-    """start_app(token_delay_s=0.0, reply_words=REPLY_WORDS, **settings): the app with a fresh FakeEngine (those
-    two are its arguments), settings given as Settings fields over test defaults (SQLite in tmp_path); every app
-    started is stopped after the test."""
+    """start_app(token_delay_s=0.0, reply_words=REPLY_WORDS, capabilities=ALL_INPUTS, declare_capabilities=True,
+    **settings): the app with a fresh FakeEngine (those four are its arguments), settings given as Settings fields
+    over test defaults (SQLite in tmp_path); every app started is stopped after the test."""
     started: list[LiveApp] = []
     # create_app() configures the root logger for a server process; the tests that run after these must find it
     # as it was (its level, and no handler bound to this test's captured stderr).
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
 
-    def start(token_delay_s: float = 0.0, reply_words: int = REPLY_WORDS, **fields) -> LiveApp:
+    def start(
+        token_delay_s: float = 0.0,
+        reply_words: int = REPLY_WORDS,
+        capabilities=ALL_INPUTS,
+        declare_capabilities: bool = True,
+        **fields,
+    ) -> LiveApp:
         folder = tmp_path / f"app-{len(started)}"
         folder.mkdir()
         defaults = {
@@ -95,7 +101,8 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
             "ws_auth_timeout_s": 1,
         }
         settings = Settings(**(defaults | fields))
-        started.append(serve(FakeEngine(checkpoint_dir, token_delay_s, reply_words), settings))
+        engine = FakeEngine(checkpoint_dir, token_delay_s, reply_words, capabilities, declare_capabilities)
+        started.append(serve(engine, settings))
         return started[-1]
 
     yield start

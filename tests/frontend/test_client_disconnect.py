@@ -55,3 +55,27 @@ async def test_closing_a_websocket_mid_reply_cancels_the_generation(slow_app):
         what="the engine request cancelled",
     )
     assert slow_app.engine.active == set()
+
+
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/chat/completions", {"messages": [{"role": "user", "content": "Tell me two long stories."}], "n": 2}),
+        ("/completions", {"prompt": ["Once upon a time", "Long ago"], "n": 2}),
+    ],
+)
+async def test_closing_a_stream_of_several_choices_cancels_every_engine_request(slow_app, route, body):
+    async with httpx.AsyncClient(timeout=30) as http:
+        payload = {"model": MODEL, "stream": True, **LONG, **body}
+        async with http.stream("POST", f"{slow_app.api_url}{route}", json=payload) as response:
+            assert response.status_code == 200
+            indices = set()
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    indices |= {c["index"] for c in json.loads(line[6:])["choices"]}
+                if len(indices) == (4 if route == "/completions" else 2):
+                    break
+            assert slow_app.engine.active  # still generating when the client leaves
+    ids = sorted(r.request_id for r in slow_app.engine.requests)
+    wait_until(lambda: sorted(slow_app.engine.cancelled) == ids, what="every engine request cancelled")
+    assert slow_app.engine.active == set()

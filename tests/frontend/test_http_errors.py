@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from fake_engine import MODEL
+from fake_engine import ALL_INPUTS, MODEL
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -20,16 +20,15 @@ HI = [{"role": "user", "content": "Hi"}]
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"stop": [""]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         ({"max_tokens": 9000}, "max_tokens"),  # past the context
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": "maybe"}, "logprobs"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
-        # Valid for the protocol, refused by the engine (FakeEngine refuses what the llm engine does):
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"1": 200}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
     ],
 )
 def test_a_bad_chat_field_is_400_naming_it(http, body, param):
@@ -41,11 +40,14 @@ def test_a_bad_chat_field_is_400_naming_it(http, body, param):
     assert error["type"] == "invalid_request_error"
 
 
-def test_an_engine_refusal_is_a_400_before_any_stream_starts(http, app):
-    body = {"model": MODEL, "messages": HI, "stream": True, "presence_penalty": 0.5}
-    response = http.post("/chat/completions", json=body)
-    assert response.status_code == 400 and response.json()["error"]["param"] == "presence_penalty"
-    assert app.engine.requests[-1].params.presence_penalty == 0.5  # it was the engine that refused it
+@pytest.mark.parametrize("field", ["presence_penalty", "frequency_penalty"])
+def test_an_engine_refusal_is_a_400_before_any_stream_starts(start_app, field):
+    # A model that declares no capabilities: its engine (here FakeEngine without the penalties) refuses in-band.
+    app = start_app(capabilities=ALL_INPUTS - {field}, declare_capabilities=False)
+    body = {"model": MODEL, "messages": HI, "stream": True, field: 0.5}
+    response = httpx.post(f"{app.api_url}/chat/completions", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == field
+    assert getattr(app.engine.requests[-1].params, field) == 0.5  # it was the engine that refused it
 
 
 def test_malformed_json_is_400(http):

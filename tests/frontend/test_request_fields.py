@@ -1,6 +1,7 @@
 """Every request field is honoured or refused with a 400 naming it: a field OpenAI or vLLM defines that we cannot
 honour is accepted only with its default (frontend_api/openai/request_fields.py), a field neither defines is
-unrecognized (OpenAI's answer to a typo), and vLLM's ignore_eos is honoured."""
+unrecognized (OpenAI's answer to a typo), and vLLM's ignore_eos is honoured. The sampling and output fields
+(n, logprobs, logit_bias, echo, ...) are tested in test_sampling_outputs.py."""
 
 from __future__ import annotations
 
@@ -19,10 +20,8 @@ ROUTES = {"chat/completions": CHAT, "completions": COMPLETION}
 
 # (route, field, a value we cannot honour, a value that changes nothing: the default SDKs and frameworks send)
 REFUSED = [
-    ("chat/completions", "n", 2, 1),
-    ("chat/completions", "logit_bias", {"1": -100}, {}),
-    ("chat/completions", "logprobs", True, False),
-    ("chat/completions", "top_logprobs", 2, 0),
+    ("chat/completions", "best_of", 2, 1),
+    ("chat/completions", "prompt_logprobs", 1, None),
     ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}], []),
     ("chat/completions", "tool_choice", "required", "none"),
     ("chat/completions", "response_format", {"type": "json_object"}, {"type": "text"}),
@@ -34,12 +33,9 @@ REFUSED = [
     ("chat/completions", "skip_special_tokens", False, True),
     ("chat/completions", "guided_json", {"type": "object"}, None),
     ("chat/completions", "chat_template_kwargs", {"enable_thinking": True}, {}),
-    ("completions", "n", 2, 1),
-    ("completions", "best_of", 2, 1),
-    ("completions", "echo", True, False),
+    ("completions", "best_of", 2, 1),  # best_of > n
     ("completions", "suffix", "!", None),
-    ("completions", "logprobs", 1, None),
-    ("completions", "stop_token_ids", [2], []),
+    ("completions", "prompt_logprobs", 1, None),
     ("completions", "use_beam_search", True, False),
 ]
 
@@ -118,8 +114,8 @@ def test_the_sdk_sends_defaults_and_extra_body(client):
         client.chat.completions.create(model=MODEL, messages=CHAT["messages"], extra_body={"foo_bar": 1})
     assert caught.value.body["param"] == "foo_bar"
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=MODEL, prompt="Hi", echo=True)
-    assert caught.value.body["param"] == "echo"
+        client.completions.create(model=MODEL, prompt="Hi", suffix="!")
+    assert caught.value.body["param"] == "suffix"
 
 
 def test_every_field_of_the_sdk_requests_is_known():

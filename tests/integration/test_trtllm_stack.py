@@ -210,3 +210,65 @@ async def test_bls_trims_a_stop_string_and_reports_stop(trtllm_stack):
     chunks = await _generate(port, "tensorrt_llm_bls", prompt, SamplingParams(max_tokens=12, stop=(stop,)))
     assert "".join(c.text for c in chunks) == full[: full.index(stop)]
     assert chunks[-1].finish_reason == "stop"
+
+
+def _stream(port: int, model: str, values: dict) -> list[dict]:
+    """Every response of one streamed request with the contract's `values`, each as {output name: value}."""
+    import queue
+
+    import engine_contract as contract
+
+    inputs = []
+    for name, value in values.items():
+        spec = contract.INPUTS_BY_NAME[name]
+        array = spec.array(value)
+        tensor = grpcclient.InferInput(name, list(array.shape), spec.wire_type)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    results: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        client.async_stream_infer(model, inputs, request_id=f"{model}-passthrough")
+        responses = []
+        while True:
+            result, error = results.get(timeout=120)
+            assert error is None, error
+            response = result.get_response()
+            if response.outputs:
+                responses.append({spec.name: spec.read(result.as_numpy(spec.name)) for spec in contract.OUTPUTS
+                                  if result.as_numpy(spec.name) is not None})  # fmt: skip
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+        client.stop_stream()
+    return responses
+
+
+@pytest.mark.parametrize("entry", ["ensemble", "tensorrt_llm_bls"])
+def test_sampling_tensors_pass_through_to_the_engine(trtllm_stack, tokenizer, checkpoint_dir, entry):
+    """input_ids, num_return_sequences, return_log_probs and the logit bias reach tensorrt_llm (the stand-in) and
+    its sequence_index, output_ids and log-probabilities come back in the contract's shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt = tokenizer("The capital of France is")["input_ids"]
+    common = {"input_ids": prompt, "max_tokens": 4, "stream": True, "temperature": 0.0, "return_log_probs": True}
+    plain = _stream(trtllm_stack.triton_grpc_port, entry, {**common, "num_return_sequences": 2})
+    by_index: dict[int, list[int]] = {0: [], 1: []}
+    log_probs: dict[int, list[float]] = {0: [], 1: []}
+    for response in plain:
+        by_index[response["sequence_index"]] += response["output_ids"]
+        log_probs[response["sequence_index"]] += response["output_log_probs"]
+    assert by_index[0] == by_index[1] and len(by_index[0]) == 4  # greedy twice
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + by_index[0]])).logits[0, len(prompt) - 1 : -1]
+    reference = torch.log_softmax(logits, -1).gather(1, torch.tensor(by_index[0])[:, None])[:, 0]
+    assert np.allclose(log_probs[0], reference.numpy(), atol=1e-3)
+    first = by_index[0][0]
+    biased = _stream(
+        trtllm_stack.triton_grpc_port,
+        entry,
+        {**common, "embedding_bias_token_ids": [first], "embedding_bias_weights": [-100.0], "stop_token_ids": [13]},
+    )
+    assert biased[0]["output_ids"][0] != first

@@ -2,7 +2,8 @@
 
 It speaks the tensorrt_llm model's tensor interface (its config is the rendered tensorrt_llm config with the
 backend switched to python) and drives the real SmolLM2 checkpoint with transformers, one request at a time,
-one token per streamed response, like the C++ in-flight batcher does. Everything around it (preprocessing,
+one token per streamed response, like the C++ in-flight batcher does; num_return_sequences are generated one after
+the other, each response carrying its sequence_index (the last response of the last one is flagged final). Everything around it (preprocessing,
 postprocessing, ensemble, tensorrt_llm_bls, the front-end) is the real thing under test.
 """
 
@@ -66,6 +67,13 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"stand-in failed: {exc}")), flags=FINAL)
 
     def _run(self, request, sender):
+        count = _value(request, "num_return_sequences", 1)
+        for index in range(count):
+            if not self._sequence(request, sender, index, last=index == count - 1):
+                return
+
+    def _sequence(self, request, sender, index: int, last: bool) -> bool:
+        """Generate sequence `index`; False when the request was cancelled."""
         prompt = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).tolist()
         prompt = prompt[: _value(request, "input_lengths", len(prompt))]
         max_new = _value(request, "request_output_len")
@@ -78,7 +86,11 @@ class TritonPythonModel:
             "num_output_tokens": _value(request, "return_num_output_tokens", False),
         }
         processors = self._processors(request)
-        generator = torch.Generator().manual_seed(_value(request, "seed", 0))
+        generator = torch.Generator().manual_seed(_value(request, "seed", 0) + index)
+        bias = pb_utils.get_input_tensor_by_name(request, "embedding_bias")
+        bias = None if bias is None or bias.as_numpy().size == 0 else torch.from_numpy(bias.as_numpy().reshape(-1))
+        log_probs: list[float] = []
+        want["log_probs"] = _value(request, "return_log_probs", False)
         temperature = _value(request, "temperature", 0.0)
         presence, frequency = _value(request, "presence_penalty", 0.0), _value(request, "frequency_penalty", 0.0)
 
@@ -87,9 +99,12 @@ class TritonPythonModel:
         while len(output) < max_new:
             if sender.is_cancelled():
                 sender.send(flags=FINAL)
-                return
+                return False
             result = self.model(ids, past_key_values=cache, use_cache=True)
             cache, logits = result.past_key_values, result.logits[:, -1, :]
+            raw = torch.log_softmax(logits[0], -1)
+            if bias is not None:
+                logits = logits + bias
             history = torch.tensor([prompt + output])
             logits = processors(history, logits)
             if output and (presence or frequency):
@@ -102,15 +117,21 @@ class TritonPythonModel:
             else:
                 token = int(logits.argmax(-1))
             output.append(token)
+            log_probs.append(float(raw[token]))
             done = token == end_id or len(output) >= max_new or any(output[-len(s) :] == s for s in stops if s)
             if streaming:
-                sender.send(self._response([token], len(prompt), len(output), want), flags=FINAL if done else 0)
+                response = self._response(
+                    [token], log_probs[-1:], sum(log_probs), index, len(prompt), len(output), want
+                )
+                sender.send(response, flags=FINAL if done and last else 0)
             if done:
                 break
             ids = torch.tensor([[token]])
         if not streaming:
             head = [] if _value(request, "exclude_input_in_output", False) else prompt
-            sender.send(self._response(head + output, len(prompt), len(output), want), flags=FINAL)
+            response = self._response(head + output, log_probs, sum(log_probs), index, len(prompt), len(output), want)
+            sender.send(response, flags=FINAL if last else 0)
+        return True
 
     @staticmethod
     def _processors(request) -> LogitsProcessorList:
@@ -126,11 +147,15 @@ class TritonPythonModel:
         return processors
 
     @staticmethod
-    def _response(tokens, num_input, num_output, want):
+    def _response(tokens, log_probs, cum_log_prob, index, num_input, num_output, want):
         tensors = [
             pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32)),
             pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+            pb_utils.Tensor("sequence_index", np.array([[index]], dtype=np.int32)),
         ]
+        if want["log_probs"]:
+            tensors.append(pb_utils.Tensor("output_log_probs", np.array([[log_probs]], dtype=np.float32)))
+            tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[cum_log_prob]], dtype=np.float32)))
         if want["num_input_tokens"]:
             tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[num_input]], dtype=np.int32)))
         if want["num_output_tokens"]:

@@ -86,7 +86,10 @@ def test_rendered_config_implements_the_engine_contract(rendered):
     assert inputs == CONTRACT_INPUTS
     assert outputs == CONTRACT_OUTPUTS
     required = {i.name for i in config.input if not i.optional}
-    assert required == {"text_input", "max_tokens"}
+    assert required == {"max_tokens"}  # and one of text_input / input_ids (the model checks it)
+    capabilities = engine_contract.parse_capabilities(config.parameters["capabilities"].string_value)
+    core = config.parameters["engine_core"].string_value
+    assert capabilities == {spec.name for spec in engine_contract.honoured(core)}
 
 
 def test_manifest_records_what_was_built(rendered):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sampler import Flags, SlotConfig, SlotSampler, mix32, sequence_key
 
 VOCAB = 8

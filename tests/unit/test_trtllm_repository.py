@@ -84,7 +84,9 @@ def test_entry_models_implement_the_engine_contract(repository, model):
     assert config.max_batch_size > 0
     assert tensors(config.input) == TRTLLM_INPUTS
     assert tensors(config.output) == TRTLLM_OUTPUTS
-    assert {i.name for i in config.input if not i.optional} == {"text_input", "max_tokens"}
+    assert {i.name for i in config.input if not i.optional} == {"max_tokens"}  # + text_input or input_ids
+    capabilities = config.parameters["capabilities"].string_value
+    assert engine_contract.parse_capabilities(capabilities) == set(TRTLLM_INPUTS)
 
 
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])

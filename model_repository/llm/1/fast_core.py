@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, sequence_key
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
 from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from fast_runner import SlotRunner
+from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, sequence_key
 from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.fast_core")

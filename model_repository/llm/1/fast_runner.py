@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from sampler import Flags, SlotConfig, SlotSampler
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from sampler import Flags, SlotConfig, SlotSampler
 
 PROMPT_LOGPROB_CHUNK = 512  # prompt positions whose logits a prefill holds at once (return_prompt_log_probs)
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -32,13 +33,20 @@ PASSTHROUGH = {
     "frequency_penalty": "frequency_penalty",
     "min_tokens": "min_tokens",
     "seed": "seed",
+    "num_return_sequences": "num_return_sequences",
+    "return_log_probs": "return_log_probs",
 }
 PREPROCESSING_INPUTS = {
     "text_input": "QUERY",
+    "input_ids": "INPUT_IDS",
     "max_tokens": "REQUEST_OUTPUT_LEN",
     "stop_words": "STOP_WORDS_DICT",
+    "stop_token_ids": "STOP_TOKEN_IDS",
     "bad_words": "BAD_WORDS_DICT",
     "end_id": "END_ID",
+    "pad_id": "PAD_ID",
+    "embedding_bias_token_ids": "EMBEDDING_BIAS_TOKEN_IDS",
+    "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
 }
 PREPROCESSING_OUTPUTS = {
     "INPUT_ID": "input_ids",
@@ -48,7 +56,9 @@ PREPROCESSING_OUTPUTS = {
     "BAD_WORDS_IDS": "bad_words_list",
     "OUT_END_ID": "end_id",
     "OUT_PAD_ID": "pad_id",
+    "EMBEDDING_BIAS": "embedding_bias",
 }
+ENGINE_OUTPUTS = ["output_ids", "sequence_length", "sequence_index", "output_log_probs", "cum_log_probs"]
 
 
 class BlsError(Exception):
@@ -72,14 +82,33 @@ def _output(response, name) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
-def _contract_response(text: str, num_input: int, num_output: int, finish_reason: str) -> pb_utils.InferenceResponse:
-    values = {
-        contract.TEXT_OUTPUT: [text],
-        contract.NUM_INPUT_TOKENS: num_input,
-        contract.NUM_OUTPUT_TOKENS: num_output,
-        contract.FINISH_REASON: finish_reason,
-    }
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(s.name, s.array(v)) for s, v in values.items()])
+@dataclass
+class _Sequence:
+    """One of the request's num_return_sequences, detokenized on its own."""
+
+    text: TextStream
+    pending: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    cum_log_prob: float = 0.0
+    num_output: int = 0
+    finish_reason: str = ""
+
+    def response(self, index: int, num_input: int) -> pb_utils.InferenceResponse:
+        """The contract's response of what this sequence has pending (then cleared)."""
+        values = {
+            contract.TEXT_OUTPUT: [self.pending],
+            contract.NUM_INPUT_TOKENS: num_input,
+            contract.NUM_OUTPUT_TOKENS: self.num_output,
+            contract.FINISH_REASON: self.finish_reason,
+            contract.SEQUENCE_INDEX: index,
+            contract.OUTPUT_IDS: self.token_ids,
+            contract.OUTPUT_LOG_PROBS: self.log_probs,
+            contract.CUM_LOG_PROBS: self.cum_log_prob,
+        }
+        self.pending, self.token_ids, self.log_probs = "", [], []
+        tensors = [pb_utils.Tensor(spec.name, spec.array(value)) for spec, value in values.items()]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class TritonPythonModel:
@@ -124,12 +153,19 @@ class TritonPythonModel:
         # Always stream from the engine: detokenizing here is what keeps characters whole and stops exact.
         inputs.append(pb_utils.Tensor("streaming", np.array([[True]], dtype=np.bool_)))
         inputs.append(pb_utils.Tensor("exclude_input_in_output", np.array([[True]], dtype=np.bool_)))
-        text = TextStream(self.tokenizer, _strings(request, "stop_words"))
-        prefix = "" if stream or _flag(request, "exclude_input_in_output") else _strings(request, "text_input")[0]
-        pending, num_output, finish_reason = prefix, 0, ""
+        stops = _strings(request, "stop_words")
+        count = pb_utils.get_input_tensor_by_name(request, "num_return_sequences")
+        sequences = [
+            _Sequence(TextStream(self.tokenizer, stops)) for _ in range(1 if count is None else int(count.as_numpy()))
+        ]
+        texts = _strings(request, "text_input")
+        if not (stream or _flag(request, "exclude_input_in_output")) and texts:
+            for sequence in sequences:
+                sequence.pending = texts[0]
         responses = pb_utils.InferenceRequest(
-            model_name="tensorrt_llm", inputs=inputs, requested_output_names=["output_ids", "sequence_length"]
+            model_name="tensorrt_llm", inputs=inputs, requested_output_names=ENGINE_OUTPUTS
         ).exec(decoupled=True)
+        last = None  # the sequence whose end ends the request
         for response in responses:
             if sender.is_cancelled():
                 sender.send(flags=FINAL)
@@ -139,20 +175,39 @@ class TritonPythonModel:
             ids = _output(response, "output_ids")
             if ids is None:  # the engine's flags-only final response
                 continue
+            index_array = _output(response, "sequence_index")
+            index = 0 if index_array is None else int(index_array.reshape(-1)[0])
+            sequence = sequences[index]
+            if sequence.finish_reason:  # a stop string ended it: the engine's rest of it is not shown
+                continue
             length = int(_output(response, "sequence_length").reshape(-1)[0])
             tokens = [int(t) for t in ids.reshape(-1)[:length]]
-            num_output += len(tokens)
-            pending += text.push(tokens)
-            if text.stopped or (tokens and tokens[-1] == end_id):
-                finish_reason = "stop"
-            elif num_output >= max_tokens:
-                finish_reason = "length"
-            if finish_reason:
-                break
-            if stream and pending:
-                sender.send(_contract_response(pending, num_input, num_output, ""))
-                pending = ""
-        pending += text.finish()
-        sender.send(_contract_response(pending, num_input, num_output, finish_reason or "stop"), flags=FINAL)
+            log_probs = _output(response, "output_log_probs")
+            if log_probs is not None:
+                sequence.log_probs += [float(v) for v in log_probs.reshape(-1)[: len(tokens)]]
+                sequence.cum_log_prob = float(_output(response, "cum_log_probs").reshape(-1)[0])
+            sequence.token_ids += tokens
+            sequence.num_output += len(tokens)
+            sequence.pending += sequence.text.push(tokens)
+            if sequence.text.stopped or (tokens and tokens[-1] == end_id):
+                sequence.finish_reason = "stop"
+            elif sequence.num_output >= max_tokens:
+                sequence.finish_reason = "length"
+            if sequence.finish_reason:
+                sequence.pending += sequence.text.finish()
+            if sequence.finish_reason or (stream and sequence.pending):
+                if all(s.finish_reason for s in sequences):
+                    last = index  # sent below, flagged final
+                    break
+                sender.send(sequence.response(index, num_input))
+        # A sequence whose engine stream ran out without a finish we saw (the engine stopped it) ends "stop".
+        unfinished = [i for i, s in enumerate(sequences) if not s.finish_reason]
+        for i in unfinished:
+            sequences[i].finish_reason = "stop"
+            sequences[i].pending += sequences[i].text.finish()
+        ends = [last] if last is not None else unfinished or [0]
+        for i in ends[:-1]:
+            sender.send(sequences[i].response(i, num_input))
+        sender.send(sequences[ends[-1]].response(ends[-1], num_input), flags=FINAL)
         for _ in responses:  # a stop string ended the text early: let the engine's stream run out unseen
             pass

@@ -1,0 +1,217 @@
+"""The step planner of a paged engine core: which tokens of which sequences run through the model in the next step.
+
+Why: today's fast core stops decoding while it prefills a batch of prompts, and refuses work beyond its slots.
+Here one step mixes both (chunked prefill): a token budget per step is filled
+1. first with ONE decode token per running sequence that has finished its prefill, so a burst of long prompts
+   never starves the sequences already generating (the budget must cover max_num_seqs decode tokens);
+2. then with prefill chunks of running sequences that are part-way through their prompt (oldest first);
+3. then with the first chunk of waiting sequences, admitted first come first served while blocks, the budget and
+   `max_num_seqs` allow; admission looks the prompt up in the prefix cache, so cached tokens cost nothing.
+Every sequence is the same thing to the planner: `tokens` (prompt, then generated) of which the first
+`num_computed` have K/V in the cache; a step feeds it tokens[num_computed : num_computed + n], and when that
+reaches its last token, that token's logits are sampled (decode is simply n = 1).
+
+When blocks run out for a decode token, the most recently admitted running sequence not yet scheduled in this
+step is preempted by recompute: its blocks are freed and it goes back to the FRONT of the waiting queue with
+num_computed = 0; since its tokens already include what it generated, its next "prefill" recomputes prompt and
+output together (the prefix cache usually still holds most of its full blocks). A prefill chunk never preempts
+an older sequence or itself; it is shrunk to the room left, or waits.
+
+Pure Python, no torch: the core drives it as  plan = scheduler.plan(); logits = runner.step(plan);
+tokens = sample(logits); scheduler.update(plan, tokens); scheduler.finish(...) for the sequences that ended.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from kv_blocks import BlockManager
+
+
+@dataclass(eq=False)
+class SequenceState:
+    seq_id: Hashable
+    tokens: list[int]  # prompt, then every generated token
+    num_prompt_tokens: int
+    num_computed: int = 0  # leading tokens whose K/V are in the cache
+    num_preemptions: int = 0
+    is_running: bool = False  # holds blocks (a flag, not `in running`: the planner asks for every sequence)
+
+    @property
+    def output(self) -> list[int]:
+        return self.tokens[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.tokens) - self.num_computed
+
+
+@dataclass
+class ScheduledSequence:
+    """One sequence's share of a step: its new tokens and where they go."""
+
+    seq_id: Hashable
+    token_ids: list[int]  # fed this step (a prefill chunk, or the one token of a decode)
+    start: int  # position of token_ids[0] = tokens already in the cache
+    block_table: list[int]  # covers start + len(token_ids) tokens
+    sample: bool  # the last token is the sequence's last known one: sample the next from its logits
+
+    @property
+    def context_len(self) -> int:
+        return self.start + len(self.token_ids)
+
+
+@dataclass
+class StepPlan:
+    scheduled: list[ScheduledSequence] = field(default_factory=list)  # decodes first, then prefill chunks
+    preempted: list[Hashable] = field(default_factory=list)  # sent back to waiting in this step
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.scheduled)
+
+    @property
+    def sampled(self) -> list[Hashable]:
+        """The sequences whose logits the runner returns, in its order."""
+        return [s.seq_id for s in self.scheduled if s.sample]
+
+    @property
+    def is_pure_decode(self) -> bool:
+        """Every sequence feeds one token and samples: the shape a CUDA graph of the decode step can replay."""
+        return all(len(s.token_ids) == 1 and s.sample for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int = 2048):
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError("max_num_batched_tokens must cover one decode token for each of max_num_seqs")
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[SequenceState] = deque()
+        self.running: list[SequenceState] = []  # admission order: the last is the first to preempt
+        self._sequences: dict[Hashable, SequenceState] = {}
+
+    # ------------------------------------------------------------------ the core's side
+    def add(self, seq_id: Hashable, prompt: Sequence[int], max_tokens: int) -> SequenceState:
+        """Queue a sequence. It must fit the whole cache on its own (else preemption could never make room)."""
+        if seq_id in self._sequences:
+            raise ValueError(f"sequence {seq_id!r} is already scheduled")
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        if len(prompt) + max_tokens > capacity:
+            raise ValueError(f"prompt + max_tokens ({len(prompt) + max_tokens}) exceeds the KV cache ({capacity})")
+        sequence = SequenceState(seq_id, list(prompt), len(prompt))
+        self._sequences[seq_id] = sequence
+        self.waiting.append(sequence)
+        return sequence
+
+    def get(self, seq_id: Hashable) -> SequenceState:
+        return self._sequences[seq_id]
+
+    def finish(self, seq_id: Hashable) -> None:
+        """The sequence ended (stop, length, cancelled): free its blocks, forget it."""
+        sequence = self._sequences.pop(seq_id)
+        if sequence.is_running:
+            sequence.is_running = False
+            self.running.remove(sequence)
+            self.blocks.free(seq_id)
+        else:
+            self.waiting.remove(sequence)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def update(self, plan: StepPlan, sampled_tokens: Sequence[int]) -> None:
+        """After the step ran: its tokens' K/V are written (full blocks join the prefix cache) and each sampled
+        sequence gets its new token (aligned with `plan.sampled`)."""
+        if len(sampled_tokens) != len(plan.sampled):
+            raise ValueError(f"{len(plan.sampled)} sampled sequences, {len(sampled_tokens)} tokens")
+        new_tokens = iter(sampled_tokens)
+        for item in plan.scheduled:
+            token = next(new_tokens) if item.sample else None
+            sequence = self._sequences.get(item.seq_id)
+            if sequence is None:  # finished since the plan (its token is dropped)
+                continue
+            sequence.num_computed = item.context_len
+            self.blocks.cache_full_blocks(item.seq_id, sequence.tokens, sequence.num_computed)
+            if token is not None:
+                sequence.tokens.append(token)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self) -> StepPlan:
+        plan = StepPlan()
+        budget = self.max_num_batched_tokens
+        scheduled: set[Hashable] = set()
+
+        def schedule(sequence: SequenceState, n: int, reserve: bool = True) -> None:
+            nonlocal budget
+            start = sequence.num_computed
+            table = (
+                self.blocks.append_slots(sequence.seq_id, n) if reserve else self.blocks.block_table(sequence.seq_id)
+            )
+            plan.scheduled.append(
+                ScheduledSequence(
+                    sequence.seq_id,
+                    sequence.tokens[start : start + n],
+                    start,
+                    list(table),  # a snapshot: the table grows after this step
+                    start + n == len(sequence.tokens),
+                )
+            )
+            scheduled.add(sequence.seq_id)
+            budget -= n
+
+        # 1. one decode token per generating sequence, preempting the newest to make room
+        for sequence in list(self.running):
+            if sequence.num_uncomputed != 1 or not sequence.is_running:
+                continue
+            while sequence.is_running and not self.blocks.can_append(sequence.seq_id, 1):
+                self._preempt(self._newest_unscheduled(scheduled), plan)
+            if sequence.is_running:
+                schedule(sequence, 1)
+
+        # 2. the next chunk of prompts part-way through; room only from sequences admitted after them
+        for sequence in list(self.running):
+            if sequence.seq_id in scheduled or not sequence.is_running or budget == 0:
+                continue
+            n = min(sequence.num_uncomputed, budget)
+            while self.blocks.append_room(sequence.seq_id) < n:
+                victim = self._newest_unscheduled(scheduled)
+                if victim is sequence:
+                    break
+                self._preempt(victim, plan)
+            n = min(n, self.blocks.append_room(sequence.seq_id))
+            if n > 0:
+                schedule(sequence, n)
+
+        # 3. admit waiting sequences, first come first served (a prompt that does not fit waits: no overtaking);
+        # not in a step that had to preempt: blocks are short, and the victim would only be admitted again
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not plan.preempted:
+            sequence = self.waiting[0]
+            cached = self.blocks.allocate(sequence.seq_id, sequence.tokens, budget)
+            if cached is None:
+                break
+            self.waiting.popleft()
+            self.running.append(sequence)
+            sequence.is_running = True
+            sequence.num_computed = cached
+            schedule(sequence, min(sequence.num_uncomputed, budget), reserve=False)
+        return plan
+
+    def _newest_unscheduled(self, scheduled: set[Hashable]) -> SequenceState:
+        return next(s for s in reversed(self.running) if s.seq_id not in scheduled)
+
+    def _preempt(self, sequence: SequenceState, plan: StepPlan) -> None:
+        self.running.remove(sequence)
+        self.blocks.free(sequence.seq_id)
+        sequence.is_running = False
+        sequence.num_computed = 0
+        sequence.num_preemptions += 1
+        # Victims go newest first; each in front of the previous one keeps them in admission order.
+        self.waiting.appendleft(sequence)
+        plan.preempted.append(sequence.seq_id)

@@ -138,3 +138,17 @@ def test_a_decode_step_with_every_feature_never_syncs_with_the_host(engines):
         torch.cuda.set_sync_debug_mode(0)
         for slot in range(4):
             runner.release(slot)
+
+
+def test_bfloat16_on_cuda_runs_every_feature_and_repeats_a_seed(tiny_checkpoint):
+    from fast_core import FastEngine
+
+    engine = FastEngine(str(tiny_checkpoint), device="cuda", dtype="bfloat16", max_num_seqs=4, max_model_len=256)
+    try:
+        sampling = {"max_tokens": 12, "min_tokens": 4, "temperature": 0.8, "top_p": 0.9, "seed": 3, "n": 2}
+        first = run(engine, PROMPTS[1], **sampling, **EVERYTHING)
+        again = run(engine, PROMPTS[1], **sampling, **EVERYTHING)
+        assert [ids(first, i) for i in range(2)] == [ids(again, i) for i in range(2)]
+        assert all(len([x for u in first if u.index == i for x in u.logprobs]) == len(ids(first, i)) for i in range(2))
+    finally:
+        engine.shutdown()

@@ -129,12 +129,14 @@ STOP_WORDS = _input(
 STOP_TOKEN_IDS = _input(
     "stop_token_ids", "TYPE_INT32", "ours (vLLM's name): token ids that end the output", dims=(-1,), default=()
 )
-BAD_WORDS = _input("bad_words", "TYPE_STRING", "strings never to generate", _TRTLLM_ONLY, dims=(-1,), default=())
+BAD_WORDS = _input(
+    "bad_words", "TYPE_STRING", "strings never to generate", {TENSORRT_LLM, FAST}, dims=(-1,), default=()
+)
 EMBEDDING_BIAS_TOKEN_IDS = _input(
     "embedding_bias_token_ids",
     "TYPE_INT32",
     "ours: the token ids of OpenAI's logit_bias (the TRT-LLM templates build its dense embedding_bias from them)",
-    _TRTLLM_ONLY,
+    {TENSORRT_LLM, FAST},
     dims=(-1,),
     default=(),
 )
@@ -142,7 +144,7 @@ EMBEDDING_BIAS_WEIGHTS = _input(
     "embedding_bias_weights",
     "TYPE_FP32",
     "the bias added to the logit of each of embedding_bias_token_ids (-100..100)",
-    _TRTLLM_ONLY,
+    {TENSORRT_LLM, FAST},
     dims=(-1,),
     default=(),
 )
@@ -152,28 +154,28 @@ NUM_RETURN_SEQUENCES = _input(
     "num_return_sequences",
     "TYPE_INT32",
     "sequences generated for this prompt (OpenAI's n)",
-    {OPENVINO, TENSORRT_LLM},
+    {OPENVINO, TENSORRT_LLM, FAST},
     default=1,
 )
 RETURN_LOG_PROBS = _input(
     "return_log_probs",
     "TYPE_BOOL",
     "send output_log_probs and cum_log_probs",
-    {OPENVINO, TENSORRT_LLM},
+    {OPENVINO, TENSORRT_LLM, FAST},
     default=False,
 )
 NUM_TOP_LOG_PROBS = _input(
     "num_top_log_probs",
     "TYPE_INT32",
     "ours: send the this many most likely tokens of each step with their log-probabilities (0..20)",
-    frozenset(),
+    {FAST},
     default=0,
 )
 RETURN_PROMPT_LOG_PROBS = _input(
     "return_prompt_log_probs",
     "TYPE_BOOL",
     "ours: send the log-probability of each prompt token (completions' echo with logprobs)",
-    {OPENVINO},
+    {OPENVINO, FAST},
     default=False,
 )
 EXCLUDE_INPUT_IN_OUTPUT = _input(

@@ -11,9 +11,19 @@ import pytest
 
 import engine_contract
 
-from core import CORES, EngineCore, InvalidRequest, Sampling, load_core
+from core import CORES, EngineCore, InvalidRequest, Prompt, Sampling, load_core
 
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+EARLY_EOS = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\nYes"  # greedy: "." then the end
+
+
+def needs(engine, *inputs: str) -> None:
+    """Skip unless the engine's core honours these contract inputs (engine_contract's `honoured_by`): a core
+    runs a feature's case here once it says it honours the feature."""
+    name = next(name for name, path in CORES.items() if path.endswith(":" + type(engine).__name__))
+    missing = [i for i in inputs if name not in engine_contract.INPUTS_BY_NAME[i].honoured_by]
+    if missing:
+        pytest.skip(f"the {name} core does not honour {', '.join(missing)}")
 
 
 @pytest.fixture(scope="module", params=sorted(CORES))
@@ -26,14 +36,16 @@ def engine(request, core_checkpoint):
 class Request:
     """One submitted request: every update its sink received, and the event of its final update."""
 
-    def __init__(self, engine, sampling: Sampling, prompt: str = PROMPT, cancel_after: int | None = None):
+    def __init__(self, engine, sampling: Sampling, prompt: Prompt = PROMPT, cancel_after: int | None = None):
         self.updates, self.done = [], threading.Event()
         self._cancel_after = cancel_after
         engine.submit(f"test-{id(self)}", prompt, sampling, self._sink, self._is_cancelled)
 
+        self._sequences = sampling.n
+
     def _sink(self, update) -> None:
         self.updates.append(update)
-        if update.finish_reason:
+        if sum(1 for u in self.updates if u.finish_reason) == self._sequences:  # every sequence has ended
             self.done.set()
 
     def _is_cancelled(self) -> bool:
@@ -113,4 +125,59 @@ def test_a_cancelled_request_ends_cancelled_and_frees_the_core(engine):
     request = Request(engine, Sampling(max_tokens=200, min_tokens=200), cancel_after=3).wait()
     assert request.last.finish_reason == "cancelled"
     assert request.last.num_output_tokens < 200
+    assert engine.num_active == 0
+
+
+def test_a_seed_repeats_its_sample(engine):
+    needs(engine, "seed")
+    sampling = Sampling(max_tokens=12, min_tokens=12, temperature=1.0, seed=42)
+    assert Request(engine, sampling).wait().text == Request(engine, sampling).wait().text
+
+
+def test_min_tokens_below_max_tokens_masks_the_end(engine):
+    needs(engine, "min_tokens")
+    assert Request(engine, Sampling(max_tokens=10, temperature=0.0), EARLY_EOS).wait().last.num_output_tokens < 5
+    request = Request(engine, Sampling(max_tokens=10, min_tokens=5, temperature=0.0), EARLY_EOS).wait()
+    assert request.last.num_output_tokens >= 5
+
+
+def test_a_prompt_of_token_ids_generates_what_its_text_does(engine, tokenizer):
+    needs(engine, "input_ids")
+    ids = tuple(tokenizer(PROMPT)["input_ids"])
+    sampling = Sampling(max_tokens=8, temperature=0.0)
+    assert Request(engine, sampling, ids).wait().text == Request(engine, sampling).wait().text
+
+
+def test_n_sequences_each_end_and_say_their_index(engine):
+    needs(engine, "num_return_sequences")
+    request = Request(engine, Sampling(max_tokens=6, temperature=1.0, n=3)).wait()
+    assert {u.index for u in request.updates} == {0, 1, 2}
+    assert sorted(u.index for u in request.updates if u.finish_reason) == [0, 1, 2]
+    assert engine.num_active == 0
+
+
+def test_log_probabilities_align_with_the_token_ids(engine):
+    needs(engine, "return_log_probs", "num_top_log_probs")
+    request = Request(engine, Sampling(max_tokens=6, min_tokens=6, temperature=0.0, logprobs=True, top_logprobs=3))
+    updates = request.wait().updates
+    assert sum(len(u.token_ids) for u in updates) == 6
+    for update in updates:
+        assert len(update.logprobs) == len(update.top_logprobs) == len(update.token_ids)
+        for token, logprob, top in zip(update.token_ids, update.logprobs, update.top_logprobs, strict=True):
+            assert len(top) == 3 and top[0][0] == token and top[0][1] == pytest.approx(logprob, abs=1e-4)
+            assert logprob <= 0 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "sampling, named",
+    [
+        ({"n": 0}, "num_return_sequences"),
+        ({"top_logprobs": 21}, "num_top_log_probs"),
+        ({"logit_bias": ((10**7, 1.0),)}, "embedding_bias_token_ids"),
+        ({"logit_bias": ((3, -101.0),)}, "embedding_bias_weights"),
+    ],
+)
+def test_out_of_range_feature_values_are_refused_by_name(engine, sampling, named):
+    with pytest.raises(InvalidRequest, match=f"^{named}"):
+        Request(engine, Sampling(max_tokens=4, **sampling))
     assert engine.num_active == 0

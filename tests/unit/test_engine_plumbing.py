@@ -6,21 +6,25 @@ import threading
 import time
 
 
-def test_merge_joins_deltas_per_writer_and_keeps_the_final_outcome():
+def test_merge_joins_deltas_per_writer_and_sequence_and_keeps_the_final_outcome():
     from core import Update
     from response_queue import merge
 
     a, b = object(), object()
     items = [
-        (a, Update("Hel", None, None, 3, 1)),
+        (a, Update("Hel", None, None, 3, 1, token_ids=(1,), logprobs=(-0.5,), prompt_logprobs=(-1.0,))),
         (b, Update("x", None, None, 5, 1)),
-        (a, Update("lo", None, None, 3, 2)),
-        (a, Update("!", "length", None, 3, 3)),
+        (a, Update("y", None, None, 3, 1, index=1, token_ids=(9,))),
+        (a, Update("lo", None, None, 3, 2, token_ids=(2,), logprobs=(-0.25,))),
+        (a, Update("!", "length", None, 3, 3, token_ids=(3,), logprobs=(-1.0,))),
     ]
     merged = merge(items)
-    assert list(merged) == [a, b]
-    assert merged[a] == Update("Hello!", "length", None, 3, 3)
-    assert merged[b] == Update("x", None, None, 5, 1)
+    assert list(merged) == [(a, 0), (b, 0), (a, 1)]
+    assert merged[(a, 0)] == Update(
+        "Hello!", "length", None, 3, 3, 0, (1, 2, 3), (-0.5, -0.25, -1.0), (), prompt_logprobs=(-1.0,)
+    )
+    assert merged[(b, 0)] == Update("x", None, None, 5, 1)
+    assert merged[(a, 1)] == Update("y", None, None, 3, 1, index=1, token_ids=(9,))
 
 
 def test_response_queue_delivers_everything_in_order_from_one_thread():

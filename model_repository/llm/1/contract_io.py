@@ -74,13 +74,35 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
     )
 
 
-def response_arrays(update: Update, text: str) -> dict[str, np.ndarray]:
-    """The output tensors of one response: `text` and the counts; the finish reason on the final one."""
+def response_arrays(
+    update: Update, text: str, sampling: Sampling | None = None, cum_logprob: float = 0.0
+) -> dict[str, np.ndarray]:
+    """The output tensors of one response, for one sequence (`update.index`): `text`, the counts, the token ids of
+    the delta; the log-probabilities `sampling` asks for (cum_logprob: the sequence's sum so far; top-k flattened
+    [token][rank]); the prompt's on the sequence's first response; the finish reason on its last."""
     arrays = {
         contract.TEXT_OUTPUT.name: contract.TEXT_OUTPUT.array([text]),
         contract.NUM_INPUT_TOKENS.name: contract.NUM_INPUT_TOKENS.array(update.num_input_tokens),
         contract.NUM_OUTPUT_TOKENS.name: contract.NUM_OUTPUT_TOKENS.array(update.num_output_tokens),
+        contract.SEQUENCE_INDEX.name: contract.SEQUENCE_INDEX.array(update.index),
+        contract.OUTPUT_IDS.name: contract.OUTPUT_IDS.array(update.token_ids),
     }
     if update.finish_reason:
         arrays[contract.FINISH_REASON.name] = contract.FINISH_REASON.array(update.finish_reason)
+    if sampling is not None and sampling.logprobs:
+        arrays[contract.OUTPUT_LOG_PROBS.name] = contract.OUTPUT_LOG_PROBS.array(update.logprobs)
+        arrays[contract.CUM_LOG_PROBS.name] = contract.CUM_LOG_PROBS.array(cum_logprob)
+    if sampling is not None and sampling.top_logprobs:
+        _put_top(arrays, contract.TOP_LOG_PROBS, contract.TOP_LOG_PROB_IDS, update.top_logprobs)
+    if update.prompt_logprobs is not None:
+        arrays[contract.PROMPT_LOG_PROBS.name] = contract.PROMPT_LOG_PROBS.array(update.prompt_logprobs)
+        if update.prompt_top_logprobs is not None:
+            _put_top(
+                arrays, contract.PROMPT_TOP_LOG_PROBS, contract.PROMPT_TOP_LOG_PROB_IDS, update.prompt_top_logprobs
+            )
     return arrays
+
+
+def _put_top(arrays: dict, values: contract.TensorSpec, ids: contract.TensorSpec, top) -> None:
+    arrays[values.name] = values.array([value for ranks in top for _, value in ranks])
+    arrays[ids.name] = ids.array([token for ranks in top for token, _ in ranks])

@@ -81,6 +81,23 @@ class Update:
     prompt_logprobs: tuple[float, ...] | None = None  # once, on a sequence's first update: prompt tokens 1..
     prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None
 
+    def then(self, later: Update) -> Update:
+        """This delta followed by `later` (of the same sequence) as one: texts and tokens joined, the later counts
+        and outcome, the prompt's scores from whichever has them."""
+        return Update(
+            self.text + later.text,
+            later.finish_reason,
+            later.error,
+            later.num_input_tokens,
+            later.num_output_tokens,
+            later.index,
+            self.token_ids + later.token_ids,
+            self.logprobs + later.logprobs,
+            self.top_logprobs + later.top_logprobs,
+            self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+            self.prompt_top_logprobs if self.prompt_top_logprobs is not None else later.prompt_top_logprobs,
+        )
+
 
 Sink = Callable[[Update], None]
 Prompt = str | tuple[int, ...]  # text to tokenize, or token ids
@@ -136,6 +153,35 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequest("min_tokens must be >= 0")
     if sampling.end_id is not None and not 0 <= sampling.end_id < vocab_size:
         raise InvalidRequest(f"end_id must be a token id in [0, {vocab_size})")
+    if not 0 < sampling.repetition_penalty:
+        raise InvalidRequest("repetition_penalty must be > 0")
+    for name, value in (
+        ("presence_penalty", sampling.presence_penalty),
+        ("frequency_penalty", sampling.frequency_penalty),
+    ):
+        if not -2 <= value <= 2:
+            raise InvalidRequest(f"{name} must be in [-2, 2]")
+    if not 1 <= sampling.n <= engine_contract.MAX_RETURN_SEQUENCES:
+        raise InvalidRequest(f"num_return_sequences must be in [1, {engine_contract.MAX_RETURN_SEQUENCES}]")
+    if not 0 <= sampling.top_logprobs <= engine_contract.MAX_TOP_LOG_PROBS:
+        raise InvalidRequest(f"num_top_log_probs must be in [0, {engine_contract.MAX_TOP_LOG_PROBS}]")
+    bound = engine_contract.MAX_EMBEDDING_BIAS
+    for token, weight in sampling.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"embedding_bias_token_ids must be token ids in [0, {vocab_size}), not {token}")
+        if not -bound <= weight <= bound:
+            raise InvalidRequest(f"embedding_bias_weights must be in [-{bound:g}, {bound:g}], not {weight:g}")
+    for token in sampling.stop_token_ids:
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), not {token}")
+
+
+def check_prompt_ids(prompt: tuple[int, ...], vocab_size: int) -> list[int]:
+    """A prompt given as token ids (input_ids), once they are known to be the vocabulary's."""
+    outside = [token for token in prompt if not 0 <= token < vocab_size]
+    if outside:
+        raise InvalidRequest(f"input_ids must be token ids in [0, {vocab_size}): {outside[:5]} are not")
+    return list(prompt)
 
 
 def check_prompt(

@@ -5,6 +5,12 @@ decode step, and, while the GPU runs it, hand the previous step's tokens to thei
 detokenization, stop strings, end of sequence, length) and their sinks. The host is therefore one step behind
 the device: a sequence that just finished still rides along in the step already launched, and that step's
 token for it is dropped. No thread per request, no per-token allocation on the device.
+
+Every sampling setting is per sequence and acts on the device (sampler.py): seeds, penalties, logit bias, bad words,
+min_tokens, stop ids, log-probabilities. A request of n sequences (num_return_sequences) is prefilled once into
+n slots (fast_runner copies the KV), each with its own seed stream; each reports Update(index=i), and the request
+is over when all n are. Token ids (Update.token_ids) leave out the token that ended a sequence (end-of-sequence,
+end_id, stop_token_ids), as its text does; they keep the tokens of a stop string the text is trimmed before.
 """
 
 from __future__ import annotations
@@ -12,18 +18,20 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cancellation import CancellationPoller
-from core import InvalidRequest, Sampling, Update, check_prompt, validate_sampling
+from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from fast_runner import SlotRunner
+from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, sequence_key
 from text_stream import TextStream, fast_decoder
 
 log = logging.getLogger("llm.fast_core")
@@ -34,21 +42,32 @@ BLOCK = 256  # the kv_cache_blocks setting counts blocks of this many tokens, fo
 
 
 @dataclass(eq=False)
-class _Sequence:
+class _Request:
     request_id: str
     prompt: list[int]
     sampling: Sampling
     sink: Callable[[Update], None]
     is_cancelled: Callable[[], bool]
+    sequences: list[_Sequence] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One of a request's n sequences: its own slot, key (seed stream), text and pending deltas."""
+
+    request: _Request
+    index: int
+    config: SlotConfig
     stream: TextStream
-    eos_ids: frozenset[int]
+    eos_ids: frozenset[int]  # the ids that end it (end-of-sequence, end_id, stop_token_ids)
     slot: int = -1
     generated: int = 0
     done: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.sampling.greedy
+    ids: list[int] = field(default_factory=list)  # generated since the last update (end ids left out)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    prompt_scores: tuple | None = None  # (prompt_logprobs, prompt_top_logprobs) until the first update
 
 
 def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
@@ -87,9 +106,10 @@ class FastEngine:
         self.max_prefill_tokens = max_prefill_tokens
         self._free_slots = list(range(max_num_seqs))
         self._running: dict[int, _Sequence] = {}  # slot -> sequence
-        self._waiting: deque[_Sequence] = deque()
-        self._incoming: queue.SimpleQueue[_Sequence] = queue.SimpleQueue()
-        self._active: dict[str, _Sequence] = {}
+        self._waiting: deque[_Request] = deque()
+        self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._active: dict[str, _Request] = {}
+        self._flags: Flags | None = None  # what the running sequences need of a step (None: to recompute)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
@@ -106,33 +126,76 @@ class FastEngine:
 
     def validate(self, sampling: Sampling) -> None:
         validate_sampling(sampling, self.vocab_size)
-        if 0 < sampling.min_tokens < sampling.max_tokens:
+        if sampling.n > self.runner.num_slots:
             raise InvalidRequest(
-                "min_tokens between 1 and max_tokens-1 is not supported by the fast engine core (it cannot "
-                "suppress end-of-sequence per request); min_tokens >= max_tokens generates exactly max_tokens tokens"
+                f"num_return_sequences ({sampling.n}) exceeds the {self.runner.num_slots} sequences this engine "
+                "runs at once (max_num_seqs)"
             )
 
     def submit(self, request_id, prompt, sampling, sink, is_cancelled) -> None:
         if self._failure is not None:
             raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
         self.validate(sampling)
-        input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if isinstance(prompt, str):
+            input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            input_ids = check_prompt_ids(prompt, self.vocab_size)
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
-        sequence = _Sequence(
-            request_id, input_ids, sampling, sink, is_cancelled, TextStream(self._decoder, sampling.stop), eos_ids
-        )
+        if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
+            eos_ids |= frozenset(sampling.stop_token_ids)
+        banned, bad_sequences = self._bad_words(sampling.bad_words)
+        bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
+        seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
+        request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
+        for index in range(sampling.n):
+            config = SlotConfig(
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                greedy=sampling.greedy,
+                key=sequence_key(seed, index),
+                presence=sampling.presence_penalty,
+                frequency=sampling.frequency_penalty,
+                repetition=sampling.repetition_penalty,
+                bias=bias,
+                bad_sequences=bad_sequences,
+                end_ids=eos_ids,
+                min_tokens=sampling.min_tokens,
+                logprobs=sampling.top_logprobs if sampling.logprobs or sampling.top_logprobs else -1,
+            )
+            stream = TextStream(self._decoder, sampling.stop)
+            request.sequences.append(_Sequence(request, index, config, stream, eos_ids))
         with self._lock:
             if request_id in self._active:
                 raise InvalidRequest(f"request id {request_id!r} is already in flight")
-            self._active[request_id] = sequence
-        self._incoming.put(sequence)
+            self._active[request_id] = request
+        self._incoming.put(request)
+
+    def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
+        """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written
+        and after a space (as vLLM bans them)."""
+        single, multi = set(), []
+        for word in bad_words:
+            for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
+                ids = tuple(self.tokenizer(variant, add_special_tokens=False)["input_ids"])
+                if len(ids) == 1:
+                    single.add(ids[0])
+                elif len(ids) > BAD_WORD_TOKENS:
+                    raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
+                elif ids and ids not in multi:
+                    multi.append(ids)
+        if len(multi) > BAD_WORD_SEQUENCES:
+            raise InvalidRequest(
+                f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)"
+            )
+        return single, tuple(multi)
 
     def shutdown(self) -> None:
         self._stopping.set()
         self._incoming.put(None)  # wake the loop
         self._thread.join(timeout=30)
-        for sequence in list(self._active.values()):
-            self._finish(sequence, "error", error="the model is being unloaded")
+        for request in list(self._active.values()):
+            self._finish_request(request, "error", error="the model is being unloaded")
 
     # ------------------------------------------------------------------ the loop thread
     def _run(self) -> None:
@@ -141,15 +204,15 @@ class FastEngine:
         except BaseException as exc:  # the device failed (out of memory, ...): fail every request, say why
             log.exception("the fast engine core's loop failed")
             self._failure = exc
-            for sequence in list(self._active.values()):
-                self._finish(sequence, "error", error=f"the generation loop failed: {exc}")
+            for request in list(self._active.values()):
+                self._finish_request(request, "error", error=f"the generation loop failed: {exc}")
 
     def _loop(self) -> None:
         pending = None  # (sequences, tokens on the host, event) of the step in flight
         while not self._stopping.is_set():
             self._take_incoming(block=not self._running and not self._waiting and pending is None)
             self._poll_cancellations()
-            if self._waiting and self._free_slots:
+            if self._can_admit():
                 if pending is not None:  # the prefill's own sync would wait for it anyway
                     self._deliver(*pending)
                     pending = None
@@ -169,92 +232,139 @@ class FastEngine:
         except queue.Empty:
             pass
 
+    def _can_admit(self) -> bool:
+        """Whether the next waiting request (cancelled ones dropped) has the free slots for its n sequences."""
+        while self._waiting and self._waiting[0].done:
+            self._waiting.popleft()
+        return bool(self._waiting) and len(self._free_slots) >= self._waiting[0].sampling.n
+
     def _prefill(self) -> None:
-        batch, width = [], 0
-        while self._waiting and self._free_slots:
-            sequence = self._waiting[0]
-            if sequence.done:
-                self._waiting.popleft()
-                continue
-            new_width = max(width, len(sequence.prompt))
+        batch: list[_Request] = []
+        width = 0
+        while self._can_admit():
+            request = self._waiting[0]
+            new_width = max(width, len(request.prompt))
             if batch and new_width * (len(batch) + 1) > self.max_prefill_tokens:
                 break
             self._waiting.popleft()
-            sequence.slot = heapq.heappop(self._free_slots)
-            batch.append(sequence)
+            for sequence in request.sequences:
+                sequence.slot = heapq.heappop(self._free_slots)
+            batch.append(request)
             width = new_width
         if not batch:
             return
-        params = [
-            (s.sampling.temperature, s.sampling.top_k or self.vocab_size, s.sampling.top_p, s.greedy) for s in batch
-        ]
+        sequences = [s for r in batch for s in r.sequences]
+        prompt_k = [r.sampling.top_logprobs if r.sampling.prompt_logprobs else -1 for r in batch]
         started = time.perf_counter()
-        first = self.runner.prefill([s.slot for s in batch], [s.prompt for s in batch], params)
+        out = self.runner.prefill(
+            [r.prompt for r in batch], [[s.slot for s in r.sequences] for r in batch], [s.config for s in sequences],
+            prompt_k,
+        )  # fmt: skip
         self.stats["prefills"] += 1
         self.stats["prefill_s"] += time.perf_counter() - started
-        for sequence in batch:
-            self._running[sequence.slot] = sequence
-        for sequence, token in zip(batch, first, strict=True):
-            self._on_token(sequence, token)
+        for request, scores, k in zip(batch, out.prompt_logprobs, prompt_k, strict=True):
+            for sequence in request.sequences:
+                sequence.prompt_scores = None if scores is None else (tuple(scores[0]), top_pairs(scores, k))
+                self._running[sequence.slot] = sequence
+        self._flags = None
+        for row, (sequence, token) in enumerate(zip(sequences, out.tokens, strict=True)):
+            self._on_token(sequence, token, out.logprobs, row)
 
     def _launch(self):
         started = time.perf_counter()
         sequences = list(self._running.values())
         batch = max(self._running) + 1
-        length = min(max(len(s.prompt) + s.generated for s in sequences) + 3, self.runner.slot_len)
-        any_sampling = any(not s.greedy for s in sequences)
-        tokens = self.runner.decode(batch, length, any_sampling)[:batch]
-        host = torch.empty(batch, dtype=torch.long, pin_memory=tokens.is_cuda)
-        host.copy_(tokens, non_blocking=True)
+        length = min(max(len(s.request.prompt) + s.generated for s in sequences) + 3, self.runner.slot_len)
+        if self._flags is None:
+            self._flags = Flags.of((s.config for s in sequences), self.vocab_size)
+        tokens, logprobs = self.runner.decode(batch, length, self._flags)
+        on_device = [tokens[:batch]] + ([t[:batch] for t in logprobs if t is not None] if logprobs else [])
+        hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda) for t in on_device]
+        for host, tensor in zip(hosts, on_device, strict=True):
+            host.copy_(tensor, non_blocking=True)
         event = torch.cuda.Event() if tokens.is_cuda else None
         if event is not None:
             event.record()
         self.stats["steps"] += 1
         self.stats["launch_s"] += time.perf_counter() - started
-        return sequences, host, event
+        return sequences, hosts, event
 
-    def _deliver(self, sequences: list[_Sequence], host: torch.Tensor, event) -> None:
+    def _deliver(self, sequences: list[_Sequence], hosts: list[torch.Tensor], event) -> None:
         started = time.perf_counter()
         if event is not None:
             event.synchronize()
         synced = time.perf_counter()
         self.stats["gpu_wait_s"] += synced - started
-        tokens = host.tolist()
+        tokens, *rest = (host.tolist() for host in hosts)
+        logprobs = (rest + [None, None])[:3] if rest else None
         for sequence in sequences:
             if not sequence.done:
-                self._on_token(sequence, tokens[sequence.slot])
+                self._on_token(sequence, tokens[sequence.slot], logprobs, sequence.slot)
         self.stats["deliver_s"] += time.perf_counter() - synced
 
-    def _on_token(self, sequence: _Sequence, token: int) -> None:
+    def _on_token(self, sequence: _Sequence, token: int, logprobs, row: int) -> None:
+        """Take one generated token; `logprobs` (chosen, top values, top ids), when computed, has it at `row`."""
         sequence.generated += 1
         hit_eos = token in sequence.eos_ids
+        if not hit_eos:
+            sequence.ids.append(token)
+            k = sequence.config.logprobs
+            if k >= 0 and logprobs is not None:
+                sequence.logprobs.append(logprobs[0][row])
+                if k:
+                    sequence.top_logprobs.append(tuple(zip(logprobs[2][row][:k], logprobs[1][row][:k], strict=True)))
         text = "" if hit_eos else sequence.stream.push((token,))
         if hit_eos:
             self._finish(sequence, "stop", sequence.stream.finish())
         elif sequence.stream.stopped:
             self._finish(sequence, "stop", text)
-        elif sequence.generated >= sequence.sampling.max_tokens:
+        elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
         elif text:
-            sequence.sink(Update(text, None, None, len(sequence.prompt), sequence.generated))
+            sequence.request.sink(self._update(sequence, text))
+
+    def _update(self, sequence: _Sequence, text: str, reason: str | None = None, error: str | None = None) -> Update:
+        """The sequence's delta since its last update (and its prompt's scores on its first)."""
+        prompt_scores, sequence.prompt_scores = sequence.prompt_scores, None
+        update = Update(
+            text, reason, error, len(sequence.request.prompt), sequence.generated, sequence.index,
+            tuple(sequence.ids), tuple(sequence.logprobs), tuple(sequence.top_logprobs),
+            *(prompt_scores or (None, None)),
+        )  # fmt: skip
+        sequence.ids, sequence.logprobs, sequence.top_logprobs = [], [], []
+        return update
 
     def _poll_cancellations(self) -> None:
-        for sequence in self._cancellations.due(list(self._active.values())):
-            if not sequence.done and sequence.is_cancelled():
-                self._finish(sequence, "cancelled")
+        for request in self._cancellations.due(list(self._active.values())):
+            if not request.done and request.is_cancelled():
+                self._finish_request(request, "cancelled")
+
+    def _finish_request(self, request: _Request, reason: str, error: str | None = None) -> None:
+        for sequence in request.sequences:
+            self._finish(sequence, reason, error=error)
 
     def _finish(self, sequence: _Sequence, reason: str, text: str = "", error: str | None = None) -> None:
         if sequence.done:
             return
         sequence.done = True
-        with self._lock:
-            self._active.pop(sequence.request_id, None)
+        request = sequence.request
+        if all(s.done for s in request.sequences):
+            request.done = True
+            with self._lock:
+                self._active.pop(request.request_id, None)
         if sequence.slot >= 0 and self._running.get(sequence.slot) is sequence:
             del self._running[sequence.slot]
+            self._flags = None
             self.runner.release(sequence.slot)
             heapq.heappush(self._free_slots, sequence.slot)
-        update = Update(text, reason, error, len(sequence.prompt), sequence.generated)
         try:
-            sequence.sink(update)
+            request.sink(self._update(sequence, text, reason, error))
         except Exception:  # e.g. the client is gone; the request is over for us either way
-            log.exception("could not deliver the end of request %s (%s)", sequence.request_id, reason)
+            log.exception("could not deliver the end of request %s (%s)", request.request_id, reason)
+
+
+def top_pairs(scores, k: int) -> tuple[TopLogprobs, ...] | None:
+    """host_logprobs' (chosen, top values, top ids) -> per token its k ((id, log-probability), ...), or None."""
+    if not k:
+        return None
+    return tuple(tuple(zip(ids[:k], values[:k], strict=True)) for values, ids in zip(scores[1], scores[2], strict=True))

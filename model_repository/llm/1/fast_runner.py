@@ -11,11 +11,34 @@ weights load the usual way and the arithmetic is transformers' own; what it repl
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from sampler import Flags, SlotConfig, SlotSampler
+
+PROMPT_LOGPROB_CHUNK = 512  # prompt positions whose logits a prefill holds at once (return_prompt_log_probs)
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested
+
+
+@dataclass
+class Prefilled:
+    """What a prefill gives the host: each slot's first token, their log-probabilities (when asked: host_logprobs of
+    every slot, the top-k shared), and per prompt its own (host_logprobs, or None)."""
+
+    tokens: list[int]
+    logprobs: tuple | None
+    prompt_logprobs: list
+
+
+def host_logprobs(logprobs):
+    """(chosen, top values, top ids) on the device -> host lists (or None)."""
+    if logprobs is None:
+        return None
+    return tuple(None if t is None else t.tolist() for t in logprobs)
 
 
 def buckets(limit: int, start: int) -> list[int]:
@@ -55,28 +78,33 @@ class SlotRunner:
         self.tokens = torch.zeros(num_slots, **long)  # the token each slot feeds into its next step
         self.positions = torch.zeros(num_slots, **long)  # where that token goes in the slot's cache
         self.active = torch.zeros(num_slots, **long)  # 1 for a slot in use: only those advance
-        self.temperature = torch.ones(num_slots, device=self.device)
-        self.top_k = torch.full((num_slots,), self.vocab_size, **long)
-        self.top_p = torch.ones(num_slots, device=self.device)
-        self.greedy = torch.ones(num_slots, device=self.device, dtype=torch.bool)
+        self.sampler = SlotSampler(num_slots, self.vocab_size, self.device)
         self.logits = torch.zeros(num_slots, self.vocab_size, device=self.device)
         self.batch_buckets = buckets(num_slots, 1)
         self.length_buckets = buckets(slot_len, 128)
+        self.stats: Counter[str] = Counter()  # prefill_prompts: prompts run (a request's n sequences share one)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         if cuda_graphs and self.device.type == "cuda":
             self._capture_graphs()
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
-    def prefill(self, slots: list[int], prompts: list[list[int]], params: list[tuple[float, int, float, bool]]):
-        """Run the prompts into their slots; return each one's first generated token (a host list)."""
+    def prefill(
+        self, prompts: list[list[int]], slots: list[list[int]], configs: list[SlotConfig], prompt_logprobs: list[int]
+    ) -> Prefilled:
+        """Run each prompt once into the first of its slots and copy its KV cache to the others (a request's n
+        sequences share its prefill), then sample each slot's first token with its own `configs` entry (aligned
+        with the flattened `slots`). `prompt_logprobs[i]` >= 0 also scores prompt i's tokens (with that top-k)."""
         n, width = len(prompts), max(map(len, prompts))
         ids = torch.zeros(n, width, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt)
         ids = ids.to(self.device, non_blocking=True)
-        slot_index = torch.tensor(slots, device=self.device)
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        flat = [slot for group in slots for slot in group]
+        group_rows = [row for row, group in enumerate(slots) for _ in group]
+        slot_index = torch.tensor(flat, device=self.device)
+        rows = torch.tensor(group_rows, device=self.device)
+        lengths = torch.tensor([len(prompts[row]) for row in group_rows], device=self.device)
         x = self.model.model.embed_tokens(ids)
         cos, sin = self.cos[:width][None], self.sin[:width][None]
         for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
@@ -86,30 +114,50 @@ class SlotRunner:
             k = attn.k_proj(h).view(n, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(n, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k_cache[slot_index, :, :width] = k
-            v_cache[slot_index, :, :width] = v
+            k_cache[slot_index, :, :width] = k[rows]  # every slot of a prompt gets its one prefill's KV
+            v_cache[slot_index, :, :width] = v[rows]
             # Right padding: real tokens come first, so the causal mask alone keeps pads out of their attention.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(n, width, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        last = x[torch.arange(n, device=self.device), lengths - 1]
-        logits = self.model.lm_head(self.model.model.norm(last)).float()
-        temperature, top_k, top_p, greedy = (torch.tensor(c, device=self.device) for c in zip(*params, strict=True))
-        self.temperature[slot_index], self.top_k[slot_index] = temperature.float(), top_k.long()
-        self.top_p[slot_index], self.greedy[slot_index] = top_p.float(), greedy.bool()
-        first = self._sample(logits, slot_index, any_sampling=not all(p[3] for p in params))
+        self.stats["prefill_prompts"] += n
+        scored = [self._prompt_logprobs(x[row, : len(prompts[row])], prompts[row], k) for row, k in
+                  enumerate(prompt_logprobs)]  # fmt: skip
+        last = x[torch.arange(n, device=self.device), torch.tensor([len(p) for p in prompts], device=self.device) - 1]
+        logits = self.model.lm_head(self.model.model.norm(last)).float()[rows]
+        self.sampler.setup(slot_index, configs, [prompts[row] for row in group_rows])
+        flags = Flags.of(configs, self.vocab_size)
+        first, logprobs = self.sampler.sample(logits, slot_index, lengths - 1, flags)
+        self.sampler.start(slot_index, first, flags)
         self.tokens[slot_index] = first
         self.positions[slot_index] = lengths
         self.active[slot_index] = 1
-        return first.tolist()
+        return Prefilled(first.tolist(), host_logprobs(logprobs), scored)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, prompt: list[int], k: int):
+        """(log-probability of each prompt token after the first given its prefix (the raw log_softmax, as for
+        generated tokens), top-k (values, ids)), or None; PROMPT_LOGPROB_CHUNK positions of logits at a time."""
+        if k < 0:
+            return None
+        targets = torch.tensor(prompt[1:], device=self.device)
+        parts = []
+        for start in range(0, len(prompt) - 1, PROMPT_LOGPROB_CHUNK):
+            end = min(start + PROMPT_LOGPROB_CHUNK, len(prompt) - 1)
+            logprobs = self.model.lm_head(self.model.model.norm(hidden[start:end])).float().log_softmax(dim=-1)
+            chosen = logprobs.gather(1, targets[start:end, None])[:, 0]
+            parts.append((chosen, *(logprobs.topk(k, dim=-1) if k else (None, None))))
+        if not parts:  # a one-token prompt: nothing to score
+            return [], [] if k else None, [] if k else None
+        return host_logprobs(tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True)))
 
     def release(self, slot: int) -> None:
         self.active[slot] = 0
         self.positions[slot] = 0
 
     # ------------------------------------------------------------------ decode
-    def decode(self, batch: int, length: int, any_sampling: bool) -> torch.Tensor:
-        """One step for slots [0, batch) attending over [0, length); returns the new tokens (on the device)."""
+    def decode(self, batch: int, length: int, flags: Flags):
+        """One step for slots [0, batch) attending over [0, length): the new tokens and, when `flags` asks, their
+        log-probabilities (sampler.SlotSampler.sample), on the device."""
         batch = next(b for b in self.batch_buckets if b >= batch)
         length = next(n for n in self.length_buckets if n >= length)
         with torch.inference_mode():
@@ -118,11 +166,12 @@ class SlotRunner:
                 graph.replay()
             else:
                 self._decode_logits(batch, length)
-            new = self._sample(self.logits[:batch], self.slot_ids[:batch], any_sampling)
-            active = self.active[:batch]
+            positions, active = self.positions[:batch], self.active[:batch]
+            new, logprobs = self.sampler.sample(self.logits[:batch], slice(0, batch), positions, flags)
+            self.sampler.advance(batch, new, active, flags)
             self.tokens[:batch] = torch.where(active.bool(), new, self.tokens[:batch])
             self.positions[:batch] += active
-        return new
+        return new, logprobs
 
     def _decode_logits(self, batch: int, length: int) -> None:
         tokens, positions = self.tokens[:batch], self.positions[:batch]
@@ -164,19 +213,3 @@ class SlotRunner:
                         self._decode_logits(batch, length)
                     self.graphs[(batch, length)] = graph
         torch.cuda.synchronize()
-
-    # ------------------------------------------------------------------ sampling
-    def _sample(self, logits: torch.Tensor, slots: torch.Tensor, any_sampling: bool) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1)
-        if not any_sampling:
-            return greedy
-        temperature = self.temperature[slots].clamp_min(1e-5)[:, None]
-        ordered, order = (logits / temperature).sort(dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        ranks = torch.arange(logits.shape[-1], device=logits.device)[None]
-        keep = (ranks < self.top_k[slots][:, None]) & (before < self.top_p[slots][:, None])
-        probs = probs.masked_fill(~keep, 0.0)
-        choice = torch.multinomial(probs, 1)
-        sampled = order.gather(1, choice)[:, 0]
-        return torch.where(self.greedy[slots], greedy, sampled)

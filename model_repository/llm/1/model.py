@@ -27,35 +27,64 @@ def _input_array(request, name):
     return None if tensor is None else tensor.as_numpy()
 
 
-def _response(update: Update, text: str) -> pb_utils.InferenceResponse:
-    tensors = [pb_utils.Tensor(name, array) for name, array in response_arrays(update, text).items()]
-    return pb_utils.InferenceResponse(output_tensors=tensors)
+def _response(update: Update, text: str, sampling: Sampling, cum_logprob: float) -> pb_utils.InferenceResponse:
+    arrays = response_arrays(update, text, sampling, cum_logprob)
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, array) for name, array in arrays.items()])
 
 
 class _ResponseWriter:
-    """Turns engine updates into Triton responses for one request (streamed deltas, or one response at the end)."""
+    """Turns engine updates into Triton responses for one request: per sequence (Update.index, of sampling.n),
+    streamed deltas or one response at its end; the FINAL flag once every sequence has ended (an error ends the
+    request at once)."""
 
-    def __init__(self, sender, stream: bool, prefix: str, on_finish):
+    def __init__(self, sender, stream: bool, prefix: str, sampling: Sampling, on_finish):
         self._sender = sender
         self._stream = stream
-        self._pending = prefix  # the prompt when exclude_input_in_output is false (non-streaming only)
+        self._prefix = prefix  # the prompt when exclude_input_in_output is false (non-streaming text prompts only)
+        self._sampling = sampling
         self._on_finish = on_finish
+        self._pending: dict[int, Update] = {}  # per sequence: what is not sent yet
+        self._started: set[int] = set()
+        self._cum: dict[int, float] = {}  # per sequence: the sum of the log-probabilities sent
+        self._ended = 0
+        self._closed = False
 
     def __call__(self, update: Update) -> None:
-        self._pending += update.text
-        if update.finish_reason is None:
-            if self._stream and self._pending:
-                self._sender.send(_response(update, self._pending))
-                self._pending = ""
+        if self._closed:
             return
-        self._on_finish(update)
+        index = update.index
+        if index not in self._started:
+            self._started.add(index)
+            update = Update(self._prefix).then(update)
+        previous = self._pending.pop(index, None)
+        if previous is not None:
+            update = previous.then(update)
+        if update.finish_reason is None:
+            if self._stream and (update.text or update.token_ids):
+                self._send(update, 0)
+            else:
+                self._pending[index] = update
+            return
+        self._ended += 1
+        final = self._ended >= self._sampling.n
         if update.finish_reason == "error":
+            self._closed = True
+            self._on_finish(update)
             error = pb_utils.TritonError(update.error or "generation failed")
             self._sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
-        elif update.finish_reason == "cancelled":
-            self._sender.send(flags=FINAL)
+            return
+        if final:
+            self._closed = True
+            self._on_finish(update)
+        if update.finish_reason == "cancelled":
+            if final:
+                self._sender.send(flags=FINAL)
         else:
-            self._sender.send(_response(update, self._pending), flags=FINAL)
+            self._send(update, FINAL if final else 0)
+
+    def _send(self, update: Update, flags: int) -> None:
+        cum = self._cum[update.index] = self._cum.get(update.index, 0.0) + sum(update.logprobs)
+        self._sender.send(_response(update, update.text, self._sampling, cum), flags=flags)
 
 
 class TritonPythonModel:
@@ -126,8 +155,9 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 parsed = parse_request(functools.partial(_input_array, request), self.core_name)
-                prefix = "" if parsed.exclude_input_in_output or parsed.stream else parsed.prompt
-                writer = _ResponseWriter(sender, parsed.stream, prefix, self._count_finished)
+                keep_prompt = isinstance(parsed.prompt, str) and not (parsed.exclude_input_in_output or parsed.stream)
+                prefix = parsed.prompt if keep_prompt else ""  # an ids prompt: nothing (the output is text)
+                writer = _ResponseWriter(sender, parsed.stream, prefix, parsed.sampling, self._count_finished)
                 request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
                 sink = self.responses.sink_for(writer)
                 self.engine.submit(request_id, parsed.prompt, parsed.sampling, sink, sender.is_cancelled)

@@ -2,7 +2,7 @@
 
 Sending a response from the python backend is an inter-process round trip (hundreds of microseconds measured on
 an H100 host), so the engine's loop must not send itself: it only enqueues. The sending thread takes everything
-queued, merges each request's pending text deltas into one update, and sends one response per request. Under
+queued, merges each sequence's pending deltas into one update, and sends one response per request. Under
 light load that is one response per token; under heavy load a response carries several tokens, and the number
 of responses per second stays within what the backend can send (docs/PERFORMANCE.md).
 """
@@ -45,7 +45,7 @@ class ResponseQueue:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in items)
-            for writer, update in merge(item for item in items if item is not _STOP).items():
+            for (writer, _), update in merge(item for item in items if item is not _STOP).items():
                 try:
                     writer(update)
                 except Exception:  # e.g. the client is gone; other requests must still get their responses
@@ -55,17 +55,13 @@ class ResponseQueue:
 
 
 def merge(items) -> dict:
-    """Per writer, in order: its text deltas joined into one update carrying the latest counts and outcome."""
+    """Per (writer, sequence index), in order: its deltas joined into one update (core.Update.then) carrying the
+    latest counts and outcome."""
     merged: dict = {}
     for writer, update in items:
-        previous = merged.get(writer)
+        key = (writer, update.index)
+        previous = merged.get(key)
         if previous is not None and previous.finish_reason is None:
-            update = Update(
-                previous.text + update.text,
-                update.finish_reason,
-                update.error,
-                update.num_input_tokens,
-                update.num_output_tokens,
-            )
-        merged[writer] = update
+            update = previous.then(update)
+        merged[key] = update
     return merged

@@ -135,7 +135,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# The sampling features' cost (--sampling-costs): each variant is the greedy baseline plus what it names.
+# The sampling features' cost (sampling_costs.py): each variant is the greedy baseline plus what it names.
 SAMPLING_VARIANTS = {
     "greedy": {},
     "sampled": {"temperature": 1.0, "top_p": 0.9},
@@ -212,24 +212,6 @@ def sweep(engine, label: str, levels: list[int], input_tokens: int, output_token
     return rows
 
 
-def sampling_costs(engine, concurrency: int, rounds: int, input_tokens: int, output_tokens: int) -> dict:
-    """Output tok/s of each SAMPLING_VARIANTS entry at `concurrency`, variants interleaved in every round (levels of
-    8x concurrency requests), and each variant's median relative to greedy's median."""
-    runs: dict[str, list[float]] = {name: [] for name in SAMPLING_VARIANTS}
-    for round_ in range(rounds):
-        for name, extra in SAMPLING_VARIANTS.items():
-            row = drive(engine, concurrency, 8 * concurrency, input_tokens, output_tokens, sampling_extra=extra)
-            runs[name].append(row["output_tokens_per_s"])
-            print(f"sampling round {round_} {name}: {row['output_tokens_per_s']:.0f} tok/s", flush=True)
-    medians = {name: sorted(values)[len(values) // 2] for name, values in runs.items()}
-    return {
-        "concurrency": concurrency,
-        "runs": runs,
-        "median": medians,
-        "relative_to_greedy": {name: round(m / medians["greedy"], 3) for name, m in medians.items()},
-    }
-
-
 def profile_fast(engine: FastEngine, tokenizer, device: str) -> dict:
     """Graph replay time per decode step (GPU only) and the host's detokenization cost per token."""
     profile = {}
@@ -277,23 +259,7 @@ def main() -> None:
         action="store_true",
         help="only build the --shape checkpoint at --ckpt (what the served stages load), then exit",
     )
-    parser.add_argument(
-        "--sampling-costs",
-        default="",
-        help="CONCURRENCY[,ROUNDS]: only measure each sampling feature's cost against greedy (our core, in process)",
-    )
     args = parser.parse_args()
-    if args.sampling_costs:
-        concurrency, rounds = ([int(x) for x in args.sampling_costs.split(",")] + [3])[:2]
-        ckpt = build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
-        fast = FastEngine(str(ckpt), device=args.device, dtype="bfloat16", max_num_seqs=concurrency)
-        drive(fast, concurrency, concurrency, args.tokens, 8)  # warm-up
-        costs = sampling_costs(fast, concurrency, rounds, args.tokens, args.tokens)
-        print("sampling costs", json.dumps(costs), flush=True)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"sampling-costs-{concurrency}.json").write_text(json.dumps(costs, indent=1))
-        fast.shutdown()
-        return
     if args.checkpoint_only:
         build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
         return

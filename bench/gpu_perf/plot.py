@@ -14,6 +14,10 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="folder with the run's JSON files")
     parser.add_argument("--title", default="")
     args = parser.parse_args()
+    for costs in sorted(args.run.glob("sampling-costs-*.json")):
+        sampling_bars(json.loads(costs.read_text()), costs.with_suffix(".png"), args.title)
+    if not (args.run / "inprocess.json").is_file():
+        return
     inprocess = json.loads((args.run / "inprocess.json").read_text())
     reports = [
         {"label": "fast core, in-process", "levels": inprocess["fast"]},
@@ -48,6 +52,27 @@ def bars(inprocess: dict, reports: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def sampling_bars(costs: dict, path: Path, title: str) -> None:
+    """sampling_costs.py's medians relative to our greedy, one bar per variant, with each round's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(costs["median"])
+    greedy = costs["median"]["ours:greedy"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(range(len(names)), [costs["median"][n] / greedy for n in names], color="#4c72b0")
+    for i, name in enumerate(names):
+        ax.plot([i] * len(costs["runs"][name]), [v / greedy for v in costs["runs"][name]], "k.", markersize=4)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [n.replace("ours:", "") for n in names], rotation=30, ha="right")
+    ax.set_ylabel("output tok/s / our greedy")
+    ax.set_title(title or f"sampling features, {costs['concurrency']} streams, {costs['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

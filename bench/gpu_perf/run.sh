@@ -4,6 +4,8 @@
 #   inprocess  bench/gpu_perf/inprocess.py: greedy check, HF static generate, our core in process
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours, plus a profile of our prefill
+#   sampling   bench/gpu_perf/sampling_costs.py: each sampling feature's cost in process (SAMPLING_ARGS; with
+#              BASELINE=DIR also greedy on an earlier core's modules in DIR, interleaved)
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:
 #   STAGES=triton TRITON_ARGS="--levels 64,256 --openai-levels 64,256 --requests-per-level 2048" bash bench/gpu_perf/run.sh
 # Results land in $OUT (the device tool brings them back); copy them to docs/perf/<run>/.
@@ -25,6 +27,10 @@ if [[ $STAGES == *triton* ]]; then
     exit 1
   python bench/gpu_perf/triton_bench.py --bench-out /tmp/bench ${TRITON_ARGS:-} 2>&1 | grep -v "it/s]" | tee "$OUT/triton.log"
   cp /tmp/bench/*.json "$OUT/"
+fi
+if [[ $STAGES == *sampling* ]]; then
+  PYTHONPATH=$PYTHONPATH:$MODEL_CODE:$PWD/bench/gpu_perf python bench/gpu_perf/sampling_costs.py \
+    ${BASELINE:+--baseline "$BASELINE"} ${SAMPLING_ARGS:-} 2>&1 | grep -v -i "warn\|Loading weights" | tee "$OUT/sampling.log"
 fi
 if [[ $STAGES == *hfstatic* ]]; then  # the image's interpreter and packages, away from the repository
   (cd /tmp && PYTHONPATH='' "$IMAGE_PY" "$OLDPWD/bench/gpu_perf/extra.py" --label image-transformers) 2>&1 |

@@ -293,3 +293,20 @@ def test_the_kv_cache_grows_as_used(openvino_checkpoint, tokenizer):
         assert seq[-1].finish_reason == "length" and core.runner.num_blocks > start
     finally:
         core.shutdown()
+
+
+def test_a_full_cache_preempts_and_every_request_still_finishes(openvino_checkpoint, tokenizer):
+    from openvino_paged_core import OpenVINOPagedEngine
+
+    core = OpenVINOPagedEngine(str(openvino_checkpoint), max_num_seqs=4, kv_cache_blocks=1)  # 8 blocks of 32
+    try:
+        requests = [
+            submit(core, chat(tokenizer, q), max_tokens=60, min_tokens=60, temperature=1.0, seed=i)
+            for i, q in enumerate(QUESTIONS + ["Tell me a story."])
+        ]
+        results = [tokens_of(by_index(*r)[0]) for r in requests]
+        assert all(len(tokens) == 60 for tokens in results)
+        assert core.blocks.num_free == core.blocks.num_blocks
+        assert core.stats["preemptions"] > 0
+    finally:
+        core.shutdown()

@@ -154,7 +154,7 @@ class OpenVINOPagedEngine:
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
         self._cancellations = CancellationPoller()
-        self.stats = {"steps": 0, "tokens": 0}
+        self.stats = {"steps": 0, "tokens": 0, "preemptions": 0}
         self._thread = threading.Thread(target=self._run, name="llm-openvino-paged-core", daemon=True)
         self._thread.start()
 
@@ -294,6 +294,7 @@ class OpenVINOPagedEngine:
         out = self.runner.step(batch)
         self.stats["steps"] += 1
         self.stats["tokens"] += plan.num_tokens
+        self.stats["preemptions"] += len(plan.preempted)
         for row, (item, sequence) in enumerate(zip(plan.scheduled, sequences, strict=True)):
             if out.per_token[row] is not None:
                 self._score_prompt(sequence, item.start, out.per_token[row])

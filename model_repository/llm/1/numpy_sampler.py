@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MASK32 = 0xFFFFFFFF
-TOP_P_CANDIDATES = 1024  # top_p without top_k: try the nucleus inside the 1024 most likely before a full sort
+# top_p without top_k: look for the nucleus among the most likely 1024, then 8192, before a full sort (~3 ms a
+# row of 49152): a model's nucleus is usually a few dozen tokens.
+TOP_P_CANDIDATES = (1024, 8192)
 _U64 = np.uint64
 
 
@@ -157,9 +159,11 @@ class SequenceSampler:
         order = None
         if top_k:
             order = _top_ids(scaled, top_k)
-        elif p.top_p < 1 and TOP_P_CANDIDATES < vocab:
-            order = _top_ids(scaled, TOP_P_CANDIDATES)
-            if np.exp(scaled[order] - log_norm).sum() < p.top_p:  # the nucleus reaches beyond: sort all
+        else:
+            for candidates in (c for c in TOP_P_CANDIDATES if c < vocab):
+                order = _top_ids(scaled, candidates)
+                if np.exp(scaled[order] - log_norm).sum() >= p.top_p:  # the nucleus lies within: exact
+                    break
                 order = None
         if order is None:
             order = np.argsort(-scaled, kind="stable")

@@ -189,8 +189,10 @@ def test_same_tokens_as_the_torch_sampler():
             end_ids=frozenset({0}),
         ),
     ]
-    for trial in range(5):
-        logits = rng.standard_normal((len(configs), vocab)).astype(np.float32) * 3
+    for trial in range(8):
+        logits = rng.standard_normal((len(configs), vocab)).astype(np.float32) * (
+            3 if trial % 2 else 15
+        )  # 15: a spread beyond GUMBEL_SPAN
         prompt = rng.integers(0, vocab, 10).tolist()
         generated = [1] + rng.integers(0, vocab, 6).tolist()
         positions = [len(prompt) + len(generated) - 1] * len(configs)

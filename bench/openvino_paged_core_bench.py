@@ -1,7 +1,8 @@
 """The paged OpenVINO engine core (openvino_paged_core.py) against the GenAI core (openvino_core.py) through the
 EngineCore API, on the same int8 IR: 1 and 8 concurrent requests x 64 tokens (min_tokens = max_tokens: exact
 length), interleaved A/B (every variant once per round, the order reversed every other round), 3 rounds, medians.
-Also the price of what only the paged core can do (top_logprobs = 5) and of the penalties on each core.
+Also the price of what only the paged core can do (top_logprobs = 5), and of the penalties and of sampling
+(temperature 1, top_p 0.95) on each core; greedy otherwise.
 
     PYTHONPATH=$PWD:$PWD/model_repository/llm/1 .venv/bin/python bench/openvino_paged_core_bench.py [--out X.json]
 
@@ -41,6 +42,8 @@ VARIANTS = {  # name -> (engine, extra sampling)
     "paged+top5": ("paged", {"logprobs": True, "top_logprobs": 5}),
     "genai+penalties": ("genai", PENALTIES),
     "paged+penalties": ("paged", PENALTIES),
+    "genai+top_p": ("genai", {"temperature": 1.0, "top_p": 0.95, "seed": 1}),
+    "paged+top_p": ("paged", {"temperature": 1.0, "top_p": 0.95, "seed": 1}),
 }
 
 
@@ -63,7 +66,7 @@ def run(engine, concurrency: int, extra: dict, tag: str) -> dict:
 
         return sink
 
-    sampling = Sampling(max_tokens=TOKENS, min_tokens=TOKENS, temperature=0.0, **extra)
+    sampling = Sampling(max_tokens=TOKENS, min_tokens=TOKENS, **({"temperature": 0.0} | extra))
     stats = dict(getattr(engine, "stats", {}))
     wall, cpu = time.perf_counter(), time.process_time()
     for i in range(concurrency):
@@ -83,6 +86,7 @@ def run(engine, concurrency: int, extra: dict, tag: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", default=str(HERE / "openvino_paged_core_bench.json"))
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
@@ -98,7 +102,7 @@ def main() -> None:
         for name in engines:  # warm-up: first-inference compilation, cache growth
             run(engines[name], 8, {}, f"warm-{name}")
         results: dict[str, dict[int, list[dict]]] = {v: {c: [] for c in CONCURRENCY} for v in VARIANTS}
-        for round_ in range(ROUNDS):
+        for round_ in range(args.rounds):
             order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
             for concurrency in CONCURRENCY:
                 for variant in order:
@@ -124,7 +128,7 @@ def main() -> None:
                 f"{variant:<18} {concurrency:>4} {row['tok_s']:>8.1f} {row['cpu_ms_per_tok']:>11.2f} "
                 f"{row['tok_s'] / base:>8.2f}x {row.get('sample_ms_per_tok', float('nan')):>14.3f}"
             )
-    meta = {"tokens": TOKENS, "rounds": ROUNDS, "cpus": os.cpu_count(), "checkpoint": checkpoint}
+    meta = {"tokens": TOKENS, "rounds": args.rounds, "cpus": os.cpu_count(), "checkpoint": checkpoint}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": table}, indent=2))
     print(f"wrote {args.out}")
 

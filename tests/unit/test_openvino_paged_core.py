@@ -310,3 +310,11 @@ def test_a_full_cache_preempts_and_every_request_still_finishes(openvino_checkpo
         assert core.stats["preemptions"] > 0
     finally:
         core.shutdown()
+
+
+def test_prompt_logprobs_of_n_sequences_are_computed_once_and_sent_to_each(engine, tokenizer):
+    prompt = chat(tokenizer, QUESTIONS[0])
+    seqs = by_index(*submit(engine, prompt, max_tokens=4, temperature=1.0, n=2, seed=3, prompt_logprobs=True), 2)
+    firsts = [seqs[i][0].prompt_logprobs for i in range(2)]
+    assert firsts[0] is not None and firsts[0] == firsts[1]
+    assert len(firsts[0]) == seqs[0][0].num_input_tokens - 1

@@ -27,7 +27,7 @@ class EngineOptions:
     instance_count: int = 1
     max_num_seqs: int = 32
     kv_cache_blocks: int = 0
-    engine_core: str = "openvino"  # or "fast" (model_repository/llm/1/fast_core.py)
+    engine_core: str = engine_contract.OPENVINO_PAGED  # or openvino, fast (model_repository/llm/1/core.py)
     weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
     prefix_caching: bool = False  # the openvino core's
 
@@ -50,7 +50,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
         max_model_len = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
         # The core's own checkpoint: the OpenVINO IR for `openvino`, the Hugging Face checkpoint for `fast`.
         engine_checkpoint = checkpoint
-        if options.engine_core == "openvino":
+        if options.engine_core in engine_contract.OPENVINO_IR_CORES:
             engine_checkpoint = ensure_openvino_ir(checkpoint, home, options.weight_format)
         values = {
             "triton_model_name": spec.id,

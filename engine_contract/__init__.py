@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 # The engines that speak the contract: our `llm` model's cores, and TensorRT-LLM (ensemble / tensorrt_llm_bls).
-OPENVINO = "openvino"
+OPENVINO_PAGED = "openvino_paged"  # ours over OpenVINO's runtime (the CPU default)
+OPENVINO = "openvino"  # OpenVINO GenAI's continuous-batching pipeline
 FAST = "fast"
 TENSORRT_LLM = "tensorrt_llm"
-ENGINES = (OPENVINO, FAST, TENSORRT_LLM)
-LLM_CORES = (OPENVINO, FAST)  # the engine cores of our `llm` model (its core.py registers their modules)
+ENGINES = (OPENVINO_PAGED, OPENVINO, FAST, TENSORRT_LLM)
+LLM_CORES = (OPENVINO_PAGED, OPENVINO, FAST)  # the engine cores of our `llm` model (core.py registers their modules)
+OPENVINO_IR_CORES = (OPENVINO_PAGED, OPENVINO)  # the CPU cores, which load the OpenVINO IR that build_engines exports
 _ALL = frozenset(ENGINES)
 _LLM = frozenset(LLM_CORES)
 _TRTLLM_ONLY = frozenset({TENSORRT_LLM})
@@ -130,13 +132,18 @@ STOP_TOKEN_IDS = _input(
     "stop_token_ids", "TYPE_INT32", "ours (vLLM's name): token ids that end the output", dims=(-1,), default=()
 )
 BAD_WORDS = _input(
-    "bad_words", "TYPE_STRING", "strings never to generate", {TENSORRT_LLM, FAST}, dims=(-1,), default=()
+    "bad_words",
+    "TYPE_STRING",
+    "strings never to generate",
+    {TENSORRT_LLM, FAST, OPENVINO_PAGED},
+    dims=(-1,),
+    default=(),
 )
 EMBEDDING_BIAS_TOKEN_IDS = _input(
     "embedding_bias_token_ids",
     "TYPE_INT32",
     "ours: the token ids of OpenAI's logit_bias (the TRT-LLM templates build its dense embedding_bias from them)",
-    {TENSORRT_LLM, FAST},
+    {TENSORRT_LLM, FAST, OPENVINO_PAGED},
     dims=(-1,),
     default=(),
 )
@@ -144,7 +151,7 @@ EMBEDDING_BIAS_WEIGHTS = _input(
     "embedding_bias_weights",
     "TYPE_FP32",
     "the bias added to the logit of each of embedding_bias_token_ids (-100..100)",
-    {TENSORRT_LLM, FAST},
+    {TENSORRT_LLM, FAST, OPENVINO_PAGED},
     dims=(-1,),
     default=(),
 )
@@ -154,28 +161,28 @@ NUM_RETURN_SEQUENCES = _input(
     "num_return_sequences",
     "TYPE_INT32",
     "sequences generated for this prompt (OpenAI's n)",
-    {OPENVINO, TENSORRT_LLM, FAST},
+    {OPENVINO, TENSORRT_LLM, FAST, OPENVINO_PAGED},
     default=1,
 )
 RETURN_LOG_PROBS = _input(
     "return_log_probs",
     "TYPE_BOOL",
     "send output_log_probs and cum_log_probs",
-    {OPENVINO, TENSORRT_LLM, FAST},
+    {OPENVINO, TENSORRT_LLM, FAST, OPENVINO_PAGED},
     default=False,
 )
 NUM_TOP_LOG_PROBS = _input(
     "num_top_log_probs",
     "TYPE_INT32",
     "ours: send the this many most likely tokens of each step with their log-probabilities (0..20)",
-    {FAST},
+    {FAST, OPENVINO_PAGED},
     default=0,
 )
 RETURN_PROMPT_LOG_PROBS = _input(
     "return_prompt_log_probs",
     "TYPE_BOOL",
     "ours: send the log-probability of each prompt token (completions' echo with logprobs)",
-    {OPENVINO, FAST},
+    {OPENVINO, FAST, OPENVINO_PAGED},
     default=False,
 )
 EXCLUDE_INPUT_IN_OUTPUT = _input(

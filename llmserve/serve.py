@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import engine_contract
 from llmserve.settings import LauncherSettings
 from llmserve.supervisor import TritonSupervisor
 from llmserve.triton import TritonError, TritonProcess, ensure_port_free, find_triton
@@ -29,7 +30,7 @@ def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
         instance_count=settings.instance_count,
         max_num_seqs=settings.max_num_seqs,
         kv_cache_blocks=settings.kv_cache_blocks,
-        engine_core=settings.engine_core or "openvino",
+        engine_core=settings.engine_core or engine_contract.OPENVINO_PAGED,
         weight_format=settings.weight_format,
         prefix_caching=settings.prefix_caching,
     )

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from engine_contract import FAST, LLM_CORES, OPENVINO
+from engine_contract import FAST, LLM_CORES, OPENVINO_IR_CORES, OPENVINO_PAGED
 from frontend_api.settings import Settings, check_address
 
 MAX_AUTO_WORKERS = 8
@@ -97,16 +97,17 @@ class LauncherSettings(Settings):
     kv_cache_blocks: int = Field(0, ge=0, description="Paged KV-cache blocks per instance; 0 sizes it automatically.")
     engine_core: str | None = Field(
         None,
-        description="llm engine core: openvino (OpenVINO GenAI, CPU; the default on cpu) or fast (ours, torch: "
-        "CUDA-graph decode; the default on cuda).",
+        description="llm engine core: openvino_paged (ours over OpenVINO's runtime, CPU: every sampling field; the "
+        "default on cpu), openvino (OpenVINO GenAI's pipeline, CPU) or fast (ours, torch: CUDA-graph decode; the "
+        "default on cuda).",
     )
     prefix_caching: bool = Field(
         False,
-        description="openvino core: reuse the KV cache of a prompt prefix seen before (faster session turns); off "
+        description="openvino_paged and openvino cores: reuse the KV cache of a prompt prefix seen before (faster session turns); off "
         "by default because the same seed then samples different text depending on what is cached.",
     )
     weight_format: Literal["int8", "int4", "fp16"] = Field(
-        "int8", description="Weights of the openvino core's export (int4 is faster and answers less well)."
+        "int8", description="Weights of the CPU cores' OpenVINO export (int4 is faster and answers less well)."
     )
 
     @field_validator("engine_core")
@@ -119,12 +120,13 @@ class LauncherSettings(Settings):
     @model_validator(mode="after")
     def _core_for_device(self) -> LauncherSettings:
         if self.engine_core is None:
-            self.engine_core = OPENVINO if self.device == "cpu" else FAST
-        elif self.engine_core == OPENVINO and self.device != "cpu":
-            raise ValueError("engine_core openvino runs on the CPU; use engine_core fast with device cuda")
-        if self.prefix_caching and self.engine_core != OPENVINO:
+            self.engine_core = OPENVINO_PAGED if self.device == "cpu" else FAST
+        elif self.engine_core in OPENVINO_IR_CORES and self.device != "cpu":
+            raise ValueError(f"engine_core {self.engine_core} runs on the CPU; use engine_core fast with device cuda")
+        if self.prefix_caching and self.engine_core not in OPENVINO_IR_CORES:
             raise ValueError(
-                f"prefix_caching needs engine_core openvino; the {self.engine_core} core has no prefix cache"
+                f"prefix_caching needs engine_core {' or '.join(OPENVINO_IR_CORES)}; the {self.engine_core} core has "
+                "no prefix cache"
             )
         return self
 

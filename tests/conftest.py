@@ -87,7 +87,9 @@ def core_checkpoint(checkpoint_dir: Path, request) -> Callable[[str], Path]:
     """The checkpoint each engine core loads: its own export (openvino) or the Hugging Face checkpoint."""
 
     def for_core(core: str) -> Path:
-        return request.getfixturevalue("openvino_checkpoint") if core == "openvino" else checkpoint_dir
+        return (
+            request.getfixturevalue("openvino_checkpoint") if core in ("openvino", "openvino_paged") else checkpoint_dir
+        )
 
     return for_core
 

@@ -9,8 +9,12 @@ import engine_contract
 
 from stack import prepare_repository, running_stack
 
-# The session's stack for each engine core of the `llm` model: the default (openvino) serves `stack`.
-STACK_OF_CORE = {engine_contract.OPENVINO: "stack", engine_contract.FAST: "fast_stack"}
+# The session's stack for each engine core of the `llm` model: the default (openvino_paged) serves `stack`.
+STACK_OF_CORE = {
+    engine_contract.OPENVINO_PAGED: "stack",
+    engine_contract.OPENVINO: "genai_stack",
+    engine_contract.FAST: "fast_stack",
+}
 
 
 @pytest.fixture(params=engine_contract.LLM_CORES)
@@ -24,6 +28,16 @@ def engine_core(request) -> str:
 def engine_stack(engine_core, request):
     """The real stack serving with `engine_core` (`--engine-core`)."""
     return request.getfixturevalue(STACK_OF_CORE[engine_core])
+
+
+@pytest.fixture(scope="session")
+def genai_stack(checkpoint_dir, tmp_path_factory):
+    """The same stack with the OpenVINO GenAI core (openvino_core.py) instead of the default openvino_paged core."""
+    repository = prepare_repository(
+        tmp_path_factory.mktemp("build-genai"), "--max-num-seqs", "8", "--engine-core", "openvino"
+    )
+    with running_stack(repository, tmp_path_factory.mktemp("logs-genai") / "llmserve.log") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ FIELDS = (
     ("token-id prompts (completions)", contract.INPUT_IDS),
 )
 NAMES = {
-    contract.OPENVINO: "`openvino` (CPU default)",
+    contract.OPENVINO_PAGED: "`openvino_paged` (CPU default)",
+    contract.OPENVINO: "`openvino` (GenAI)",
     contract.FAST: "`fast` (GPU)",
     contract.TENSORRT_LLM: "TensorRT-LLM",
 }

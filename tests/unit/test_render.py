@@ -69,7 +69,7 @@ def test_every_model_gets_a_valid_triton_config(rendered):
         assert config.instance_group[0].count == 2
         assert config.parameters["served_model_name"].string_value == name
         assert int(config.parameters["max_model_len"].string_value) == 8192
-        assert config.parameters["engine_core"].string_value == "openvino"  # the default core on CPU
+        assert config.parameters["engine_core"].string_value == "openvino_paged"  # the default core on CPU
         engine_checkpoint = Path(config.parameters["checkpoint_dir"].string_value)
         assert (engine_checkpoint / "openvino_model.xml").is_file()  # the core's own export ...
         tokenizer_dir = Path(config.parameters["tokenizer_dir"].string_value)

@@ -18,10 +18,12 @@ import engine_contract
 # another does not: torch and CUDA for `fast`, OpenVINO for `openvino`). No import here pulls in torch, so the
 # OpenVINO core's process stays small.
 CORES = {
+    # ours on CPU: OpenVINO's runtime over the PagedAttention IR, our scheduler (kv_blocks, scheduler) and sampler
+    "openvino_paged": "openvino_paged_core:OpenVINOPagedEngine",
     "openvino": "openvino_core:OpenVINOEngine",  # OpenVINO GenAI continuous batching on CPU (paged KV, int8)
     "fast": "fast_core:FastEngine",  # ours, torch: slot KV cache, CUDA-graph decode (fast_runner.py)
 }
-DEFAULT_CORE = "openvino"
+DEFAULT_CORE = "openvino_paged"
 
 
 class InvalidRequest(ValueError):

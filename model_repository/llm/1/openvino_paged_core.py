@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-import engine_contract
-
 from cancellation import CancellationPoller
-from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, validate_sampling
+from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from kv_blocks import BlockManager
 from numpy_sampler import SamplingParams, SequenceSampler, prompt_scores, sample_rows, sequence_key
 from openvino_paged_runner import CPU_BLOCK_SIZE, PagedRunner, SeqInput
@@ -94,28 +92,6 @@ def _eos_ids(checkpoint: Path) -> frozenset[int]:
     return frozenset([ids] if isinstance(ids, int) else ids)  # type: ignore[arg-type]
 
 
-def check_ranges(sampling: Sampling, vocab_size: int) -> None:
-    """The contract's ranges beyond core.validate_sampling's, named by their contract input."""
-    if not 1 <= sampling.n <= engine_contract.MAX_RETURN_SEQUENCES:
-        raise InvalidRequest(f"num_return_sequences must be in [1, {engine_contract.MAX_RETURN_SEQUENCES}]")
-    if not 0 <= sampling.top_logprobs <= engine_contract.MAX_TOP_LOG_PROBS:
-        raise InvalidRequest(f"num_top_log_probs must be in [0, {engine_contract.MAX_TOP_LOG_PROBS}]")
-    if not sampling.repetition_penalty > 0:
-        raise InvalidRequest("repetition_penalty must be > 0")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if not -2 <= getattr(sampling, name) <= 2:
-            raise InvalidRequest(f"{name} must be in [-2, 2]")
-    bound = engine_contract.MAX_EMBEDDING_BIAS
-    for token, weight in sampling.logit_bias:
-        if not 0 <= token < vocab_size:
-            raise InvalidRequest(f"embedding_bias_token_ids must be token ids in [0, {vocab_size}), not {token}")
-        if not -bound <= weight <= bound:
-            raise InvalidRequest(f"embedding_bias_weights must be in [-{bound:g}, {bound:g}], not {weight:g}")
-    for token in sampling.stop_token_ids:
-        if not 0 <= token < vocab_size:
-            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), not {token}")
-
-
 class OpenVINOPagedEngine:
     """core.EngineCore over openvino_paged_runner.PagedRunner, kv_blocks.BlockManager and scheduler.Scheduler."""
 
@@ -169,7 +145,6 @@ class OpenVINOPagedEngine:
         if self._failure is not None:
             raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
         validate_sampling(sampling, self.vocab_size)
-        check_ranges(sampling, self.vocab_size)
         if sampling.prompt_logprobs and self.prefix_caching:
             raise InvalidRequest(
                 "return_prompt_log_probs is not available with prefix caching (cached tokens are not recomputed)"
@@ -177,10 +152,7 @@ class OpenVINOPagedEngine:
         if isinstance(prompt, str):
             input_ids = self.tokenizer.encode(prompt, add_special_tokens=True).ids
         else:
-            input_ids = [int(i) for i in prompt]
-            outside = [i for i in input_ids if not 0 <= i < self.vocab_size]
-            if outside:
-                raise InvalidRequest(f"input_ids must be token ids in [0, {self.vocab_size}): {outside[:5]} are not")
+            input_ids = check_prompt_ids(prompt, self.vocab_size)
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
         if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
             eos_ids |= frozenset(sampling.stop_token_ids)

@@ -257,9 +257,12 @@ def test_stream_caps_answer_at_once_and_free_on_disconnect(capped):
 
 def test_engine_rejections_free_their_slot(capped):
     http = client_from("127.0.0.5")
-    for _ in range(3):  # the engine refuses `presence_penalty`; with a cap of 1 a leaked slot would turn this into 429
-        response = chat(http, capped, presence_penalty=0.5)
-        assert response.status_code == 400 and response.json()["error"]["param"] == "presence_penalty", response.text
+    # A bad word of more tokens than the engine bans (the front-end cannot know): refused by the engine, after
+    # admission; with a cap of 1 a leaked slot would turn the next into a 429.
+    long_word = "antidisestablishmentarianism supercalifragilisticexpialidocious"
+    for _ in range(3):
+        response = chat(http, capped, bad_words=[long_word])
+        assert response.status_code == 400 and response.json()["error"]["param"] == "bad_words", response.text
 
 
 async def test_an_abandoned_non_streaming_request_frees_its_slot(capped):

@@ -147,7 +147,7 @@ def test_unicode_round_trip(client, tokenizer):
         ({"max_tokens": 9000}, "max_tokens"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"top_k": 2**40}, "top_k"),
-        ({"logprobs": "yes"}, "logprobs"),
+        ({"logprobs": "maybe"}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),

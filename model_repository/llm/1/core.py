@@ -8,8 +8,10 @@ A new core is one module implementing `EngineCore`, one line in `CORES` (and its
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import engine_contract
@@ -139,6 +141,18 @@ def load_core(name: str) -> type[EngineCore]:
         raise ValueError(f"engine core {name!r} is not among engine_contract.ENGINES")
     module, cls = CORES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def checkpoint_eos_ids(checkpoint: Path) -> frozenset[int]:
+    """The end-of-sequence ids a checkpoint declares (generation_config.json first, then config.json)."""
+    ids: object = None
+    for name in ("generation_config.json", "config.json"):
+        path = checkpoint / name
+        if ids is None and path.is_file():
+            ids = json.loads(path.read_text()).get("eos_token_id")
+    if ids is None:
+        return frozenset()
+    return frozenset([ids] if isinstance(ids, int) else ids)  # type: ignore[arg-type]
 
 
 def validate_sampling(sampling: Sampling, vocab_size: int) -> None:

@@ -24,7 +24,7 @@ import openvino_genai as ov_genai
 from tokenizers import Tokenizer
 
 from cancellation import CancellationPoller
-from core import InvalidRequest, Update, check_prompt, validate_sampling
+from core import InvalidRequest, Update, check_prompt, checkpoint_eos_ids, validate_sampling
 from openvino_sampling import check_sampling, generation_config, sequence_seeds
 from text_stream import TextStream
 
@@ -63,17 +63,6 @@ class _Request:
     done: bool = False
 
 
-def _eos_ids(checkpoint: Path) -> frozenset[int]:
-    ids: object = None
-    for name in ("generation_config.json", "config.json"):
-        path = checkpoint / name
-        if ids is None and path.is_file():
-            ids = json.loads(path.read_text()).get("eos_token_id")
-    if ids is None:
-        return frozenset()
-    return frozenset([ids] if isinstance(ids, int) else ids)  # type: ignore[arg-type]
-
-
 class OpenVINOEngine:
     """core.EngineCore over openvino_genai.ContinuousBatchingPipeline."""
 
@@ -97,7 +86,7 @@ class OpenVINOEngine:
         self.vocab_size = int(config["vocab_size"])
         context = int(config.get("max_position_embeddings") or 2048)
         self.max_model_len = min(max_model_len or context, context)
-        self.default_eos_ids = _eos_ids(checkpoint)
+        self.default_eos_ids = checkpoint_eos_ids(checkpoint)
 
         scheduler = ov_genai.SchedulerConfig()
         scheduler.max_num_seqs = max_num_seqs

@@ -33,7 +33,16 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from cancellation import CancellationPoller
-from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
+from core import (
+    InvalidRequest,
+    Sampling,
+    TopLogprobs,
+    Update,
+    check_prompt,
+    check_prompt_ids,
+    checkpoint_eos_ids,
+    validate_sampling,
+)
 from kv_blocks import BlockManager
 from numpy_sampler import SamplingParams, SequenceSampler, prompt_scores, sample_rows, sequence_key
 from openvino_paged_runner import CPU_BLOCK_SIZE, PagedRunner, SeqInput
@@ -81,17 +90,6 @@ class _Sequence:
     prompt_scores: tuple | None = None  # complete, until the first update takes it
 
 
-def _eos_ids(checkpoint: Path) -> frozenset[int]:
-    ids: object = None
-    for name in ("generation_config.json", "config.json"):
-        path = checkpoint / name
-        if ids is None and path.is_file():
-            ids = json.loads(path.read_text()).get("eos_token_id")
-    if ids is None:
-        return frozenset()
-    return frozenset([ids] if isinstance(ids, int) else ids)  # type: ignore[arg-type]
-
-
 class OpenVINOPagedEngine:
     """core.EngineCore over openvino_paged_runner.PagedRunner, kv_blocks.BlockManager and scheduler.Scheduler."""
 
@@ -118,7 +116,7 @@ class OpenVINOPagedEngine:
         kv_tokens = kv_cache_blocks * BLOCK if kv_cache_blocks else max(DEFAULT_KV_TOKENS, context)
         num_blocks = kv_tokens // CPU_BLOCK_SIZE
         self.max_model_len = min(context, num_blocks * CPU_BLOCK_SIZE)
-        self.default_eos_ids = _eos_ids(checkpoint)
+        self.default_eos_ids = checkpoint_eos_ids(checkpoint)
         self.prefix_caching = prefix_caching
         self.runner = PagedRunner(checkpoint, num_blocks=min(INITIAL_BLOCKS, num_blocks))
         self.blocks = BlockManager(num_blocks, CPU_BLOCK_SIZE, enable_prefix_caching=prefix_caching)

@@ -32,6 +32,11 @@ class SamplingParams:
     logprobs: bool = False  # each generated token's log-probability
     top_logprobs: int = 0  # and this many most likely alternatives of each step
     prompt_logprobs: bool = False  # each prompt token's log-probability (completions' echo with logprobs)
+    # Grammar-constrained decoding, as TensorRT-LLM's guided-decoding inputs: `guide_type` one of
+    # engine_contract.GUIDE_TYPES ("json": any JSON object, "json_schema", "regex", "ebnf_grammar",
+    # "structural_tag"), `guide` its text (the schema as JSON, the pattern, the grammar; empty for "json").
+    guide_type: str | None = None
+    guide: str = ""
 
 
 # One position's most likely tokens: (token id, log-probability), most likely first.

@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -44,28 +42,8 @@ Build it with `make web` (or: cd frontend_api/web && npm ci && npm run build) an
 UI_ROUTE = SimpleNamespace(path_format="/{path}")
 
 
-def api_methods(scope: Scope) -> set[str]:
-    """The methods of the API routes whose path is this request's (the router found none with its method)."""
-    methods: set[str] = set()
-    for route in scope["app"].router.routes:
-        if isinstance(route, Mount):  # the UI itself
-            continue
-        match, _ = route.matches({**scope, "root_path": ""})
-        if match is Match.PARTIAL:  # the path matched, the method did not
-            methods |= getattr(route, "methods", None) or set()
-    return methods
-
-
 class WebUI(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
-        # Mounted at /, the UI sees every request no API route took. An API path asked with another method is
-        # 405 naming the methods it has; any other method than GET/HEAD is 404 (no such route), not the 405
-        # StaticFiles would answer (OpenAI clients read 405 as "this server has the route").
-        allowed = api_methods(scope)
-        if allowed:
-            raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
-        if scope["method"] not in ("GET", "HEAD"):
-            raise HTTPException(404)
         response = await super().get_response(path, scope)
         if response.status_code != 404:
             scope["route"] = UI_ROUTE

@@ -7,7 +7,6 @@ from fastapi.testclient import TestClient
 
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
-from frontend_api.server.error_handlers import install_error_handlers
 from frontend_api.server.web_ui import CONTENT_SECURITY_POLICY, mount_web_ui
 
 
@@ -64,32 +63,3 @@ def test_ui_files_count_under_one_route_label_and_missing_files_as_unmatched(tmp
 
     assert count("/{path}", "200") == 2 and count("/v1/models", "200") == 1
     assert count("unmatched", "404") == 1 and count("/{path}", "404") is None
-
-
-def app_with_routes(web_dir) -> FastAPI:
-    app = app_with_api(web_dir)
-    install_error_handlers(app)  # OpenAI error bodies, as create_app installs them
-
-    @app.post("/v1/chat/completions")
-    async def chat() -> dict[str, str]:
-        return {"object": "chat.completion"}
-
-    app.router.routes.insert(0, app.router.routes.pop())  # before the UI mount, as create_app orders them
-    return app
-
-
-def test_unknown_paths_are_404_for_every_method_and_known_paths_405_with_allow(tmp_path):
-    (tmp_path / "index.html").write_text("<!doctype html><title>ui</title>")
-    for built, web_dir in (("built", tmp_path), ("not built", tmp_path / "dist")):
-        client = TestClient(app_with_routes(web_dir))
-        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
-            missing = client.request(method, "/v1/responses")
-            assert missing.status_code == 404, (built, method, missing.text)
-            assert "No route for" in missing.json()["error"]["message"]
-        wrong = client.get("/v1/chat/completions")
-        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", (built, wrong.headers)
-        models = client.delete("/v1/models")
-        assert models.status_code == 405 and models.headers["allow"] == "GET", built
-        assert client.post("/v1/chat/completions").status_code == 200
-        assert client.get("/").status_code == (200 if built == "built" else 503)
-        assert client.post("/").status_code == (404 if built == "built" else 405)

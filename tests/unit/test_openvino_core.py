@@ -292,15 +292,15 @@ def test_repetition_penalty_is_hfs_over_prompt_and_generated_tokens(engine, refe
     assert margins(generated_only, penalised).max() > LOGIT_MARGIN
 
 
-@pytest.mark.parametrize("presence, frequency", [(1.5, 0.0), (0.0, 0.7), (-1.0, 0.0)])
+@pytest.mark.parametrize("presence, frequency", [(1.5, 0.0), (0.0, 1.2), (-1.0, 0.0)])
 def test_presence_and_frequency_penalties_are_openais_over_generated_tokens(
     engine, reference, tokenizer, presence, frequency
 ):
     prompt = tuple(tokenizer(REPEATING)["input_ids"])
-    plain = tokens_of(sequences(engine, prompt, max_tokens=24, temperature=0.0)[0])
+    plain = tokens_of(sequences(engine, prompt, max_tokens=40, temperature=0.0)[0])
     penalised = tokens_of(
         sequences(
-            engine, prompt, max_tokens=24, temperature=0.0, presence_penalty=presence, frequency_penalty=frequency
+            engine, prompt, max_tokens=40, temperature=0.0, presence_penalty=presence, frequency_penalty=frequency
         )[0]
     )
     assert penalised != plain

@@ -211,8 +211,8 @@ def test_penalties_at_temperature_0_follow_a_written_reference(engine, openvino_
     from openvino_paged_runner import PagedRunner
 
     prompt = tokenizer(REPEATING)["input_ids"]
-    plain = tokens_of(run(engine, prompt, max_tokens=20, min_tokens=20, temperature=0.0))
-    ours = tokens_of(run(engine, tuple(prompt), max_tokens=20, min_tokens=20, temperature=0.0, **settings))
+    plain = tokens_of(run(engine, prompt, max_tokens=40, min_tokens=40, temperature=0.0))
+    ours = tokens_of(run(engine, tuple(prompt), max_tokens=40, min_tokens=40, temperature=0.0, **settings))
     assert ours != plain
     rep = settings.get("repetition_penalty", 1.0)
     presence, frequency = settings.get("presence_penalty", 0.0), settings.get("frequency_penalty", 0.0)
@@ -225,7 +225,7 @@ def test_penalties_at_temperature_0_follow_a_written_reference(engine, openvino_
         return logits
 
     runner = PagedRunner(openvino_checkpoint, num_blocks=8)
-    assert reference_greedy(runner, prompt, 20, penalise) == ours
+    assert reference_greedy(runner, prompt, 40, penalise) == ours
 
 
 def test_n_sequences_at_temperature_1(engine, tokenizer):

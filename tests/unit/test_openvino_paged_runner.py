@@ -91,11 +91,13 @@ def genai_greedy(openvino_checkpoint):
     import openvino as ov
     import openvino_genai as ov_genai
 
+    from openvino_paged_runner import CPU_PROPERTIES
+
     scheduler = ov_genai.SchedulerConfig()
     scheduler.cache_size = 0
     scheduler.num_kv_blocks = 32
     scheduler.dynamic_split_fuse = True
-    pipeline = ov_genai.ContinuousBatchingPipeline(str(openvino_checkpoint), scheduler, "CPU")
+    pipeline = ov_genai.ContinuousBatchingPipeline(str(openvino_checkpoint), scheduler, "CPU", CPU_PROPERTIES)
 
     def generate(prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         config = ov_genai.GenerationConfig()

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from cancellation import CancellationPoller
 from core import InvalidRequest, Update, check_prompt, checkpoint_eos_ids, validate_sampling
+from openvino_paged_runner import CPU_PROPERTIES
 from openvino_sampling import check_sampling, generation_config, sequence_seeds
 from text_stream import TextStream
 
@@ -96,7 +97,7 @@ class OpenVINOEngine:
         scheduler.enable_prefix_caching = self.prefix_caching = prefix_caching
         scheduler.cache_size = 0  # with num_kv_blocks 0: KV blocks are allocated as sequences grow
         scheduler.num_kv_blocks = kv_cache_blocks * BLOCK // OV_BLOCK
-        self.pipeline = ov_genai.ContinuousBatchingPipeline(str(checkpoint), scheduler, "CPU")
+        self.pipeline = ov_genai.ContinuousBatchingPipeline(str(checkpoint), scheduler, "CPU", CPU_PROPERTIES)
 
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._running: dict[int, _Sequence] = {}  # OpenVINO's request id -> sequence

@@ -116,6 +116,16 @@ def _add_logits_gather(model: ov.Model) -> None:
     model.validate_nodes_and_infer_types()
 
 
+# fp32 compute over the int8 weights on every CPU: on CPUs with AMX or AVX512-BF16, OpenVINO otherwise computes in
+# bf16, which makes a sequence's logits depend on the batch it runs in (a seed's text changes with the load) and
+# moves log-probs off the checkpoint's. Both OpenVINO cores compile with these.
+CPU_PROPERTIES = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+    "KV_CACHE_PRECISION": "f32",
+}
+
+
 class PagedRunner:
     """The PagedAttention model compiled for CPU, its KV cache blocks, and a step() that returns logits."""
 
@@ -133,7 +143,7 @@ class PagedRunner:
         model = self.core.read_model(checkpoint / "openvino_model.xml")
         paged_attention_transformation(model, False, False, True)  # block tables shared by every layer, as GenAI
         _add_logits_gather(model)
-        self.compiled = self.core.compile_model(model, "CPU", properties or {})
+        self.compiled = self.core.compile_model(model, "CPU", {**CPU_PROPERTIES, **(properties or {})})
         self.request = self.compiled.create_infer_request()
         self.input_names = {port.get_any_name() for port in self.compiled.inputs}
 

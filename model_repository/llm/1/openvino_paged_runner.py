@@ -116,9 +116,9 @@ def _add_logits_gather(model: ov.Model) -> None:
     model.validate_nodes_and_infer_types()
 
 
-# fp32 compute over the int8 weights on every CPU: on CPUs with AMX or AVX512-BF16, OpenVINO otherwise computes in
-# bf16, which makes a sequence's logits depend on the batch it runs in (a seed's text changes with the load) and
-# moves log-probs off the checkpoint's. Both OpenVINO cores compile with these.
+# fp32 compute and KV over the int8 weights, no dynamic activation quantization, on every CPU: on CPUs with AMX or
+# AVX512-BF16 OpenVINO otherwise picks bf16 compute, int8 activations and u8 KV, which make a sequence's logits depend
+# on the batch it runs in (a seed's text changes with the load). Both OpenVINO cores compile with these.
 CPU_PROPERTIES = {
     "INFERENCE_PRECISION_HINT": "f32",
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",

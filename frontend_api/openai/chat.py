@@ -9,13 +9,13 @@ from contextlib import aclosing
 from frontend_api.engine.protocol import Engine, EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
 from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
-from frontend_api.openai.protocol import (
+from frontend_api.openai.protocol import ChatCompletionRequest
+from frontend_api.openai.response_objects import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
-    ChatCompletionRequest,
     ChoiceLogprobs,
     DeltaMessage,
     Usage,

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from frontend_api.engine.protocol import EngineError, GenerationChunk, TopLogprobs
 from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
-from frontend_api.openai.protocol import (
+from frontend_api.openai.protocol import CompletionRequest
+from frontend_api.openai.response_objects import (
     Completion,
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,
-    CompletionRequest,
     Usage,
 )
 from frontend_api.openai.serving import (

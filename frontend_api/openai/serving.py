@@ -28,8 +28,8 @@ from frontend_api.engine.protocol import (
 from frontend_api.engine.triton import INPUT_TO_PARAM, needed_inputs
 from frontend_api.errors import OpenAIError, error_body, model_not_found
 from frontend_api.openai.engine_stream import EngineStream, Tallies, Tally
-from frontend_api.openai.protocol import (
-    BaseGenerationRequest,
+from frontend_api.openai.protocol import BaseGenerationRequest
+from frontend_api.openai.response_objects import (
     CompletionLogprobs,
     ModelCard,
     ModelList,

@@ -18,7 +18,8 @@ from typing import Any
 
 from frontend_api.engine.protocol import EngineModel
 from frontend_api.errors import session_not_found
-from frontend_api.openai.protocol import ChatCompletionRequest, ChatMessage, Usage
+from frontend_api.openai.protocol import ChatCompletionRequest, ChatMessage
+from frontend_api.openai.response_objects import Usage
 from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.storage.models import ChatSession, Message
 from frontend_api.storage.sessions import SessionStore

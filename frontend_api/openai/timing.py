@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from frontend_api.engine.protocol import GenerationChunk
 from frontend_api.observability.context import RequestContext, current_request
-from frontend_api.openai.protocol import GenerationStats
+from frontend_api.openai.response_objects import GenerationStats
 
 FINISHED = ("stop", "length")
 

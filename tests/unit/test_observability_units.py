@@ -19,7 +19,7 @@ from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
 from frontend_api.observability.middleware import ObservabilityMiddleware
 from frontend_api.observability.system import SystemProbe
-from frontend_api.openai.protocol import Usage
+from frontend_api.openai.response_objects import Usage
 from frontend_api.openai.timing import GenerationTimer
 
 

@@ -3,7 +3,8 @@ from fastapi import APIRouter, Request, Response
 from frontend_api.api.deps import ChatServingDep
 from frontend_api.api.http import to_response, with_cancellation
 from frontend_api.errors import ErrorResponse
-from frontend_api.openai.protocol import ChatCompletion, ChatCompletionRequest
+from frontend_api.openai.protocol import ChatCompletionRequest
+from frontend_api.openai.response_objects import ChatCompletion
 
 router = APIRouter(tags=["chat"])
 

@@ -3,7 +3,8 @@ from fastapi import APIRouter, Request, Response
 from frontend_api.api.deps import CompletionServingDep
 from frontend_api.api.http import to_response, with_cancellation
 from frontend_api.errors import ErrorResponse
-from frontend_api.openai.protocol import Completion, CompletionRequest
+from frontend_api.openai.protocol import CompletionRequest
+from frontend_api.openai.response_objects import Completion
 
 router = APIRouter(tags=["completions"])
 

@@ -2,7 +2,7 @@ from fastapi import APIRouter
 
 from frontend_api.api.deps import ServingDep, StartedAtDep
 from frontend_api.errors import ErrorResponse
-from frontend_api.openai.protocol import ModelCard, ModelList
+from frontend_api.openai.response_objects import ModelCard, ModelList
 
 router = APIRouter(tags=["models"])
 

@@ -110,12 +110,20 @@ class ModelTokenizer:
         piece = self.pieces[token_id] = TokenPiece(text, list(raw))
         return piece
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each token as the vocabulary spells it (transformers' convert_ids_to_tokens: "Ġworld", not " world")."""
+        return [self.tokenizer.id_to_token(i) or "" for i in ids]
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if self.chat_template is None:
             raise OpenAIError(400, "This model has no chat template; use /v1/completions.", param="messages")
         try:
             return self.chat_template.render(
-                messages=list(messages), add_generation_prompt=True, tools=None, documents=None, **self.special_tokens
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                tools=None,
+                documents=None,
+                **self.special_tokens,
             )
         except _TemplateRaised as exc:
             raise OpenAIError(400, f"The conversation is not valid for this model: {exc}", param="messages") from exc
@@ -191,9 +199,11 @@ class Tokenizers:
             logger.error("cannot load the tokenizer of %s from %s: %s", model.id, model.tokenizer_dir, exc)
             raise OpenAIError(500, f"The tokenizer of model `{model.id}` could not be loaded.") from exc
 
-    async def render_chat(self, model: EngineModel, messages: Sequence[ChatMessage]) -> str:
+    async def render_chat(
+        self, model: EngineModel, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+    ) -> str:
         tokenizer = await self.get(model)
-        return await self._run(tokenizer.render_chat, template_messages(messages))
+        return await self._run(tokenizer.render_chat, template_messages(messages), add_generation_prompt)
 
     async def count_tokens(self, model: EngineModel, text: str, add_special_tokens: bool = True) -> int:
         tokenizer = await self.get(model)
@@ -209,6 +219,10 @@ class Tokenizers:
     async def decode(self, model: EngineModel, ids: Sequence[int]) -> str:
         tokenizer = await self.get(model)
         return await self._run(tokenizer.decode, ids)
+
+    async def token_strings(self, model: EngineModel, ids: Sequence[int]) -> list[str]:
+        tokenizer = await self.get(model)
+        return await self._run(tokenizer.token_strings, ids)
 
     async def pieces(self, model: EngineModel, ids: Sequence[int]) -> list[TokenPiece]:
         """The logprobs view of each token id (see TokenPiece)."""

@@ -9,15 +9,29 @@ vLLM's chat-form fields that we do not honour are accepted only with the value t
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from frontend_api.errors import OpenAIError
 from frontend_api.openai.protocol import ChatMessage
 from frontend_api.openai.request_fields import EMPTY_OBJECT, FALSE, NO_TOOLS, NULL
 
+# What check_form() enforces, for the schema at /openapi.json: a prompt (without add_generation_prompt), or messages.
+EXACTLY_ONE_FORM: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["prompt"],
+            "properties": {"prompt": {"type": "string"}},
+            "not": {"anyOf": [{"required": ["messages"]}, {"required": ["add_generation_prompt"]}]},
+        },
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}, "not": {"required": ["prompt"]}},
+    ]
+}
+
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=EXACTLY_ONE_FORM)
 
     model: str = Field(min_length=1)
     prompt: str | None = Field(None, description="Text to tokenize (or send `messages`).")

@@ -241,7 +241,7 @@ class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the ho
         if value is None:
             return "auto" if tools else "none"  # OpenAI's defaults
         if not tools and value != "none":
-            raise ValueError("only allowed when tools are specified (or \"none\")")
+            raise ValueError('only allowed when tools are specified (or "none")')
         if isinstance(value, NamedToolChoice) and value.function.name not in {t.function.name for t in tools}:
             raise ValueError(f"names the function {value.function.name!r}, which is not among the tools")
         return value

@@ -224,7 +224,7 @@ class HermesStreamer:
     def __init__(self) -> None:
         self.pending = ""  # text not handed out yet
         self.spaces = ""  # trailing whitespace held back: content only if more text follows
-        self.strip_leading = False  # after a call, before any content: the whitespace that follows is not content
+        self.strip_leading = False  # after a call: the whitespace that follows it is not content
         self.emitted = False  # content was handed out
         self.call: CallObject | None = None  # the block being read
         self.after_call = False  # its call object closed: skipping to the end tag
@@ -249,7 +249,7 @@ class HermesStreamer:
                 if end < 0:
                     self.pending = self.pending[-len(self.END) :]
                     break
-                self.pending, self.after_call, self.strip_leading = self.pending[end + len(self.END) :], False, not self.emitted
+                self.pending, self.after_call, self.strip_leading = self.pending[end + len(self.END) :], False, True
             elif self.call is None:
                 start = self.pending.find(self.START)
                 if start < 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
 import engine_contract as contract
 from frontend_api.openai.request_fields import RefusedChatFields, RefusedCompletionFields
@@ -222,7 +222,7 @@ class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the ho
     # Tool calling (docs/API.md "Tool calling"); in this order: tool_choice is checked against tools.
     tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = Field(None, validate_default=True)
-    parallel_tool_calls: bool | None = Field(None, description="Default true; false: at most one tool call.")
+    parallel_tool_calls: StrictBool | None = Field(None, description="Default true; false: at most one tool call.")
 
     @field_validator("tools")
     @classmethod
@@ -231,6 +231,21 @@ class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the ho
         if duplicates := sorted({name for name in names if names.count(name) > 1}):
             raise ValueError(f"function names must be unique; repeated: {', '.join(duplicates)}")
         return value or None  # [] offers nothing, as no tools
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _choice_shape(cls, value: Any) -> Any:
+        # Checked here, so that an error names tool_choice (not a member of the union).
+        if value is None or (isinstance(value, str) and value in ("none", "auto", "required")):
+            return value
+        if isinstance(value, dict):
+            try:
+                return NamedToolChoice.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"{where}: {first['msg']}") from None
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
 
     @field_validator("tool_choice")
     @classmethod

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from frontend_api.errors import OpenAIError
 from frontend_api.openai.protocol import ChatMessage
-from frontend_api.openai.request_fields import EMPTY_OBJECT, FALSE, NO_TOOLS, NULL
+from frontend_api.openai.request_fields import EMPTY_OBJECT, FALSE, NULL
+from frontend_api.openai.tool_protocol import ToolDefinition
 
 # What check_form() enforces, for the schema at /openapi.json: a prompt (without add_generation_prompt), or messages.
 EXACTLY_ONE_FORM: dict[str, Any] = {
@@ -23,7 +24,9 @@ EXACTLY_ONE_FORM: dict[str, Any] = {
         {
             "required": ["prompt"],
             "properties": {"prompt": {"type": "string"}},
-            "not": {"anyOf": [{"required": ["messages"]}, {"required": ["add_generation_prompt"]}]},
+            "not": {
+                "anyOf": [{"required": ["messages"]}, {"required": ["add_generation_prompt"]}, {"required": ["tools"]}]
+            },
         },
         {"required": ["messages"], "properties": {"messages": {"type": "array"}}, "not": {"required": ["prompt"]}},
     ]
@@ -54,7 +57,9 @@ class TokenizeRequest(BaseModel):
     chat_template_kwargs: EMPTY_OBJECT = None
     media_io_kwargs: EMPTY_OBJECT = None
     mm_processor_kwargs: EMPTY_OBJECT = None
-    tools: NO_TOOLS = None
+    tools: list[ToolDefinition] | None = Field(
+        None, description="With `messages`: the tools offered, rendered as /v1/chat/completions renders them."
+    )
 
     def check_form(self) -> None:
         """Exactly one of prompt and messages; add_generation_prompt only with messages (400s naming the field)."""
@@ -65,6 +70,13 @@ class TokenizeRequest(BaseModel):
         if self.prompt is not None and self.add_generation_prompt is not None:
             message = "add_generation_prompt: only applies to messages (a prompt is tokenized as it is)."
             raise OpenAIError(400, message, param="add_generation_prompt")
+        if self.prompt is not None and self.tools:
+            raise OpenAIError(400, "tools: only apply to messages (a prompt is tokenized as it is).", param="tools")
+
+    @property
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template gets them (tool_calls.offered_tools' form)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
 
     @property
     def special_tokens(self) -> bool:

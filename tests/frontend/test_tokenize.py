@@ -81,6 +81,24 @@ def test_the_count_of_messages_is_the_prompt_tokens_a_chat_completion_reports(ro
         assert tokenize(root, messages=messages)["count"] == usage.prompt_tokens, messages
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_messages_with_tools_count_as_a_chat_completion_offering_them_counts(root, client):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    with_tools = tokenize(root, messages=messages, tools=[WEATHER_TOOL])
+    assert with_tools["count"] > tokenize(root, messages=messages)["count"] + 20  # the tool prompt is in it
+    completion = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=2)
+    assert with_tools["count"] == completion.usage.prompt_tokens
+
+
 def test_the_developer_role_renders_as_system_as_in_chat_completions(root):
     developer = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -126,7 +144,8 @@ def error_of(response: httpx.Response, status: int = 400) -> dict:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role", "'user'"),
         ({"messages": CHATS[0], "continue_final_message": True}, "continue_final_message", "accepted: null, false"),
         ({"messages": CHATS[0], "chat_template": "{{ 1 }}"}, "chat_template", "accepted: null"),
-        ({"messages": CHATS[0], "tools": [{"type": "function"}]}, "tools", "no tool calling"),
+        ({"messages": CHATS[0], "tools": [{"type": "function"}]}, "tools.0.function", "Field required"),
+        ({"prompt": "hi", "tools": [WEATHER_TOOL]}, "tools", "only apply to messages"),
         ({"prompt": "hi", "return_token_strs": "maybe"}, "return_token_strs", "boolean"),
     ],
 )

@@ -28,7 +28,9 @@ async def tokenize(body: TokenizeRequest, serving: ServingDep) -> TokenizeRespon
     model = await serving.resolve_model(body.model)
     tokenizers = serving.tokenizers
     if body.messages is not None:  # rendered exactly as /v1/chat/completions renders them
-        text = await tokenizers.render_chat(model, body.messages, body.generation_prompt)
+        text = await tokenizers.render_chat(
+            model, body.messages, body.template_tools, add_generation_prompt=body.generation_prompt
+        )
     else:
         assert body.prompt is not None
         text = body.prompt

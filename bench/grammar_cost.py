@@ -6,7 +6,7 @@
 2. a step of the openvino_paged core (its forward, and its sampling) on the real SmolLM2 IR, one sequence and
    --concurrency sequences; and the wall time per token of guided against unguided requests end to end.
 
-The guide is a json_schema (an object with a string, an integer, a boolean and an array of strings). Prints a
+The guide is a json_schema (an object with a string, an integer, a boolean and up to 3 strings). Prints a
 table and writes JSON (--out, default bench/results/grammar_cost.json).
 
     PYTHONPATH=.:model_repository/llm/1 python bench/grammar_cost.py --rounds 3
@@ -35,7 +35,7 @@ SCHEMA = {
         "name": {"type": "string"},
         "age": {"type": "integer"},
         "employed": {"type": "boolean"},
-        "hobbies": {"type": "array", "items": {"type": "string"}},
+        "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
     },
     "required": ["name", "age", "employed", "hobbies"],
 }
@@ -77,6 +77,8 @@ def generate(engine, prompts: list[str], tokens: int, guided: bool, tag: str) ->
     wall = time.perf_counter() - wall
     if any(u.finish_reason not in ("stop", "length") for u in finals):
         raise RuntimeError(f"a request failed: {finals}")
+    if guided:
+        print(f"  {tag}: finish {[u.finish_reason for u in finals]}", file=sys.stderr)
     return wall, sum(u.num_output_tokens for u in finals), [ids[i] for i in range(len(prompts))]
 
 
@@ -101,13 +103,16 @@ def matcher_costs(guides, compiled, end_ids, token_lists, vocab_size: int, repea
     for _ in range(repeats):
         for tokens in token_lists:
             matcher = guides.matcher(compiled, end_ids)
-            for token in tokens + [min(end_ids)]:  # the end the grammar allows once complete
+            end = min(end_ids)
+            for i, token in enumerate(tokens + [end]):  # and the end, which the grammar allows once complete
                 t0 = time.perf_counter_ns()
                 allowed = matcher.allowed()
                 t1 = time.perf_counter_ns()
                 if allowed is not None:
                     np.where(allowed, row, np.float32(-np.inf))
                 t2 = time.perf_counter_ns()
+                if i == len(tokens) and allowed is not None and not allowed[end]:
+                    break  # the generation stopped at max_tokens, before the object was complete
                 if not matcher.accept(token):
                     raise RuntimeError(f"the grammar refused token {token} of its own generation")
                 t3 = time.perf_counter_ns()

@@ -38,7 +38,7 @@ def test_a_json_schema_guide_gives_json_that_validates_and_ends_stop(engine, tok
     "guide, pattern",
     [
         (("regex", "(yes|no)"), "(yes|no)"),
-        (("ebnf_grammar", 'root ::= "The answer is " [0-9]+ "."'), r"The answer is [0-9]+\."),
+        (("ebnf_grammar", 'root ::= "Answer: " ("four" | "five") " (" [0-9]+ ")"'), r"Answer: (four|five) \([0-9]+\)"),
     ],
 )
 def test_regex_and_ebnf_guides(engine, tokenizer, guide, pattern):

@@ -46,6 +46,12 @@ def test_regex_and_ebnf_guides(engine, tokenizer, guide, pattern):
     assert re.fullmatch(pattern, run.text()) and run.finish() == "stop"
 
 
+@pytest.mark.parametrize("limits", [{"max_tokens": 10, "min_tokens": 5}, {"max_tokens": 5, "min_tokens": 5}])
+def test_a_complete_grammar_ends_the_sequence_whatever_min_tokens_says(engine, tokenizer, limits):
+    run = Run(engine, chat(tokenizer, "Is Paris in France?"), temperature=0, guide=("regex", "(yes|no)"), **limits)
+    assert re.fullmatch("(yes|no)", run.text()) and run.finish() == "stop"
+
+
 def test_json_and_sampled_n_sequences(engine, tokenizer):
     any_object = Run(engine, chat(tokenizer, "List three fruits."), max_tokens=80, temperature=0, guide=("json", ""))
     assert isinstance(json.loads(any_object.text()), dict) and any_object.finish() == "stop"

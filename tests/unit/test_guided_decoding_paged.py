@@ -86,10 +86,23 @@ def test_a_regex_guide_is_matched_in_full(engine, tokenizer):
     assert re.fullmatch("(yes|no)", run.text()) and run.finish() == "stop"
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_tokens": 10, "min_tokens": 5},  # min_tokens holds back the end the grammar requires: the grammar wins
+        {"max_tokens": 5, "min_tokens": 5},  # no end ids at all (exactly max_tokens): it ends once complete
+    ],
+)
+def test_a_complete_grammar_ends_the_sequence_whatever_min_tokens_says(engine, tokenizer, limits):
+    run = Run(engine, chat(tokenizer, "Is Paris in France?"), temperature=0, guide=("regex", "(yes|no)"), **limits)
+    assert re.fullmatch("(yes|no)", run.text()) and run.finish() == "stop"
+    assert run.sequence()[-1].num_output_tokens <= 2
+
+
 def test_an_ebnf_grammar_guide(engine, tokenizer):
-    grammar = 'root ::= "The answer is " [0-9]+ "."'
+    grammar = 'root ::= "Answer: " ("four" | "five") " (" [0-9]+ ")"'  # not what the model says unguided
     run = Run(engine, chat(tokenizer, "What is 2 + 2?"), max_tokens=20, temperature=0, guide=("ebnf_grammar", grammar))
-    assert re.fullmatch(r"The answer is [0-9]+\.", run.text()) and run.finish() == "stop"
+    assert re.fullmatch(r"Answer: (four|five) \([0-9]+\)", run.text()) and run.finish() == "stop"
 
 
 def test_n_sampled_sequences_each_follow_the_grammar(engine, tokenizer):

@@ -114,9 +114,13 @@ def _checked_schema(schema: dict[str, Any] | str, param: str) -> str:
             raise OpenAIError(400, f"{param}: the schema is not valid JSON: {exc}.", param=param) from None
     if not isinstance(schema, dict):
         raise OpenAIError(400, f"{param}: the schema must be a JSON object.", param=param)
+    if not isinstance(schema.get("$schema", ""), str):
+        raise OpenAIError(400, f"{param}: the schema's `$schema` must be a string (a dialect's URI).", param=param)
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(schema)
+    except RecursionError:
+        raise OpenAIError(400, f"{param}: the schema is nested too deeply.", param=param) from None
     except SchemaError as exc:
         where = "".join(f"[{p!r}]" for p in exc.path)
         raise OpenAIError(

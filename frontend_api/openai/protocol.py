@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 import engine_contract as contract
 from frontend_api.openai.request_fields import FALSE, NULL, RefusedChatFields, RefusedCompletionFields
@@ -133,6 +142,20 @@ class StreamOptions(OpenAIBaseModel):
 # ------------------------------------------------------------------ structured output (structured_output.py)
 
 
+def _schema_or_its_text(value: Any) -> Any:
+    if not isinstance(value, dict | str):
+        raise ValueError("must be a JSON Schema: an object, or its JSON text")
+    return value
+
+
+# vLLM's JSON Schema fields take the schema or its text (one error naming the field, not one per union member)
+SchemaOrText = Annotated[
+    dict[str, Any] | str,
+    PlainValidator(_schema_or_its_text),
+    WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "string"}]}),
+]
+
+
 class JsonSchemaFormat(BaseModel):
     """OpenAI's `response_format.json_schema`: the schema the output must follow (`strict` or not, it is enforced)."""
 
@@ -171,7 +194,7 @@ class StructuredOutputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    json_: dict[str, Any] | str | None = Field(None, alias="json", description="A JSON Schema (object or its text).")
+    json_: SchemaOrText | None = Field(None, alias="json", description="A JSON Schema (object or its text).")
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = Field(None, description="An EBNF grammar (xgrammar's GBNF dialect).")
@@ -189,7 +212,7 @@ class StructuredOutputFields(BaseModel):
 
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
-    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM < 0.12: structured_outputs.json")
+    guided_json: SchemaOrText | None = Field(None, description="vLLM < 0.12: structured_outputs.json")
     guided_regex: str | None = Field(None, description="vLLM < 0.12: structured_outputs.regex")
     guided_choice: list[str] | None = Field(None, description="vLLM < 0.12: structured_outputs.choice")
     guided_grammar: str | None = Field(None, description="vLLM < 0.12: structured_outputs.grammar")

@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 from jsonschema.exceptions import SchemaError
 
+import engine_contract as contract
 from frontend_api.errors import OpenAIError
 
 if TYPE_CHECKING:
     from frontend_api.openai.protocol import StructuredOutputFields
 
-# The contract inputs that carry the guide (TensorRT-LLM's names), and the guide types (engine_contract's GUIDE_TYPES)
-GUIDE_INPUTS = frozenset({"guided_decoding_guide_type", "guided_decoding_guide"})
+# The contract inputs that carry the guide, and the guide types we send (of contract.GUIDE_TYPES)
+GUIDE_INPUTS = frozenset({contract.GUIDED_DECODING_GUIDE_TYPE.name, contract.GUIDED_DECODING_GUIDE.name})
 JSON, JSON_SCHEMA, REGEX, EBNF_GRAMMAR = "json", "json_schema", "regex", "ebnf_grammar"
+assert {JSON, JSON_SCHEMA, REGEX, EBNF_GRAMMAR} <= set(contract.GUIDE_TYPES)
 # Characters a regex treats as syntax: escaped in a choice's alternatives (both Python's and xgrammar's dialect
 # accept a backslash before each). Control characters are written as escapes.
 _REGEX_SYNTAX = frozenset("\\^$.|?*+()[]{}/")

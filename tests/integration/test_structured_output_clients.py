@@ -175,6 +175,7 @@ def test_a_guide_the_engine_cannot_compile_is_400_naming_the_field(client, extra
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=8, extra_body=extra_body)
     assert caught.value.status_code == 400 and caught.value.body["param"] == param, caught.value.body
+    assert caught.value.body["message"].startswith(f"{param}: not a valid "), caught.value.body  # xgrammar's reason
     assert client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=2).choices  # still serving
 
 

@@ -24,6 +24,10 @@ FIELDS = (
     ("`top_logprobs` (chat), `logprobs: N` (completions)", contract.NUM_TOP_LOG_PROBS),
     ("`echo` with `logprobs` (completions)", contract.RETURN_PROMPT_LOG_PROBS),
     ("token-id prompts (completions)", contract.INPUT_IDS),
+    (
+        "`response_format`, vLLM's `structured_outputs` / `guided_*`, `tool_choice` required or named",
+        contract.GUIDED_DECODING_GUIDE_TYPE,
+    ),
 )
 NAMES = {
     contract.OPENVINO_PAGED: "`openvino_paged` (CPU default)",

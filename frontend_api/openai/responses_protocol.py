@@ -162,14 +162,30 @@ def parse_input_items(value: str | list[dict[str, Any]]) -> list[InputItem]:
         try:
             items.append(model.model_validate(raw))
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+            error = _most_telling(exc.errors())
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _field_path(error["loc"]))
             param = f"input[{index}]{where}"
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
             raise OpenAIError(400, f"{param}: {message}", param=param) from exc
     return items
+
+
+_TYPE_MISMATCHES = {"string_type", "list_type", "dict_type", "model_type"}
+_PART_TAGS = {"input_text", "output_text"}
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """Of a union's errors (`content` is a string or a list of parts), the one about what was sent: not the
+    member whose type did not even match."""
+    return next((e for e in errors if e["type"] not in _TYPE_MISMATCHES), errors[0])
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[Any]:
+    """The error's location as fields and indexes, without pydantic's union member labels (`str`, `list[...]`,
+    a part's tag)."""
+    return [p for p in loc if isinstance(p, int) or not (p in _PART_TAGS or p == "str" or "[" in p)]
 
 
 # ---------------------------------------------------------------------------------------------- the request

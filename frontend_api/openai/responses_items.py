@@ -119,7 +119,7 @@ def chat_fields(request: ResponsesRequest) -> dict[str, Any]:
     if isinstance(text_format, TextFormatJsonObject):
         fields["response_format"] = {"type": "json_object"}
     elif isinstance(text_format, TextFormatJsonSchema):
-        schema = {"name": text_format.name, "schema": text_format.schema_}
+        schema: dict[str, Any] = {"name": text_format.name, "schema": text_format.schema_}
         if text_format.description is not None:
             schema["description"] = text_format.description
         if text_format.strict is not None:

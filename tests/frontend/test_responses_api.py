@@ -106,7 +106,9 @@ def test_previous_response_id_prepends_the_stored_exchange(client, app, tokenize
     ]
     assert app.engine.requests[-1].prompt == chat_prompt(tokenizer, messages)
     assert second.previous_response_id == first.id
-    third = client.responses.create(model=MODEL, input=[{"role": "user", "content": "Again?"}], previous_response_id=second.id)
+    third = client.responses.create(
+        model=MODEL, input=[{"role": "user", "content": "Again?"}], previous_response_id=second.id
+    )
     messages += [{"role": "assistant", "content": second.output_text}, {"role": "user", "content": "Again?"}]
     assert app.engine.requests[-1].prompt == chat_prompt(tokenizer, messages)
     assert third.status == "completed"
@@ -116,7 +118,11 @@ def test_input_items_messages_and_parts_become_the_chat_messages(client, app, to
     items = [
         {"type": "message", "role": "developer", "content": "Rules."},
         {"role": "user", "content": [{"type": "input_text", "text": "Hello"}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi!", "annotations": []}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hi!", "annotations": []}],
+        },
         {"role": "user", "content": "Bye"},
     ]
     client.responses.create(model=MODEL, input=items)

@@ -155,6 +155,23 @@ EMBEDDING_BIAS_WEIGHTS = _input(
     dims=(-1,),
     default=(),
 )
+# Grammar-constrained decoding (TensorRT-LLM's GuidedDecodingParams, its names and guide types).
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar", "structural_tag")
+_GUIDED = {TENSORRT_LLM, OPENVINO_PAGED}
+GUIDED_DECODING_GUIDE_TYPE = _input(
+    "guided_decoding_guide_type",
+    "TYPE_STRING",
+    "constrain the output: json (any JSON object), json_schema, regex, ebnf_grammar or structural_tag",
+    _GUIDED,
+)
+GUIDED_DECODING_GUIDE = _input(
+    "guided_decoding_guide",
+    "TYPE_STRING",
+    "the guide of guided_decoding_guide_type: the JSON schema, the regex, the EBNF grammar, the structural tag's "
+    "JSON (empty for json)",
+    _GUIDED,
+    default="",
+)
 END_ID = _input("end_id", "TYPE_INT32", "the token that ends the sequence instead of the model's own")
 PAD_ID = _input("pad_id", "TYPE_INT32", "the padding token (TensorRT-LLM's; the llm cores need none)")
 NUM_RETURN_SEQUENCES = _input(
@@ -213,6 +230,8 @@ INPUTS: tuple[TensorSpec, ...] = (
     BAD_WORDS,
     EMBEDDING_BIAS_TOKEN_IDS,
     EMBEDDING_BIAS_WEIGHTS,
+    GUIDED_DECODING_GUIDE_TYPE,
+    GUIDED_DECODING_GUIDE,
     END_ID,
     PAD_ID,
     NUM_RETURN_SEQUENCES,

@@ -66,6 +66,8 @@ INPUT_TO_PARAM = {spec.name: field for field, spec in _FROM_PARAMS.items()} | {
     contract.RETURN_LOG_PROBS.name: "logprobs",
     contract.NUM_TOP_LOG_PROBS.name: "top_logprobs",
     contract.RETURN_PROMPT_LOG_PROBS.name: "echo",
+    contract.GUIDED_DECODING_GUIDE_TYPE.name: "response_format",
+    contract.GUIDED_DECODING_GUIDE.name: "response_format",
 }
 _PLUMBING = frozenset(spec.name for spec, _ in _ALWAYS_SENT)  # sent by the client itself, not asked for
 _INVALID_MARKER = "invalid request:"
@@ -122,6 +124,10 @@ def input_values(request: GenerationRequest) -> list[tuple[contract.TensorSpec, 
         values.append((contract.NUM_TOP_LOG_PROBS, params.top_logprobs))
     if params.prompt_logprobs:
         values.append((contract.RETURN_PROMPT_LOG_PROBS, True))
+    if params.guide_type is not None:
+        values.append((contract.GUIDED_DECODING_GUIDE_TYPE, params.guide_type))
+        if params.guide:  # "json" has none
+            values.append((contract.GUIDED_DECODING_GUIDE, params.guide))
     return values
 
 

@@ -55,14 +55,12 @@ EMPTY_LIST = Annotated[Any, Refused([])]
 EMPTY_OBJECT = Annotated[Any, Refused({})]
 FALSE = Annotated[Any, Refused(False)]
 TRUE = Annotated[Any, Refused(True)]
-TEXT_FORMAT = Annotated[Any, Refused({"type": "text"}, reason="no structured output")]
 NO_TOOLS = Annotated[Any, Refused([], reason="no tool calling")]
 
 
 class RefusedFields(BaseModel):
     """Both chat and completions (vLLM's extras; n, logit_bias, stop_token_ids and bad_words are honoured)."""
 
-    response_format: TEXT_FORMAT = None  # OpenAI's in chat, vLLM's in completions
     # vLLM's sampling parameters (top_k, repetition_penalty, min_tokens, ignore_eos, stop_token_ids and bad_words
     # are honoured)
     min_p: Annotated[Any, Refused(0)] = None
@@ -79,12 +77,8 @@ class RefusedFields(BaseModel):
     allowed_token_ids: NULL = None
     # vLLM's extra parameters
     add_special_tokens: NULL = None  # whether a BOS is added depends on the engine
-    structured_outputs: NULL = None
-    guided_json: NULL = None
-    guided_regex: NULL = None
-    guided_choice: NULL = None
-    guided_grammar: NULL = None
-    guided_decoding_backend: NULL = None
+    # structured output: honoured in protocol.py (StructuredOutputFields), but for these options
+    guided_decoding_backend: Annotated[Any, Refused("auto", reason="the engine's own backend is used")] = None
     guided_whitespace_pattern: NULL = None
     structural_tag: NULL = None
     logits_processors: NULL = None

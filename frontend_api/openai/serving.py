@@ -37,6 +37,7 @@ from frontend_api.openai.response_objects import (
     TopLogprob,
     Usage,
 )
+from frontend_api.openai.structured_output import GUIDE_INPUTS, Guide, guide_of, guide_param
 from frontend_api.openai.timing import GenerationTimer
 from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.policy.auth import Principal
@@ -89,7 +90,10 @@ class LogprobsAsked:
 
 
 def sampling_params(
-    request: BaseGenerationRequest, max_tokens: int, logprobs: LogprobsAsked = LogprobsAsked()
+    request: BaseGenerationRequest,
+    max_tokens: int,
+    logprobs: LogprobsAsked = LogprobsAsked(),
+    guide: Guide | None = None,  # the request's structured-output constraint (structured_output.guide_of)
 ) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
@@ -109,6 +113,8 @@ def sampling_params(
         logprobs=logprobs.output,
         top_logprobs=logprobs.top,
         prompt_logprobs=logprobs.prompt,
+        guide_type=guide.guide_type if guide else None,
+        guide=guide.guide if guide else "",
     )
 
 
@@ -180,6 +186,8 @@ class OpenAIServing:
         """The request field that set a contract input (for the `param` of a 400)."""
         if input_name == contract.MIN_TOKENS.name and request is not None and request.ignore_eos:
             return "ignore_eos"
+        if input_name in GUIDE_INPUTS and (field := guide_param(request)):
+            return field
         return self.param_names.get(input_name) or INPUT_TO_PARAM.get(input_name, input_name)
 
     async def check_token_ids(self, model: EngineModel, fields: dict[str, list[int]]) -> None:
@@ -221,6 +229,7 @@ class OpenAIServing:
         request_id: str | None = None,
     ) -> Prepared:
         await self.check_token_ids(model, request.token_ids_to_check())
+        guide = guide_of(request)
         if prompt_token_ids is not None:
             prompt_tokens = len(prompt_token_ids)
         if prompt_tokens is None:
@@ -244,7 +253,7 @@ class OpenAIServing:
             request_id=request_id,
             engine_model=model.engine_model,
             prompt=prompt,
-            params=sampling_params(request, max_tokens, logprobs),
+            params=sampling_params(request, max_tokens, logprobs, guide),
             stream=request.stream,
             prompt_token_ids=tuple(prompt_token_ids) if prompt_token_ids is not None else None,
         )

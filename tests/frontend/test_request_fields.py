@@ -1,7 +1,8 @@
 """Every request field is honoured or refused with a 400 naming it: a field OpenAI or vLLM defines that we cannot
 honour is accepted only with its default (frontend_api/openai/request_fields.py), a field neither defines is
 unrecognized (OpenAI's answer to a typo), and vLLM's ignore_eos is honoured. The sampling and output fields
-(n, logprobs, logit_bias, echo, ...) are tested in test_sampling_outputs.py."""
+(n, logprobs, logit_bias, echo, ...) are tested in test_sampling_outputs.py, the structured-output fields
+(response_format, structured_outputs, guided_*) in test_structured_output.py."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ REFUSED = [
     ("chat/completions", "prompt_logprobs", 1, None),
     ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}], []),
     ("chat/completions", "tool_choice", "required", "none"),
-    ("chat/completions", "response_format", {"type": "json_object"}, {"type": "text"}),
     ("chat/completions", "store", True, False),
     ("chat/completions", "reasoning_effort", "low", None),
     ("chat/completions", "modalities", ["text", "audio"], ["text"]),
     ("chat/completions", "service_tier", "flex", "auto"),
     ("chat/completions", "min_p", 0.1, 0.0),
     ("chat/completions", "skip_special_tokens", False, True),
-    ("chat/completions", "guided_json", {"type": "object"}, None),
+    ("chat/completions", "guided_decoding_backend", "outlines", "auto"),
+    ("chat/completions", "guided_whitespace_pattern", r"\s*", None),
+    ("completions", "structural_tag", "{}", None),
     ("chat/completions", "chat_template_kwargs", {"enable_thinking": True}, {}),
     ("completions", "best_of", 2, 1),  # best_of > n
     ("completions", "suffix", "!", None),

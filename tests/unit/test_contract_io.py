@@ -68,6 +68,12 @@ NON_DEFAULT = {
     "return_log_probs": ({"return_log_probs": True}, "logprobs", True),
     "num_top_log_probs": ({"num_top_log_probs": 4}, "top_logprobs", 4),
     "return_prompt_log_probs": ({"return_prompt_log_probs": True}, "prompt_logprobs", True),
+    "guided_decoding_guide_type": ({"guided_decoding_guide_type": "json"}, "guide", ("json", "")),
+    "guided_decoding_guide": (
+        {"guided_decoding_guide_type": "regex", "guided_decoding_guide": "(yes|no)"},
+        "guide",
+        ("regex", "(yes|no)"),
+    ),
 }
 
 

@@ -62,6 +62,18 @@ def test_the_sampling_and_output_inputs():
         assert spec.array(value).dtype == spec.numpy_dtype
 
 
+def test_a_guide_is_sent_as_the_guided_decoding_inputs():
+    schema = '{"type": "object"}'
+    values = sent(request(guide_type="json_schema", guide=schema))
+    assert values["guided_decoding_guide_type"] == "json_schema" and values["guided_decoding_guide"] == schema
+    assert {"guided_decoding_guide_type", "guided_decoding_guide"} <= set(
+        needed_inputs(request(guide_type="regex", guide="a+"))
+    )
+    any_object = sent(request(guide_type="json"))  # the guide of "json" is empty: not sent
+    assert any_object["guided_decoding_guide_type"] == "json" and "guided_decoding_guide" not in any_object
+    assert "guided_decoding_guide_type" not in sent(request())
+
+
 def test_top_logprobs_alone_asks_for_the_log_probs_too():
     values = sent(request(top_logprobs=2))
     assert values["return_log_probs"] is True and values["num_top_log_probs"] == 2
@@ -136,6 +148,11 @@ def test_a_model_config_declares_its_capabilities():
         ("invalid request: num_return_sequences must be from 1 to 16", "n", "num_return_sequences"),
         ("invalid request: embedding_bias_token_ids must be token ids", "logit_bias", "embedding_bias_token_ids"),
         ("unexpected inference input 'return_log_probs' for model 'x'", "logprobs", "return_log_probs"),
+        (
+            "invalid request: guided_decoding_guide: the JSON schema is not valid",
+            "response_format",
+            "guided_decoding_guide",
+        ),
     ],
 )
 def test_an_engine_refusal_names_the_field_and_the_input(message, param, name):

@@ -46,6 +46,9 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
     bias_ids, bias_weights = value(contract.EMBEDDING_BIAS_TOKEN_IDS), value(contract.EMBEDDING_BIAS_WEIGHTS)
     if len(bias_ids) != len(bias_weights):
         raise InvalidRequest("embedding_bias_token_ids and embedding_bias_weights must have the same length")
+    guide_type, guide = value(contract.GUIDED_DECODING_GUIDE_TYPE), value(contract.GUIDED_DECODING_GUIDE)
+    if guide_type is None and guide:
+        raise InvalidRequest("guided_decoding_guide_type is required with guided_decoding_guide")
     sampling = Sampling(
         max_tokens=int(value(contract.MAX_TOKENS)),
         temperature=float(value(contract.TEMPERATURE)),
@@ -65,6 +68,7 @@ def parse_request(read: Callable[[str], np.ndarray | None], core: str) -> Parsed
         logprobs=bool(value(contract.RETURN_LOG_PROBS)),
         top_logprobs=int(value(contract.NUM_TOP_LOG_PROBS)),
         prompt_logprobs=bool(value(contract.RETURN_PROMPT_LOG_PROBS)),
+        guide=None if guide_type is None else (guide_type, guide),
     )
     return ParsedRequest(
         prompt=text if text is not None else tuple(map(int, ids)),

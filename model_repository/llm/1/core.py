@@ -55,6 +55,8 @@ class Sampling:
     logprobs: bool = False  # report each generated token's log-probability
     top_logprobs: int = 0  # and this many most likely tokens with theirs (0..engine_contract.MAX_TOP_LOG_PROBS)
     prompt_logprobs: bool = False  # report each prompt token's log-probability (with top_logprobs of them)
+    # (guide type, guide): constrain the output to a grammar (engine_contract.GUIDE_TYPES; grammar.py compiles it)
+    guide: tuple[str, str] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -190,6 +192,20 @@ def validate_sampling(sampling: Sampling, vocab_size: int) -> None:
     for token in sampling.stop_token_ids:
         if not 0 <= token < vocab_size:
             raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), not {token}")
+    if sampling.guide is not None:
+        validate_guide(*sampling.guide)
+
+
+def validate_guide(guide_type: str, guide: str) -> None:
+    """A guide's type is one of the contract's, and it has a guide exactly when the type needs one."""
+    if guide_type not in engine_contract.GUIDE_TYPES:
+        raise InvalidRequest(
+            f"guided_decoding_guide_type must be one of {', '.join(engine_contract.GUIDE_TYPES)}, not {guide_type!r}"
+        )
+    if guide_type == "json" and guide:
+        raise InvalidRequest("guided_decoding_guide must be empty with guided_decoding_guide_type json (any object)")
+    if guide_type != "json" and not guide:
+        raise InvalidRequest(f"guided_decoding_guide is required with guided_decoding_guide_type {guide_type}")
 
 
 def check_prompt_ids(prompt: tuple[int, ...], vocab_size: int) -> list[int]:

@@ -126,6 +126,8 @@ class FastEngine:
 
     def validate(self, sampling: Sampling) -> None:
         validate_sampling(sampling, self.vocab_size)
+        if sampling.guide is not None:
+            raise InvalidRequest("guided_decoding_guide_type is not supported by the llm engine core 'fast'")
         if sampling.n > self.runner.num_slots:
             raise InvalidRequest(
                 f"num_return_sequences ({sampling.n}) exceeds the {self.runner.num_slots} sequences this engine "

@@ -7,6 +7,9 @@ In order, per row (`process`):
 - the logit bias (OpenAI logit_bias; -inf for single-token bad words), then the last token of each multi-token bad
   word whose other tokens the sequence just generated (vLLM's prefix match over generated tokens only);
 - the end ids (end-of-sequence, stop_token_ids) masked while fewer than min_tokens were generated;
+- a guide's grammar (grammar.GuideMatcher): the tokens it disallows next at -inf (if that leaves no token, as
+  when min_tokens masks the end the grammar requires, the grammar's mask alone over the raw logits: the grammar
+  wins); the kept token is accepted by the matcher in `advance`;
 - then greedy argmax, or temperature, top-k, top-p and a Gumbel-max draw with the torch sampler's counter-based
   noise: u = mix32(step key + mix32(token id)), step key = mix32(sequence key ^ mix32(position)). The same sequence
   key, position and logits give the same token as the torch sampler (up to float32 rounding of the logs): no
@@ -21,8 +24,12 @@ batched into one argmax; the others are processed one by one (a copy of the row 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # grammar.py imports xgrammar (and torch): only a guided request loads it
+    from grammar import GuideMatcher
 
 MASK32 = 0xFFFFFFFF
 # top_p without top_k: look for the nucleus among the tokens within this many nats of the most likely (a model's
@@ -109,10 +116,12 @@ class SamplingParams:
 
 
 class SequenceSampler:
-    """A sequence's settings and what its processors need of its history (prompt, generated tokens)."""
+    """A sequence's settings and what its processors need of its history (prompt, generated tokens), and its
+    grammar's matcher when it has a guide."""
 
-    def __init__(self, params: SamplingParams, prompt: list[int], vocab_size: int):
-        self.params, self.vocab_size = params, vocab_size
+    def __init__(self, params: SamplingParams, prompt: list[int], vocab_size: int, guide: GuideMatcher | None = None):
+        self.params, self.vocab_size, self.guide = params, vocab_size, guide
+        self.guide_refused = False
         self.generated: list[int] = []
         self._prompt_ids = np.unique(np.asarray(prompt, dtype=np.int64)) if params.repetition != 1 else None
         if params.bias:  # duplicates add up, as index_put_(accumulate=True)
@@ -123,8 +132,22 @@ class SequenceSampler:
             np.add.at(self._bias_values, inverse, values)
         self._end_ids = np.array(sorted(params.end_ids), dtype=np.int64)
 
+    @property
+    def plain(self) -> bool:
+        return self.params.plain and self.guide is None
+
     def process(self, logits: np.ndarray) -> np.ndarray:
-        """The row after the penalties, the bias, the bad words and the min_tokens mask (a copy when changed)."""
+        """The row after the penalties, the bias, the bad words, the min_tokens mask and the grammar (a copy when
+        changed)."""
+        out = self._process(logits)
+        if self.guide is not None:
+            allowed = self.guide.allowed()
+            if allowed is not None:
+                masked = np.where(allowed, out, np.float32(-np.inf)).astype(np.float32, copy=False)
+                out = masked if np.isfinite(masked).any() else np.where(allowed, logits, np.float32(-np.inf))
+        return out
+
+    def _process(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
         out = logits
         if p.penalised:
@@ -186,6 +209,8 @@ class SequenceSampler:
 
     def advance(self, token: int) -> None:
         self.generated.append(token)
+        if self.guide is not None and not self.guide.accept(token):
+            self.guide_refused = True  # cannot happen (the token passed the grammar's own mask): the core ends it
 
 
 def _ends_with(generated: list[int], prefix: tuple[int, ...]) -> bool:
@@ -225,7 +250,7 @@ def sample_rows(logits: np.ndarray, samplers: list[SequenceSampler], positions: 
 
     rows = len(samplers)
     tokens = np.empty(rows, dtype=np.int64)
-    plain = np.array([s.params.plain for s in samplers], dtype=bool)
+    plain = np.array([s.plain for s in samplers], dtype=bool)
     if plain.any():
         tokens[plain] = np.argmax(logits[plain], axis=-1)
     for i in np.flatnonzero(~plain):

@@ -129,6 +129,8 @@ class OpenVINOPagedEngine:
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
         self._cancellations = CancellationPoller()
+        self._guides = None  # grammar.Guides, made by the first guided request (it loads xgrammar)
+        self._checkpoint = checkpoint
         # Where the loop's time goes (read by the benchmark): counts, and seconds in each phase.
         self.stats = {"steps": 0, "tokens": 0, "preemptions": 0, "forward_s": 0.0, "sample_s": 0.0, "deliver_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="llm-openvino-paged-core", daemon=True)
@@ -157,6 +159,7 @@ class OpenVINOPagedEngine:
         banned, bad_sequences = self._bad_words(sampling.bad_words)
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
+        compiled = self._compile_guide(sampling)  # here, so that an invalid guide is refused at once
         request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
         for index in range(sampling.n):
             params = SamplingParams(
@@ -180,7 +183,12 @@ class OpenVINOPagedEngine:
                 request,
                 index,
                 seq_id,
-                SequenceSampler(params, input_ids, self.vocab_size),
+                SequenceSampler(
+                    params,
+                    input_ids,
+                    self.vocab_size,
+                    None if compiled is None else self._guides.matcher(compiled, eos_ids),  # type: ignore[union-attr]
+                ),
                 TextStream(self.tokenizer, sampling.stop),
                 eos_ids,
                 # every sequence reports the prompt's scores, computed once (sequence 0's prefill)
@@ -195,6 +203,16 @@ class OpenVINOPagedEngine:
                 raise InvalidRequest(f"request id {request_id!r} is already in flight")
             self._active[request_id] = request
         self._incoming.put(request)
+
+    def _compile_guide(self, sampling: Sampling):
+        """The request's guide compiled (grammar.py, imported with the first one), or None without one."""
+        if sampling.guide is None:
+            return None
+        if self._guides is None:
+            from grammar import Guides
+
+            self._guides = Guides(self._checkpoint, self.vocab_size)
+        return self._guides.compile(*sampling.guide)
 
     def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
         """(single-token ids to ban, multi-token sequences to ban by prefix match), each word as written and after
@@ -319,8 +337,12 @@ class OpenVINOPagedEngine:
         text = "" if hit_eos else sequence.stream.push((token,))
         if hit_eos:
             self._finish(sequence, "stop", sequence.stream.finish())
+        elif sequence.sampler.guide_refused:
+            self._finish(sequence, "error", text, error=f"the grammar refused token {token}")
         elif sequence.stream.stopped:
             self._finish(sequence, "stop", text)
+        elif sequence.sampler.guide is not None and sequence.sampler.guide.terminated:  # complete, no end id
+            self._finish(sequence, "stop", text + sequence.stream.finish())
         elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
         elif text:

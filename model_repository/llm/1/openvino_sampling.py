@@ -89,6 +89,8 @@ def check_sampling(sampling: Sampling, vocab_size: int, prefix_caching: bool) ->
         raise InvalidRequest("embedding_bias_token_ids is not supported by the llm engine core 'openvino'")
     if sampling.bad_words:
         raise InvalidRequest("bad_words is not supported by the llm engine core 'openvino'")
+    if sampling.guide is not None:  # GenAI's StructuredOutputConfig is not wired (the openvino_paged core has it)
+        raise InvalidRequest("guided_decoding_guide_type is not supported by the llm engine core 'openvino'")
 
 
 def generation_config(

@@ -35,6 +35,8 @@ PASSTHROUGH = {
     "seed": "seed",
     "num_return_sequences": "num_return_sequences",
     "return_log_probs": "return_log_probs",
+    "guided_decoding_guide_type": "guided_decoding_guide_type",
+    "guided_decoding_guide": "guided_decoding_guide",
 }
 PREPROCESSING_INPUTS = {
     "text_input": "QUERY",

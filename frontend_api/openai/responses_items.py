@@ -8,6 +8,7 @@ with an id: messages with a list of content parts, function_call and function_ca
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from frontend_api.errors import OpenAIError
@@ -128,35 +129,28 @@ def chat_fields(request: ResponsesRequest) -> dict[str, Any]:
     return fields
 
 
-# A chat field (or the start of one's dotted path) -> the Responses field it comes from, for errors the chat
-# path raises about the translated request.
-CHAT_TO_RESPONSES_PARAM = {
-    "messages": "input",
-    "max_completion_tokens": "max_output_tokens",
-    "max_tokens": "max_output_tokens",
-    "response_format": "text.format",
-    "tools": "tools",
-    "tool_choice": "tool_choice",
-    "parallel_tool_calls": "parallel_tool_calls",
-}
+# The chat path's names for the fields of the translated request -> the Responses API's, for its errors. A chat
+# message's index is not the input item's (instructions and the chained history come first): "input" alone.
+_CHAT_NAMES = [
+    (re.compile(r"\bresponse_format\.json_schema\."), "text.format."),
+    (re.compile(r"\bresponse_format\b"), "text.format"),
+    (re.compile(r"\btools\.(\d+)\.function\."), r"tools.\1."),
+    (re.compile(r"\btool_choice\.function\."), "tool_choice."),
+    (re.compile(r"\bmax_(completion_)?tokens\b"), "max_output_tokens"),
+    (re.compile(r"\bmessages(\.[\w.]+)?"), "input"),
+]
+
+
+def _responses_names(text: str) -> str:
+    for pattern, name in _CHAT_NAMES:
+        text = pattern.sub(name, text)
+    return text
 
 
 def responses_error(exc: OpenAIError) -> OpenAIError:
     """An error of the chat path, its field and wording in the Responses API's terms."""
-    param = exc.param
-    message = exc.message
-    if param is not None:
-        head, dot, rest = param.partition(".")
-        if head in ("messages", "response_format"):  # a translated item or format: name the Responses field
-            param = CHAT_TO_RESPONSES_PARAM[head]
-        elif head in CHAT_TO_RESPONSES_PARAM:
-            param = CHAT_TO_RESPONSES_PARAM[head] + dot + rest
-    message = message.replace("max_completion_tokens", "max_output_tokens").replace("the messages", "the input")
-    if message.startswith("messages"):
-        message = "input" + message.removeprefix("messages")
-    if message.startswith("response_format"):
-        message = "text.format" + message.removeprefix("response_format")
-    return OpenAIError(exc.status, message, param, exc.type, exc.code, exc.headers)
+    param = _responses_names(exc.param) if exc.param is not None else None
+    return OpenAIError(exc.status, _responses_names(exc.message), param, exc.type, exc.code, exc.headers)
 
 
 def output_items(content: str | None, tool_calls: list[dict[str, Any]] | None, incomplete: bool) -> list[Any]:

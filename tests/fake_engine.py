@@ -20,7 +20,9 @@ real engines promise by the tensor contract:
   other inputs by the contract's own reading); an input outside the fake's `capabilities` set to anything but
   its default raises the EngineError 400 a real engine's refusal does, through the Triton client's own error
   mapping, before the first chunk;
-- closing the iterator early cancels the request: it is recorded in `cancelled`, and leaves `active`.
+- closing the iterator early cancels the request: it is recorded in `cancelled`, and leaves `active`;
+- a test may script the next replies instead (`scripted`, e.g. a <tool_call> block): each is sent one real token
+  per response (so tags and JSON split across deltas), cut at max_tokens (finish `length`), else finish `stop`.
 The app runs in another thread (a uvicorn server): tests read `requests`, `active` and `cancelled` from theirs,
 so those are plain containers updated atomically, read with `wait_until`.
 """
@@ -109,6 +111,7 @@ class FakeEngine:
         self.cancelled: list[str] = []  # request ids whose iterator was closed before the final chunk
         self.closed = False
         self._abort_message: str | None = None
+        self.scripted: list[str] = []  # the next replies' texts, in order (instead of the words)
 
     @property
     def model(self) -> EngineModel:
@@ -190,6 +193,17 @@ class FakeEngine:
         self.active.add(request.request_id)
         finished = False
         try:
+            if self.scripted:  # one token per response, one sequence
+                ids = self._tokenizer.encode(self.scripted.pop(0), add_special_tokens=False).ids
+                pieces = [self._tokenizer.decode(ids[:i]) for i in range(len(ids) + 1)]
+                for generated in range(1, min(len(ids), max_tokens) + 1):
+                    await asyncio.sleep(self.token_delay_s)
+                    finish = "length" if generated == max_tokens else None
+                    yield chunk(0, pieces[generated][len(pieces[generated - 1]) :], generated, finish, generated == 1)
+                if len(ids) < max_tokens:
+                    yield chunk(0, "", len(ids) + 1, "stop", not ids)
+                finished = True
+                return
             texts, sent, done = [""] * n, [0] * n, [False] * n
             for generated in range(1, length + 2):  # the words, then the end-of-sequence
                 await asyncio.sleep(self.token_delay_s)  # also lets the server loop serve others between words

@@ -56,6 +56,8 @@ class MessagePublic(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's tool calls, as the chat answer's
+    tool_call_id: str | None = None  # a tool turn's: the call it answers
     id: int
     object: Literal["chat.session.message"] = "chat.session.message"
     created_at: int

@@ -3,13 +3,15 @@ as SSE chunks, or as WebSocket messages. With `session_id`, the stored history i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
+import engine_contract as contract
 from frontend_api.engine.protocol import Engine, EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
 from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
-from frontend_api.openai.protocol import ChatCompletionRequest
+from frontend_api.openai.protocol import BaseGenerationRequest, ChatCompletionRequest
 from frontend_api.openai.response_objects import (
     AssistantMessage,
     ChatCompletion,
@@ -17,7 +19,11 @@ from frontend_api.openai.response_objects import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChoiceLogprobs,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
     Usage,
 )
 from frontend_api.openai.serving import (
@@ -31,6 +37,8 @@ from frontend_api.openai.serving import (
 )
 from frontend_api.openai.session_turns import SessionTurn, open_turn, reply_reserve
 from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.openai.tool_calls import ToolOutputs, guide_of, offered_tools, parser_of
+from frontend_api.openai.tool_parsers import ParsedDelta
 from frontend_api.policy.auth import Principal
 from frontend_api.policy.limits import Limiter
 from frontend_api.settings import Settings
@@ -42,11 +50,20 @@ class ChatRun:
     text of a one-choice chat); afterwards `finish_reasons`, `finish_reason` (the first choice's) and `usage` are
     set. However the iteration ends, the engine request is closed and a session turn is stored once."""
 
-    def __init__(self, serving: OpenAIServing, prepared: Prepared, chunks: EngineStream, turn: SessionTurn | None):
+    def __init__(
+        self,
+        serving: OpenAIServing,
+        prepared: Prepared,
+        chunks: EngineStream,
+        turn: SessionTurn | None,
+        outputs: ToolOutputs,
+    ):
         self.serving = serving
         self.prepared = prepared
         self.chunks = chunks
         self.turn = turn
+        self.outputs = outputs  # the choices' text read for tool calls (as plain text without tools)
+        self.parsed = ParsedDelta()  # what the chunk `events()` yielded last reads as
         self.tallies = Tallies(prepared.engine_request.params.n)
         self.finish_reasons: list[str] = []
         self.finish_reason: str | None = None
@@ -67,16 +84,21 @@ class ChatRun:
             async with aclosing(self.chunks):
                 async for chunk in self.chunks:
                     self.tallies.add(chunk)
+                    self.parsed = self.outputs.feed(chunk.index, chunk.text)
                     yield chunk
             reasons, self.usage = await self.serving.finish_all([(self.prepared, self.tallies)])
-            self.finish_reasons = reasons[0]
+            self.finish_reasons = [self.outputs.finish_reason(i, reason) for i, reason in enumerate(reasons[0])]
             self.finish_reason = ended = self.finish_reasons[0]
         except EngineError:
             ended = "error"
             raise
         finally:
-            if self.turn is not None:
-                await self.turn.record(self.tally.text, ended, self.usage)
+            await self._record(ended)
+
+    async def _record(self, ended: str) -> None:
+        if self.turn is not None:
+            output = self.outputs.output(0)
+            await self.turn.record(output.content or "", ended, self.usage, output.tool_calls, self.outputs.ids)
 
     async def deltas(self) -> AsyncGenerator[str, None]:
         """The first choice's text deltas."""
@@ -88,8 +110,7 @@ class ChatRun:
     async def aclose(self) -> None:
         """Close a run whose `events()` may never have started: cancel the engine request, store the turn."""
         await self.chunks.aclose()
-        if self.turn is not None:
-            await self.turn.record(self.tally.text, self.finish_reason or "cancelled", self.usage)
+        await self._record(self.finish_reason or "cancelled")
 
     async def text(self) -> str:
         async with aclosing(self.deltas()) as deltas:
@@ -114,9 +135,16 @@ class OpenAIServingChat(OpenAIServing):
         super().__init__(engine, tokenizers, settings, principal, limiter)
         self.sessions = sessions
 
+    def param_of(self, input_name: str, request: BaseGenerationRequest | None = None) -> str:
+        if input_name in _GUIDE_INPUTS and isinstance(request, ChatCompletionRequest) and guide_of(request):
+            return "tool_choice"  # the guide is the tool choice's
+        return super().param_of(input_name, request)
+
     async def start_chat(self, request: ChatCompletionRequest, arrived: float | None = None) -> ChatRun:
         """Start a chat generation; `arrived` (time.perf_counter()) is when a WebSocket frame asked for it."""
         model = await self.resolve_model(request.model)
+        parser = parser_of(model)
+        tools = offered_tools(request)
         turn, prompt_tokens = None, None
         if request.session_id is not None and request.choices_per_prompt > 1:
             raise OpenAIError(400, "n: a chat session has one reply: only n = 1 is accepted with session_id.", "n")
@@ -124,10 +152,10 @@ class OpenAIServingChat(OpenAIServing):
             turn, request = await open_turn(self.sessions, self.principal.key_id, request)
             reserve = reply_reserve(request, self.settings.default_max_tokens, model.max_model_len)
             _, prompt, prompt_tokens = await turn.conversation(
-                self.tokenizers, model, self.settings.session_history_messages, reserve
+                self.tokenizers, model, self.settings.session_history_messages, reserve, tools
             )
         else:
-            prompt = await self.tokenizers.render_chat(model, request.messages)
+            prompt = await self.tokenizers.render_chat(model, request.messages, tools)
         requested: int | None
         if request.max_completion_tokens is not None:
             requested, names = request.max_completion_tokens, ("max_completion_tokens", "messages")
@@ -145,7 +173,31 @@ class OpenAIServingChat(OpenAIServing):
             arrived=arrived,
             logprobs=logprobs,
         )
-        return ChatRun(self, prepared, await self.start(prepared), turn)
+        self._guide(prepared, request)
+        outputs = ToolOutputs(request, parser, request.choices_per_prompt)
+        return ChatRun(self, prepared, await self.start(prepared), turn, outputs)
+
+    def _guide(self, prepared: Prepared, request: ChatCompletionRequest) -> None:
+        """A named function or "required": the output follows the tool choice's JSON schema."""
+        if (guide := guide_of(request)) is None:
+            return
+        params = prepared.engine_request.params
+        if params.guide_type is not None:
+            message = 'tool_choice: a named function or "required" cannot be combined with response_format.'
+            raise OpenAIError(400, message, param="tool_choice")
+        params = dataclasses.replace(params, guide_type="json_schema", guide=guide)
+        prepared.engine_request = dataclasses.replace(prepared.engine_request, params=params)
+        self.check_capabilities(prepared.model, request, prepared.engine_request)
+
+    def _message(self, run: ChatRun, index: int, text: str) -> AssistantMessage:
+        if not run.outputs.parsing:
+            return AssistantMessage(content=text)
+        output = run.outputs.output(index)
+        calls = [
+            ToolCall(id=run.outputs.call_id(index, i), function=FunctionCall(name=call.name, arguments=call.arguments))
+            for i, call in enumerate(output.tool_calls)
+        ]
+        return AssistantMessage(content=output.content, tool_calls=calls or None)
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
         run = await self.start_chat(request)
@@ -164,7 +216,7 @@ class OpenAIServingChat(OpenAIServing):
             choices.append(
                 ChatCompletionChoice(
                     index=index,
-                    message=AssistantMessage(content=tally.text),
+                    message=self._message(run, index, tally.text),
                     logprobs=logprobs,
                     finish_reason=run.finish_reasons[index],
                 )
@@ -191,6 +243,27 @@ class OpenAIServingChat(OpenAIServing):
                 )
             )
 
+        def deltas(index: int, parsed: ParsedDelta, logprobs: ChoiceLogprobs | None = None) -> list[str]:
+            """The events of what a choice's text read as: content, then each tool-call piece."""
+            pieces = [DeltaMessage(content=parsed.content)] if parsed.content or logprobs is not None else []
+            for call in parsed.tool_calls:
+                if call.name is not None:
+                    function = DeltaFunctionCall(name=call.name, arguments="")
+                    piece = DeltaToolCall(
+                        index=call.index, id=run.outputs.call_id(index, call.index), type="function", function=function
+                    )
+                else:
+                    piece = DeltaToolCall(index=call.index, function=DeltaFunctionCall(arguments=call.arguments))
+                pieces.append(DeltaMessage(tool_calls=[piece]))
+            return [
+                event([ChatCompletionChunkChoice(index=index, delta=delta, logprobs=logprobs if i == 0 else None)])
+                for i, delta in enumerate(pieces)
+            ]
+
+        def finish(index: int, reason: str) -> list[str]:
+            ending = ChatCompletionChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)
+            return [*deltas(index, run.outputs.finish(index)), event([ending])]
+
         finished: set[int] = set()
         model = run.prepared.model
         async with aclosing(run.events()) as events:
@@ -204,23 +277,23 @@ class OpenAIServingChat(OpenAIServing):
                     if request.logprobs and chunk.token_ids:
                         content = await self.token_logprobs(model, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
                         logprobs = ChoiceLogprobs(content=content)
-                    if chunk.text or logprobs is not None:
-                        delta = DeltaMessage(content=chunk.text)
-                        yield event([ChatCompletionChunkChoice(index=chunk.index, delta=delta, logprobs=logprobs)])
+                    for line in deltas(chunk.index, run.parsed, logprobs):
+                        yield line
                     # A choice's end as it comes; in a session, once the turn is stored (after the last chunk).
                     if chunk.finish_reason in FINISH_REASONS and chunk.index not in finished and run.turn is None:
                         finished.add(chunk.index)
-                        reason = chunk.finish_reason
-                        yield event(
-                            [ChatCompletionChunkChoice(index=chunk.index, delta=DeltaMessage(), finish_reason=reason)]
-                        )
+                        for line in finish(chunk.index, run.outputs.finish_reason(chunk.index, chunk.finish_reason)):
+                            yield line
                 for index, reason in enumerate(run.finish_reasons):  # those the engine gave no (known) reason
                     if index not in finished:
-                        yield event(
-                            [ChatCompletionChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)]
-                        )
+                        for line in finish(index, reason):
+                            yield line
                 if request.include_usage:
                     yield event([], run.usage)
             except EngineError as exc:
                 yield sse_event(engine_error_body(exc))
             yield SSE_DONE
+
+
+# The guided-decoding inputs (engine_contract, merged from the grammar branch); a refusal names the tool choice.
+_GUIDE_INPUTS = frozenset(spec.name for spec in contract.INPUTS if spec.name.startswith("guided_decoding"))

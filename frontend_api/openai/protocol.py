@@ -14,6 +14,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -22,6 +24,7 @@ from pydantic import (
 
 import engine_contract as contract
 from frontend_api.openai.request_fields import FALSE, NULL, RefusedChatFields, RefusedCompletionFields
+from frontend_api.openai.tool_protocol import MAX_TOOLS, NamedToolChoice, ToolCallIn, ToolChoice, ToolDefinition
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_TOKEN_IDS = 64
@@ -247,9 +250,14 @@ class BaseGenerationRequest(StructuredOutputFields, SamplingFields):
 
 
 class ChatMessage(OpenAIBaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    """A message of the conversation. An assistant message may carry `tool_calls` (its content then may be null);
+    a `tool` message answers one of them by `tool_call_id`. Validated in field order: role first."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = Field(None, validate_default=True, max_length=256)
     name: str | None = None
+    content: str | None = Field(None, validate_default=True)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -262,6 +270,30 @@ class ChatMessage(OpenAIBaseModel):
                 raise ValueError('only text content parts are supported: {"type": "text", "text": "..."}')
             texts.append(part["text"])
         return "\n".join(texts)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _only_assistants_call_tools(cls, value: list[ToolCallIn] | None, info: ValidationInfo) -> Any:
+        if value and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        return value or None
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_messages_answer_a_call(cls, value: str | None, info: ValidationInfo) -> str | None:
+        role = info.data.get("role")
+        if role == "tool" and not value:
+            raise ValueError("required in a tool message: the id of the tool call it answers")
+        if role != "tool" and value is not None:
+            raise ValueError("only tool messages have a tool_call_id")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_present(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("required (null only in an assistant message with tool_calls)")
+        return value
 
 
 class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the honoured fields first
@@ -277,6 +309,51 @@ class ChatCompletionRequest(RefusedChatFields, BaseGenerationRequest):  # the ho
     prompt_cache_key: str | None = None
     # Extension: chat inside a stored session (its history is prepended, the turn is stored).
     session_id: str | None = Field(None, min_length=1, max_length=40)
+    # Tool calling (docs/API.md "Tool calling"); in this order: tool_choice is checked against tools.
+    tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = Field(None, validate_default=True)
+    parallel_tool_calls: StrictBool | None = Field(None, description="Default true; false: at most one tool call.")
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tool_names(cls, value: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        names = [tool.function.name for tool in value or ()]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"function names must be unique; repeated: {', '.join(duplicates)}")
+        return value or None  # [] offers nothing, as no tools
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _choice_shape(cls, value: Any) -> Any:
+        # Checked here, so that an error names tool_choice (not a member of the union).
+        if value is None or (isinstance(value, str) and value in ("none", "auto", "required")):
+            return value
+        if isinstance(value, dict):
+            try:
+                return NamedToolChoice.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"{where}: {first['msg']}") from None
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if "tools" not in info.data:  # tools itself was invalid: that error is the one reported
+            return value
+        tools: list[ToolDefinition] = info.data["tools"] or []
+        if value is None:
+            return "auto" if tools else "none"  # OpenAI's defaults
+        if not tools and value != "none":
+            raise ValueError('only allowed when tools are specified (or "none")')
+        if isinstance(value, NamedToolChoice) and value.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"names the function {value.function.name!r}, which is not among the tools")
+        return value
+
+    @property
+    def allows_parallel_tool_calls(self) -> bool:
+        return self.parallel_tool_calls is not False
 
     @field_validator("top_logprobs")
     @classmethod

@@ -1,7 +1,7 @@
 """The request fields of OpenAI's and vLLM's chat and completions APIs that we do not honour.
 
 Each is declared, so that it is known: a request may send it as null or with a value that changes nothing here
-(its default, e.g. `"min_p": 0`, `"tools": []`, as SDKs and frameworks send them); any other
+(its default, e.g. `"min_p": 0`, `"functions": []`, as SDKs and frameworks send them); any other
 value is a 400 naming the field. A field that neither API defines is refused as unrecognized (the request
 models forbid extra fields). The fields we honour are declared in protocol.py.
 
@@ -55,7 +55,6 @@ EMPTY_LIST = Annotated[Any, Refused([])]
 EMPTY_OBJECT = Annotated[Any, Refused({})]
 FALSE = Annotated[Any, Refused(False)]
 TRUE = Annotated[Any, Refused(True)]
-NO_TOOLS = Annotated[Any, Refused([], reason="no tool calling")]
 
 
 class RefusedFields(BaseModel):
@@ -100,12 +99,9 @@ class RefusedFields(BaseModel):
 
 class RefusedChatFields(RefusedFields):
     best_of: Annotated[Any, Refused(1, reason="one choice is generated per choice")] = None  # vLLM 0.10's
-    tools: NO_TOOLS = None
-    functions: NO_TOOLS = None
-    # With no tools these change nothing.
-    tool_choice: Annotated[Any, Refused("none", "auto", reason="no tool calling")] = None
-    function_call: Annotated[Any, Refused("none", "auto", reason="no tool calling")] = None
-    parallel_tool_calls: Annotated[Any, Refused(True, False)] = None
+    # The deprecated forms of tools / tool_choice (those are honoured: protocol.py).
+    functions: Annotated[Any, Refused([], reason="deprecated: use tools")] = None
+    function_call: Annotated[Any, Refused("none", "auto", reason="deprecated: use tool_choice")] = None
     audio: NULL = None
     modalities: Annotated[Any, Refused(["text"], reason="text output only")] = None
     prediction: NULL = None

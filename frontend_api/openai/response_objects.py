@@ -34,9 +34,25 @@ class Usage(OpenAIBaseModel):
         return data
 
 
+def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if value is not None}
+
+
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the reply is only tool calls
+    tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda value: not value)
 
 
 class TopLogprob(OpenAIBaseModel):
@@ -85,14 +101,39 @@ class ChatCompletion(OpenAIBaseModel):
     session_id: str | None = Field(None, exclude_if=lambda value: value is None)  # extension, with session_id
 
 
-class DeltaMessage(OpenAIBaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class DeltaFunctionCall(OpenAIBaseModel):
+    name: str | None = None
+    arguments: str | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: Any) -> dict[str, Any]:
-        # A delta carries only what changed: {"role": ..., "content": ""}, {"content": "..."} or {}.
-        return {key: value for key, value in handler(self).items() if value is not None}
+        return _without_nulls(handler(self))
+
+
+class DeltaToolCall(OpenAIBaseModel):
+    """OpenAI's streamed tool call: the first piece {index, id, type, function: {name, arguments: ""}}, then
+    {index, function: {arguments: "<fragment>"}}."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        return _without_nulls(handler(self))
+
+
+class DeltaMessage(OpenAIBaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        # A delta carries only what changed: {"role": ..., "content": ""}, {"content": "..."}, {"tool_calls": ...}
+        # or {}.
+        return _without_nulls(handler(self))
 
 
 class ChatCompletionChunkChoice(OpenAIBaseModel):

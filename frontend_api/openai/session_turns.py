@@ -21,6 +21,8 @@ from frontend_api.errors import session_not_found
 from frontend_api.openai.protocol import ChatCompletionRequest, ChatMessage
 from frontend_api.openai.response_objects import Usage
 from frontend_api.openai.tokenization import Tokenizers
+from frontend_api.openai.tool_parsers import ParsedToolCall
+from frontend_api.openai.tool_protocol import ToolCallIn
 from frontend_api.storage.models import ChatSession, Message
 from frontend_api.storage.sessions import SessionStore
 
@@ -56,13 +58,23 @@ class SessionTurn:
         return self.session.id
 
     async def conversation(
-        self, tokenizers: Tokenizers, model: EngineModel, max_history: int, reserve: int
+        self,
+        tokenizers: Tokenizers,
+        model: EngineModel,
+        max_history: int,
+        reserve: int,
+        tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[ChatMessage], str, int | None]:
         """(messages, rendered prompt, its token count if it was counted): system prompt, then the newest stored
         turns that fit the context with `reserve` tokens left for the reply, then the new messages. Oldest turns
         are dropped first."""
         history = [
-            ChatMessage(role=m.role, content=m.content)
+            ChatMessage(
+                role=m.role,
+                content=m.content,
+                tool_calls=[ToolCallIn.model_validate(call) for call in m.tool_calls] if m.tool_calls else None,
+                tool_call_id=m.tool_call_id,
+            )
             for m in await self.store.recent_messages(self.session.id, max_history)
         ]
         system: list[ChatMessage] = []
@@ -71,25 +83,44 @@ class SessionTurn:
         budget = model.max_model_len - reserve
         for start in range(len(history) + 1):
             messages = system + history[start:] + self.new_messages
-            prompt = await tokenizers.render_chat(model, messages)
+            prompt = await tokenizers.render_chat(model, messages, tools)
             if start == len(history):  # nothing left to drop: the caller counts (and refuses it if too long)
                 return messages, prompt, None
             if (prompt_tokens := await tokenizers.count_tokens(model, prompt)) <= budget:
                 return messages, prompt, prompt_tokens
         raise AssertionError("unreachable")
 
-    async def record(self, reply: str, finish_reason: str, usage: Usage | None = None) -> None:
-        """Store the turn once (see the module docstring for what is stored when)."""
+    async def record(
+        self,
+        reply: str,
+        finish_reason: str,
+        usage: Usage | None = None,
+        tool_calls: list[ParsedToolCall] | None = None,
+        call_ids: dict[tuple[int, int], str] | None = None,
+    ) -> None:
+        """Store the turn once (see the module docstring for what is stored when). The reply's tool calls are
+        stored with it (their ids: `call_ids[(0, i)]`), and the request's tool results as tool turns."""
         if self.stored:
             return
         self.stored = True
         session_id = self.session.id
         rows = [
-            Message(session_id=session_id, role=m.role, content=m.content, finish_reason=None)
+            Message(
+                session_id=session_id,
+                role=m.role,
+                content=m.content or "",
+                finish_reason=None,
+                tool_calls=[call.model_dump() for call in m.tool_calls] if m.tool_calls else None,
+                tool_call_id=m.tool_call_id,
+            )
             for m in self.new_messages
-            if m.role in ("user", "assistant")
+            if m.role in ("user", "assistant", "tool")
         ]
-        if reply or finish_reason in ("stop", "length"):
+        calls = [
+            {"id": (call_ids or {})[(0, i)], "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for i, c in enumerate(tool_calls or ())
+        ]
+        if reply or calls or finish_reason in ("stop", "length", "tool_calls"):
             rows.append(
                 Message(
                     session_id=session_id,
@@ -98,6 +129,7 @@ class SessionTurn:
                     finish_reason=finish_reason,
                     prompt_tokens=usage.prompt_tokens if usage else None,
                     completion_tokens=usage.completion_tokens if usage else None,
+                    tool_calls=calls or None,
                 )
             )
         await run_shielded(self.store.append(session_id, rows))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
@@ -27,6 +28,7 @@ from tokenizers import Tokenizer
 from frontend_api.engine.protocol import EngineModel
 from frontend_api.errors import OpenAIError
 from frontend_api.openai.protocol import ChatMessage
+from frontend_api.openai.tool_calls import parser_of, template_messages
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class ModelTokenizer:
     special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template expects them
     pieces: dict[int, TokenPiece] = field(default_factory=dict)  # cache of piece()
     byte_level: bool = False
+    template_knows_tools: bool = False  # the template reads `tools` (else tool_calls.py writes them for it)
 
     @property
     def vocab_size(self) -> int:
@@ -110,12 +113,12 @@ class ModelTokenizer:
         piece = self.pieces[token_id] = TokenPiece(text, list(raw))
         return piece
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         if self.chat_template is None:
             raise OpenAIError(400, "This model has no chat template; use /v1/completions.", param="messages")
         try:
             return self.chat_template.render(
-                messages=list(messages), add_generation_prompt=True, tools=None, documents=None, **self.special_tokens
+                messages=list(messages), add_generation_prompt=True, tools=tools, documents=None, **self.special_tokens
             )
         except _TemplateRaised as exc:
             raise OpenAIError(400, f"The conversation is not valid for this model: {exc}", param="messages") from exc
@@ -147,7 +150,10 @@ def load_model_tokenizer(tokenizer_dir: str | Path) -> ModelTokenizer:
     source = template_path.read_text(encoding="utf-8") if template_path.is_file() else config.get("chat_template")
     if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)
-    template = _environment().from_string(source) if isinstance(source, str) and source else None
+    environment = _environment()
+    template = environment.from_string(source) if isinstance(source, str) and source else None
+    # As vLLM decides whether a template renders tools: it reads the variable.
+    knows_tools = isinstance(source, str) and "tools" in meta.find_undeclared_variables(environment.parse(source))
 
     special = {}
     for key, value in config.items():
@@ -157,12 +163,13 @@ def load_model_tokenizer(tokenizer_dir: str | Path) -> ModelTokenizer:
     byte_level = decoder.get("type") == "ByteLevel" or any(
         d.get("type") == "ByteLevel" for d in decoder.get("decoders", []) if isinstance(d, dict)
     )
-    return ModelTokenizer(tokenizer=tokenizer, chat_template=template, special_tokens=special, byte_level=byte_level)
-
-
-def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    # Open-weight chat templates know no "developer" role; OpenAI defines it as the new name of "system".
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+    return ModelTokenizer(
+        tokenizer=tokenizer,
+        chat_template=template,
+        special_tokens=special,
+        byte_level=byte_level,
+        template_knows_tools=knows_tools,
+    )
 
 
 class Tokenizers:
@@ -191,9 +198,14 @@ class Tokenizers:
             logger.error("cannot load the tokenizer of %s from %s: %s", model.id, model.tokenizer_dir, exc)
             raise OpenAIError(500, f"The tokenizer of model `{model.id}` could not be loaded.") from exc
 
-    async def render_chat(self, model: EngineModel, messages: Sequence[ChatMessage]) -> str:
+    async def render_chat(
+        self, model: EngineModel, messages: Sequence[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt of a chat: its messages and the tools offered (tool_calls.py: how they are written)."""
         tokenizer = await self.get(model)
-        return await self._run(tokenizer.render_chat, template_messages(messages))
+        native = tokenizer.template_knows_tools
+        rendered = template_messages(messages, tools, parser_of(model), native)
+        return await self._run(tokenizer.render_chat, rendered, tools if native else None)
 
     async def count_tokens(self, model: EngineModel, text: str, add_special_tokens: bool = True) -> int:
         tokenizer = await self.get(model)

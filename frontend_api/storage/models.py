@@ -73,6 +73,10 @@ class Message(MessageBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     session_id: str = Field(sa_column=Column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True, nullable=False))
     created_at: int = Field(default_factory=now, sa_type=BigInteger)
+    # An assistant turn's tool calls, as the API's [{"id", "type": "function", "function": {"name", "arguments"}}]
+    # (its content is then the text outside them, often ""); a tool turn's result answers `tool_call_id`.
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
 
 # ----------------------------------------------------------------------------------------------- stored responses

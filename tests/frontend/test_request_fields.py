@@ -23,8 +23,8 @@ ROUTES = {"chat/completions": CHAT, "completions": COMPLETION}
 REFUSED = [
     ("chat/completions", "best_of", 2, 1),
     ("chat/completions", "prompt_logprobs", 1, None),
-    ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}], []),
-    ("chat/completions", "tool_choice", "required", "none"),
+    ("chat/completions", "functions", [{"name": "f"}], []),  # deprecated; tools are honoured (test_tool_calls*)
+    ("chat/completions", "function_call", {"name": "f"}, "none"),
     ("chat/completions", "store", True, False),
     ("chat/completions", "reasoning_effort", "low", None),
     ("chat/completions", "modalities", ["text", "audio"], ["text"]),

@@ -148,7 +148,7 @@ def test_unicode_round_trip(client, tokenizer):
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"top_k": 2**40}, "top_k"),
         ({"logprobs": "maybe"}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ],

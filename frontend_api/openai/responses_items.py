@@ -71,8 +71,9 @@ def _output_text(item: dict[str, Any]) -> str:
 
 def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The chat conversation of normalized items (the earlier responses' inputs and outputs, then this request's
-    input), `instructions` as the first, system, message. Consecutive function calls become one assistant
-    message with several tool_calls (parallel calls); a function's output is a `tool` message."""
+    input), `instructions` as the first, system, message. Function calls join the assistant message before them
+    (the text of the same reply) or make one, several calls one message (parallel calls); a function's output is a
+    `tool` message."""
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
@@ -86,8 +87,8 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
                 "function": {"name": item["name"], "arguments": item["arguments"]},
             }
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
-                last["tool_calls"].append(call)
+            if last is not None and last["role"] == "assistant":  # the calls of the reply whose text came first
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif item["type"] == "function_call_output":

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 
 import httpx
 import openai
 import pytest
+from sqlmodel import select
 
-from fake_engine import MODEL, REPLY_WORDS, reply_words
+from frontend_api.storage.database import Database
+from frontend_api.storage.models import StoredResponse
+
+from fake_engine import MODEL, REPLY_WORDS, reply_words, wait_until
 from helpers import create_key_in_database
 
 STREAM_EVENTS = [
@@ -25,6 +30,18 @@ STREAM_EVENTS = [
     "response.output_item.done",
     "response.completed",
 ]
+
+
+@asynccontextmanager
+async def app_database(app):
+    """A session on the app's own database (its SQLite file), to see what was stored."""
+    database = Database(app.settings.database_url)
+    database.migrated = True
+    try:
+        async with database.session() as session:
+            yield session
+    finally:
+        await database.close()
 
 
 def chat_prompt(tokenizer, messages) -> str:
@@ -237,3 +254,37 @@ def test_a_failure_mid_stream_is_an_error_event_then_response_failed(start_app):
                     if kinds[-1] == "response.output_text.delta":
                         app.engine.abort("Triton went away")
     assert kinds[-2:] == ["error", "response.failed"], kinds
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_cancels_the_generation_and_nothing_is_stored(start_app, stream):
+    app = start_app(token_delay_s=0.01, reply_words=2000)
+    body = {"model": MODEL, "input": "A very long story.", "stream": stream, "max_output_tokens": 2000}
+    async with httpx.AsyncClient(base_url=app.api_url, timeout=30) as http:
+        if stream:
+            async with http.stream("POST", "/responses", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line == "event: response.output_text.delta":
+                        break
+        else:
+            waiting = asyncio.create_task(http.post("/responses", json=body))
+            while not app.engine.active:  # generating: then the client goes away
+                await asyncio.sleep(0.01)
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    wait_until(lambda: app.engine.cancelled == [app.engine.requests[0].request_id], what="the engine request cancelled")
+    assert app.engine.active == set()
+    async with app_database(app) as db:
+        assert (await db.exec(select(StoredResponse))).all() == []
+
+
+@pytest.mark.rate_window(5)
+def test_the_chat_paths_limits_apply(start_app):
+    app = start_app(rate_limit_rpm=2)
+    client = openai.OpenAI(base_url=app.api_url, api_key="unused", max_retries=0, timeout=30)
+    client.responses.create(model=MODEL, input="one")
+    client.responses.create(model=MODEL, input="two", stream=True).close()
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model=MODEL, input="three")
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+    assert len(app.engine.requests) == 2

@@ -288,3 +288,14 @@ def test_the_chat_paths_limits_apply(start_app):
         client.responses.create(model=MODEL, input="three")
     assert refused.value.body["code"] == "rate_limit_exceeded"
     assert len(app.engine.requests) == 2
+
+
+def test_every_field_of_the_sdks_request_is_known():
+    """A field the installed `openai` SDK sends to /v1/responses is declared (honoured or refused), never
+    unrecognized."""
+    from openai.types.responses import response_create_params
+
+    from frontend_api.openai.responses_protocol import ResponsesRequest
+
+    sent = set(response_create_params.ResponseCreateParamsBase.__annotations__) | {"stream"}
+    assert sent <= set(ResponsesRequest.model_fields), sent - set(ResponsesRequest.model_fields)

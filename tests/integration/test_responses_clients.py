@@ -72,6 +72,21 @@ def test_the_agents_sdk_default_agent_runs_to_a_final_output(agents_model):
     assert isinstance(result.final_output, str) and "Paris" in result.final_output
 
 
+def test_the_agents_sdk_streams_a_run_to_its_final_output(agents_model):
+    from agents import Agent, ModelSettings, Runner
+
+    agent = Agent(name="Assistant", model=agents_model, model_settings=ModelSettings(temperature=0, max_tokens=30))
+
+    async def run() -> tuple[list[str], object]:
+        result = Runner.run_streamed(agent, FRANCE)
+        kinds = [event.data.type async for event in result.stream_events() if event.type == "raw_response_event"]
+        return kinds, result.final_output
+
+    kinds, final_output = asyncio.run(run())
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert "response.output_text.delta" in kinds and isinstance(final_output, str) and "Paris" in final_output
+
+
 def test_the_agents_sdk_calls_a_forced_function_tool(agents_model):
     from agents import Agent, ModelSettings, Runner, function_tool
 

@@ -152,7 +152,13 @@ class OpenAIServingResponses:
         )
         await run_shielded(self.store.save(record))  # stored even if the client leaves at this moment
 
-    # ------------------------------------------------------------------------------------- stored responses
+
+class StoredResponses:
+    """GET / DELETE of stored responses and their input items: the caller's own (the engine is not needed)."""
+
+    def __init__(self, store: ResponseStore, owner: int | None):
+        self.store = store
+        self.owner = owner
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
         record = await self.store.get(self.owner, response_id)

@@ -299,3 +299,12 @@ def test_every_field_of_the_sdks_request_is_known():
 
     sent = set(response_create_params.ResponseCreateParamsBase.__annotations__) | {"stream"}
     assert sent <= set(ResponsesRequest.model_fields), sent - set(ResponsesRequest.model_fields)
+
+
+def test_stored_responses_are_served_while_the_engine_is_gone(app, client, http):
+    response = client.responses.create(model=MODEL, input="Hi")
+    app.server.config.app.state.engine = None  # as between the engine's loss and its return
+    assert http.post("/responses", json={"model": MODEL, "input": "Hi"}).status_code == 503
+    assert client.responses.retrieve(response.id).output_text == response.output_text
+    assert len(client.responses.input_items.list(response.id).data) == 1
+    client.responses.delete(response.id)

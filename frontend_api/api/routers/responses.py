@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from frontend_api.api.deps import ChatServingDep
 from frontend_api.api.http import to_response, with_cancellation
 from frontend_api.errors import ErrorResponse
-from frontend_api.openai.responses import OpenAIServingResponses
+from frontend_api.openai.responses import OpenAIServingResponses, StoredResponses
 from frontend_api.openai.responses_objects import InputItemList, ResponseDeleted
 from frontend_api.openai.responses_objects import Response as ResponseObject
 from frontend_api.openai.responses_protocol import ResponsesRequest
+from frontend_api.policy.auth import PrincipalDep
 from frontend_api.storage.responses import ResponseStore
 
 
@@ -21,7 +22,12 @@ def get_responses_serving(request: Request, chat: ChatServingDep) -> OpenAIServi
     return OpenAIServingResponses(chat, ResponseStore(request.app.state.database))
 
 
+def get_stored_responses(request: Request, principal: PrincipalDep) -> StoredResponses:
+    return StoredResponses(ResponseStore(request.app.state.database), principal.key_id)
+
+
 ResponsesServingDep = Annotated[OpenAIServingResponses, Depends(get_responses_serving)]
+StoredResponsesDep = Annotated[StoredResponses, Depends(get_stored_responses)]
 
 router = APIRouter(
     tags=["responses"],
@@ -40,21 +46,21 @@ async def create_response(body: ResponsesRequest, raw_request: Request, serving:
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject)
-async def retrieve_response(response_id: str, serving: ResponsesServingDep) -> dict[str, Any]:
-    return await serving.retrieve(response_id)
+async def retrieve_response(response_id: str, stored: StoredResponsesDep) -> dict[str, Any]:
+    return await stored.retrieve(response_id)
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(response_id: str, serving: ResponsesServingDep) -> ResponseDeleted:
-    return await serving.delete(response_id)
+async def delete_response(response_id: str, stored: StoredResponsesDep) -> ResponseDeleted:
+    return await stored.delete(response_id)
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def list_input_items(
     response_id: str,
-    serving: ResponsesServingDep,
+    stored: StoredResponsesDep,
     order: Literal["asc", "desc"] = "desc",
     after: Annotated[str | None, Query(description="An item id: list the items after it.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> InputItemList:
-    return await serving.input_items(response_id, order, after, limit)
+    return await stored.input_items(response_id, order, after, limit)

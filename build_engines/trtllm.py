@@ -23,7 +23,12 @@ from importlib import metadata, util
 from pathlib import Path
 
 from build_engines.render import TemplateError
-from build_engines.trtllm_repository import ENTRIES, RepositoryOptions, render_trtllm_repository
+from build_engines.trtllm_repository import (
+    ENTRIES,
+    XGRAMMAR_TOKENIZER_INFO,
+    RepositoryOptions,
+    render_trtllm_repository,
+)
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"  # carries TensorRT-LLM 1.1.0, Triton 2.64
 TRTLLM_VERSION = "1.1.0"
@@ -181,7 +186,28 @@ def copy_tokenizer(model: Path, target: Path) -> Path:
     for path in model.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(path, target / path.name)
+    write_xgrammar_tokenizer_info(target)
     return target
+
+
+def write_xgrammar_tokenizer_info(tokenizer_dir: Path) -> Path:
+    """What the C++ backend's guided decoder needs of the tokenizer (TensorRT-LLM's _xgrammar_tokenizer_info for a
+    fast tokenizer): the vocabulary in id order, the tokenizer's JSON, and the end-of-sequence id."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    eos = config.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    info = {
+        "encoded_vocab": [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])],
+        "tokenizer_str": tokenizer.to_str(),
+        "stop_token_ids": [vocab[eos]] if eos in vocab else [],
+    }
+    path = tokenizer_dir / XGRAMMAR_TOKENIZER_INFO
+    path.write_text(json.dumps(info))
+    return path
 
 
 def _versions() -> dict[str, str | None]:

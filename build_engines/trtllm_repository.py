@@ -21,6 +21,9 @@ ENTRIES = ("ensemble", "tensorrt_llm_bls")
 SHARED_MODULE = TEMPLATES / "llm" / "1" / "text_stream.py"
 MODELS_WITH_SHARED_MODULE = ("postprocessing", "tensorrt_llm_bls")
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
+# The C++ backend's xgrammar guided decoder reads the vocabulary from this file in the tokenizer folder
+# (build_engines/trtllm.py writes it, as TensorRT-LLM's generate_xgrammar_tokenizer_info.py does).
+XGRAMMAR_TOKENIZER_INFO = "xgrammar_tokenizer_info.json"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ def model_values(options: RepositoryOptions) -> dict[str, dict[str, object]]:
             "enable_kv_cache_reuse": _bool(options.enable_kv_cache_reuse),
             "enable_chunked_context": _bool(options.enable_chunked_context),
             "cancellation_check_period_ms": options.cancellation_check_period_ms,
+            "xgrammar_tokenizer_info_path": options.tokenizer_dir / XGRAMMAR_TOKENIZER_INFO,
         },
         "postprocessing": {
             **batch,

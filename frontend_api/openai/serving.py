@@ -293,6 +293,8 @@ class OpenAIServing:
             await stream.aclose()
             if exc.input_name is not None:  # the engine refused an input: name this route's field for it
                 exc.param = self.param_of(exc.input_name, prepared.request)
+            if exc.input_name in GUIDE_INPUTS:  # "guided_decoding_guide: not a valid regex ...": the field's words
+                exc.message = f"{exc.param}: {exc.message.removeprefix(f'{exc.input_name}: ')}"
             raise
         except BaseException:
             await stream.aclose()

@@ -2,8 +2,8 @@
 (TensorRT-LLM's `guided_decoding_guide_type` / `guided_decoding_guide`, SamplingParams.guide_type / guide).
 
 The fields (protocol.StructuredOutputFields), at most one constraint per request:
-- OpenAI's `response_format`: `{"type": "json_object"}` -> "json" (any JSON), `{"type": "json_schema", "json_schema":
-  {"name", "schema", ...}}` -> "json_schema" (enforced whether `strict` is true or not; no schema: any JSON);
+- OpenAI's `response_format`: `{"type": "json_object"}` -> "json" (any JSON object), `{"type": "json_schema",
+  "json_schema": {"name", "schema", ...}}` -> "json_schema" (enforced, `strict` or not; no schema: any JSON object);
 - vLLM's `structured_outputs` {json | regex | choice | grammar | json_object} and its spellings before 0.12,
   `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar`. A choice becomes a regex of its alternatives.
 A schema must be a valid JSON Schema (jsonschema's check of the dialect its `$schema` names, 2020-12 by default)

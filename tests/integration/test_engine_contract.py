@@ -127,6 +127,7 @@ NON_DEFAULT = {
     "return_log_probs": True,
     "num_top_log_probs": 3,
     "return_prompt_log_probs": True,
+    "guided_decoding_guide_type": "json",
 }
 
 
@@ -142,6 +143,20 @@ async def test_each_input_is_honoured_or_refused_by_name_as_the_capabilities_say
         assert error is None and responses, error
     else:
         assert error is not None and name in error.message() and not responses
+
+
+async def test_a_guide_constrains_the_output_or_is_refused_as_the_contract_says(engine_stack, engine_core):
+    guide = {"guided_decoding_guide_type": "regex", "guided_decoding_guide": "(yes|no)"}
+    responses, error = await run(engine_stack, inputs(max_tokens=8, temperature=0.0, **guide))
+    if engine_core not in contract.GUIDED_DECODING_GUIDE_TYPE.honoured_by:
+        assert error is not None and "guided_decoding_guide_type" in error.message() and not responses
+        return
+    assert error is None, error
+    assert text(responses) in ("yes", "no") and final(responses, "finish_reason") == "stop"
+    bad = {"guided_decoding_guide_type": "regex", "guided_decoding_guide": "(yes|no"}
+    responses, error = await run(engine_stack, inputs(max_tokens=8, **bad))
+    assert error is not None and not responses
+    assert "invalid request: guided_decoding_guide:" in error.message()
 
 
 async def test_seed_is_honoured_or_refused_as_the_contract_says(engine_stack, engine_core):

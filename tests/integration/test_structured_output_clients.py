@@ -2,7 +2,8 @@
 core, which constrains with xgrammar): the OpenAI SDK's `chat.completions.parse` with a pydantic model, a strict
 `json_schema` whose output validates (jsonschema is the reference), JSON mode, vLLM's `structured_outputs` and
 older `guided_*` fields via `extra_body`, and LangChain's `with_structured_output` in both its JSON methods.
-A 135M model may say odd things, but whatever ends with finish_reason "stop" must parse and validate."""
+A 135M model may say odd things, but whatever ends with finish_reason "stop" must parse and validate. A guide the
+engine cannot compile, and an engine core without guided decoding (OpenVINO GenAI), are 400s naming the field."""
 
 from __future__ import annotations
 
@@ -175,6 +176,7 @@ def test_a_guide_the_engine_cannot_compile_is_400_naming_the_field(client, extra
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=8, extra_body=extra_body)
     assert caught.value.status_code == 400 and caught.value.body["param"] == param, caught.value.body
+    assert caught.value.body["message"].startswith(f"{param}: not a valid "), caught.value.body  # xgrammar's reason
     assert client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=2).choices  # still serving
 
 
@@ -201,3 +203,23 @@ def test_langchain_with_structured_output_json_mode(stack):
     assert raw.response_metadata["finish_reason"] == "stop", raw.content
     json.loads(raw.content)  # JSON, whatever its keys
     assert result["parsing_error"] is None and isinstance(result["parsed"], City), raw.content
+
+
+def test_an_engine_without_guided_decoding_is_400_naming_the_field(genai_stack):
+    """The OpenVINO GenAI core does not honour the guide inputs (its model's capabilities say so): refused before
+    the engine is called, naming the field the request used."""
+    client = openai.OpenAI(base_url=genai_stack.api_url, api_key="unused", max_retries=0, timeout=120)
+    for extra_body, param in [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"structured_outputs": {"choice": CHOICES}}, "structured_outputs"),
+        ({"guided_regex": "[a-z]+"}, "guided_regex"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=8, extra_body=extra_body)
+        assert caught.value.body == {
+            "message": f"`{param}` is not supported by model '{MODEL}'",
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    assert client.chat.completions.create(model=MODEL, messages=SENTIMENT, max_tokens=2).choices

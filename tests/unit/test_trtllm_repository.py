@@ -172,3 +172,32 @@ def test_an_unfilled_variable_is_an_error_that_names_it(tmp_path):
 def test_invalid_options_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         options(tmp_path, **change)
+
+
+def test_the_cpp_guided_decoder_gets_xgrammar_and_the_vocabulary_of_the_tokenizer(repository, tmp_path, checkpoint_dir):
+    import json
+
+    import numpy as np
+    import xgrammar as xgr
+
+    from build_engines.trtllm import copy_tokenizer
+
+    params = {k: v.string_value for k, v in load(repository, "tensorrt_llm").parameters.items()}
+    assert params["guided_decoding_backend"] == "xgrammar"
+    assert params["xgrammar_tokenizer_info_path"] == str(tmp_path / "tok" / "xgrammar_tokenizer_info.json")
+    tokenizer_dir = copy_tokenizer(checkpoint_dir, tmp_path / "copied")
+    info = json.loads((tokenizer_dir / "xgrammar_tokenizer_info.json").read_text())
+    assert len(info["encoded_vocab"]) == 49152 and info["stop_token_ids"] == [2]  # SmolLM2's <|im_end|>
+    # what the C++ backend builds from it (TokenizerInfo::FromVocabAndMetadata) masks as the HF tokenizer's does
+    from transformers import AutoTokenizer
+
+    metadata = xgr.TokenizerInfo._detect_metadata_from_hf(info["tokenizer_str"])  # as the C++ backend does
+    ours = xgr.TokenizerInfo(info["encoded_vocab"], stop_token_ids=info["stop_token_ids"], **metadata)
+    reference = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True))
+    masks = []
+    for tokenizer_info in (ours, reference):
+        compiled = xgr.GrammarCompiler(tokenizer_info, max_threads=1).compile_regex("(yes|no) [0-9]+")
+        bitmask = np.zeros(xgr.get_bitmask_shape(1, tokenizer_info.vocab_size), dtype=np.int32)
+        xgr.GrammarMatcher(compiled).fill_next_token_bitmask(bitmask)
+        masks.append(bitmask)
+    assert ours.vocab_type == reference.vocab_type and np.array_equal(masks[0], masks[1])

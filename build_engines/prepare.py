@@ -30,6 +30,7 @@ class EngineOptions:
     engine_core: str = engine_contract.OPENVINO_PAGED  # or openvino, fast (model_repository/llm/1/core.py)
     weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
     prefix_caching: bool = False  # the openvino core's
+    tool_parser: str = "hermes"  # how the front-end reads tool calls (frontend_api/openai/tool_parsers.py)
 
 
 def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOptions) -> Path:
@@ -68,6 +69,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "prefix_caching": str(options.prefix_caching).lower(),
             "engine_core": options.engine_core,
             "capabilities": engine_contract.capabilities(options.engine_core),
+            "tool_parser": options.tool_parser,
         }
         render_model(TEMPLATES / "llm", repository / spec.id, values)
         built.append(

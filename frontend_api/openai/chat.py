@@ -101,11 +101,13 @@ class ChatRun:
             await self.turn.record(output.content or "", ended, self.usage, output.tool_calls, self.outputs.ids)
 
     async def deltas(self) -> AsyncGenerator[str, None]:
-        """The first choice's text deltas."""
+        """The first choice's text deltas (with tools: its content, the text outside tool calls)."""
         async with aclosing(self.events()) as events:
             async for chunk in events:
-                if chunk.index == 0 and chunk.text:
-                    yield chunk.text
+                if chunk.index == 0 and self.parsed.content:
+                    yield self.parsed.content
+        if rest := self.outputs.finish(0).content:
+            yield rest
 
     async def aclose(self) -> None:
         """Close a run whose `events()` may never have started: cancel the engine request, store the turn."""

@@ -2,7 +2,8 @@
 
 client -> server
   {"type": "auth", "api_key": "..."}                    first frame, when auth is on and no Authorization header
-  {"type": "chat", "content": "...", "session_id"?: "sess_...", "settings"?: {...}}
+  {"type": "chat", "content": "...", "session_id"?: "sess_...", "settings"?: {...}, "tools"?: [...],
+   "tool_choice"?: ...}                                 tools / tool_choice as the chat route's (docs/API.md)
                                                         settings: model, system_prompt and the sampling fields of a
                                                         session (SessionSettings: temperature, top_p, top_k,
                                                         max_tokens, seed, the penalties, min_tokens, stop,
@@ -11,7 +12,9 @@ client -> server
   {"type": "ping"}                                      answered with {"type": "pong"}
 server -> client
   {"type": "ready", "protocol": 1}                      after authentication
-  {"type": "delta", "content": "..."}                   streamed text
+  {"type": "delta", "content": "..."}                   streamed text (with tools: the text outside tool calls)
+  {"type": "tool_call", "index", "id", "name", "arguments"}
+                                                        one per tool call of the reply, before its `done`
   {"type": "done", "finish_reason", "usage", "session_id", "stats": {"ttft_ms", "tokens_per_second"}}
   {"type": "error", "code", "message", "param"?}        the connection stays open unless the code says auth
   {"type": "ping"}                                      keepalive every ws_keepalive_s; no answer needed
@@ -24,6 +27,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from frontend_api.openai.protocol import SessionSettings
+from frontend_api.openai.tool_protocol import MAX_TOOLS, ToolChoice, ToolDefinition
 
 PROTOCOL_VERSION = 1
 MAX_CONTENT_CHARS = 200_000
@@ -51,6 +55,9 @@ class ChatFrame(_Frame):
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     session_id: str | None = Field(None, min_length=1, max_length=40)
     settings: ChatSettings = Field(default_factory=ChatSettings)
+    # Checked again (the tool choice among the tools) with the chat request the frame becomes.
+    tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
 
 
 class StopFrame(_Frame):

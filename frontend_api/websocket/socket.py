@@ -255,6 +255,9 @@ class ChatSocket:
 
     async def _request(self, serving: OpenAIServingChat, frame: ChatFrame) -> ChatCompletionRequest:
         settings = frame.settings
+        tools = frame.model_dump(include={"tools", "tool_choice"}, exclude_none=True)
+        if tools:  # checked before a new session is made for the frame
+            _chat_request({"model": "-", "messages": [{"role": "user", "content": "-"}], **tools})
         if frame.session_id is not None:
             session = await serving.sessions.get(self.principal.key_id, frame.session_id)
             if session is None:
@@ -271,8 +274,8 @@ class ChatSocket:
         if settings.system_prompt and frame.session_id is not None:  # a new session stores it as its prompt
             messages.insert(0, {"role": "system", "content": settings.system_prompt})
         sampling = settings.model_dump(exclude_none=True, exclude={"model", "system_prompt"})
-        return ChatCompletionRequest.model_validate(
-            {"model": model, "messages": messages, "stream": True, "session_id": session.id, **sampling}
+        return _chat_request(
+            {"model": model, "messages": messages, "stream": True, "session_id": session.id, **sampling, **tools}
         )
 
     @staticmethod
@@ -288,6 +291,9 @@ class ChatSocket:
             async with aclosing(run.deltas()) as deltas:
                 async for text in deltas:
                     await self.send({"type": "delta", "content": text})
+            for index, call in enumerate(run.outputs.output(0).tool_calls if run.outputs.parsing else ()):
+                tool_call = {"index": index, "id": run.outputs.call_id(0, index), "name": call.name}
+                await self.send({"type": "tool_call", **tool_call, "arguments": call.arguments})
             finish_reason = run.finish_reason or "stop"
         except asyncio.CancelledError:  # {"type": "stop"}: deltas() closed the engine stream and stored the turn
             _uncancel()
@@ -317,3 +323,11 @@ class ChatSocket:
                 "stats": stats,
             }
         )
+
+
+def _chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:  # e.g. a tool_choice naming no tool of the frame's
+        message, param = describe_validation_errors(exc.errors(), subject="A frame")
+        raise OpenAIError(400, message, param) from None

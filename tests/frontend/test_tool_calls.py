@@ -220,3 +220,31 @@ def test_a_session_stores_the_calls_and_the_results_and_replays_them(http, app):
     ]
     assert stored[1]["content"] == "Checking." and stored[1]["tool_calls"] == [call]
     assert stored[2]["tool_call_id"] == call["id"] and stored[2]["content"] == "18 C"
+
+
+async def test_the_websocket_chat_sends_tool_calls_as_frames_and_stores_them(app):
+    from websockets.asyncio.client import connect
+
+    from helpers import receive
+
+    app.engine.scripted.append(CALL_TEXT)
+    async with connect(app.ws_url) as ws:
+        assert (await receive(ws))["type"] == "ready"
+        await ws.send(json.dumps({"type": "chat", "content": ASK[0]["content"], "tools": [WEATHER]}))
+        frames = [await receive(ws)]
+        while frames[-1]["type"] not in ("done", "error"):
+            frames.append(await receive(ws))
+        await ws.send(
+            json.dumps({"type": "chat", "content": "x", "tool_choice": {"type": "function", "function": {"name": "f"}}})
+        )
+        refused = await receive(ws)
+    text = "".join(f["content"] for f in frames if f["type"] == "delta")
+    (call,) = [f for f in frames if f["type"] == "tool_call"]
+    assert text == "Checking." and frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "tool_calls"
+    assert call["index"] == 0 and call["id"].startswith("call_") and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris", "unit": "c"}
+    stored = httpx.get(f"{app.api_url}/sessions/{frames[-1]['session_id']}/messages").json()["data"]
+    assert stored[1]["tool_calls"] == [
+        {"id": call["id"], "type": "function", "function": {"name": "get_weather", "arguments": call["arguments"]}}
+    ]
+    assert refused["type"] == "error" and refused["param"] == "tool_choice", refused

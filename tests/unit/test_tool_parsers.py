@@ -146,3 +146,22 @@ def test_required_schema_accepts_calls_of_the_tools_only():
     jsonschema.validate(valid[:1], one)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(valid, one)
+
+
+def test_a_model_config_names_its_parser_and_an_unknown_one_is_refused():
+    from frontend_api.engine.triton import engine_model_from_config
+    from frontend_api.errors import OpenAIError
+    from frontend_api.openai.tool_calls import parser_of
+
+    def model(tool_parser: str | None):
+        values = {"served_model_name": "m", "tokenizer_dir": "/t", "max_model_len": "64"}
+        if tool_parser is not None:
+            values["tool_parser"] = tool_parser
+        config = {"parameters": {key: {"string_value": value} for key, value in values.items()}}
+        return engine_model_from_config("m", config)
+
+    assert isinstance(parser_of(model("hermes")), HermesToolParser)
+    assert isinstance(parser_of(model(None)), HermesToolParser)  # the default
+    with pytest.raises(OpenAIError) as caught:
+        parser_of(model("mistral"))
+    assert caught.value.status == 500 and "mistral" in caught.value.message

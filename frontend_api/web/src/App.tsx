@@ -26,12 +26,15 @@ let keys = 0;
 const nextKey = () => `m${++keys}`;
 
 function fromStored(message: StoredMessage): ChatMessage {
-  const role = message.role === "user" || message.role === "assistant" || message.role === "system" ? message.role : "system";
+  const known = ["user", "assistant", "system", "tool"] as const;
+  const role = known.find((r) => r === message.role) ?? "system";
   const tokens = message.role === "assistant" ? message.completion_tokens : null;
   return {
     key: `s${message.id}`,
     role,
     content: message.content,
+    toolCalls: message.tool_calls?.map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
+    toolCallId: message.tool_call_id ?? undefined,
     finishReason: message.finish_reason,
     stats: tokens != null ? { ttftMs: null, tokensPerSecond: null, tokens, live: false } : undefined,
   };
@@ -143,6 +146,9 @@ export function App() {
         // Live figures until "done" brings the server's: each delta is about one token.
         stats: { ttftMs: reply.firstAt! - reply.sentAt, tokensPerSecond: seconds > 0.2 ? reply.deltas / seconds : null, tokens: null, live: true },
       }));
+    } else if (frame.type === "tool_call" && reply) {
+      const call = { id: frame.id, name: frame.name, arguments: frame.arguments };
+      updatePending((m) => ({ ...m, toolCalls: [...(m.toolCalls ?? []), call] }));
     } else if (frame.type === "done" && reply) {
       updatePending((m) => ({
         ...m,
@@ -164,7 +170,7 @@ export function App() {
         // A chat that fails ends with this frame (no "done"): drop the empty reply, show why.
         const key = reply.key;
         setMessages((list) => [
-          ...list.filter((m) => m.key !== key || m.content !== ""),
+          ...list.filter((m) => m.key !== key || m.content !== "" || (m.toolCalls?.length ?? 0) > 0),
           { key: nextKey(), role: "error", content: text },
         ]);
         endPending();

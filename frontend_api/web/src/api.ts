@@ -25,6 +25,14 @@ export interface StoredMessage {
   prompt_tokens: number | null;
   completion_tokens: number | null;
   finish_reason: string | null;
+  tool_calls?: StoredToolCall[] | null; // an assistant turn's tool calls
+  tool_call_id?: string | null; // a tool turn's: the call it answers
+}
+
+export interface StoredToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
 }
 
 export class ApiError extends Error {

@@ -3,7 +3,7 @@
 
 export interface DoneFrame {
   type: "done";
-  finish_reason: "stop" | "length" | "cancelled";
+  finish_reason: "stop" | "length" | "cancelled" | "tool_calls";
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
   session_id: string | null;
   stats: { ttft_ms: number | null; tokens_per_second: number | null } | null;
@@ -19,6 +19,7 @@ export interface ErrorFrame {
 export type ServerFrame =
   | { type: "ready"; protocol: number }
   | { type: "delta"; content: string }
+  | { type: "tool_call"; index: number; id: string; name: string; arguments: string }
   | DoneFrame
   | ErrorFrame
   | { type: "ping" }

@@ -3,10 +3,18 @@ import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/ho
 import { copyText } from "../clipboard";
 import { renderMarkdown } from "../markdown";
 
+export interface ToolCallView {
+  id: string;
+  name: string;
+  arguments: string;
+}
+
 export interface ChatMessage {
   key: string;
-  role: "user" | "assistant" | "system" | "error";
+  role: "user" | "assistant" | "system" | "error" | "tool";
   content: string;
+  toolCalls?: ToolCallView[]; // an assistant's calls of tools, shown as such (not as text)
+  toolCallId?: string; // a tool result: the call it answers
   finishReason?: string | null;
   streaming?: boolean;
   stats?: { ttftMs: number | null; tokensPerSecond: number | null; tokens: number | null; live: boolean };
@@ -28,6 +36,7 @@ function Stats({ message }: { message: ChatMessage }) {
   if (message.finishReason === "cancelled") parts.push("stopped");
   if (message.finishReason === "length") parts.push("max tokens reached");
   if (message.finishReason === "error") parts.push("interrupted");
+  if (message.finishReason === "tool_calls") parts.push("tool calls");
   if (parts.length === 0) return null;
   return (
     <div class="stats" data-testid="reply-stats">
@@ -36,15 +45,33 @@ function Stats({ message }: { message: ChatMessage }) {
   );
 }
 
+function ToolCalls({ calls }: { calls: ToolCallView[] }) {
+  return (
+    <>
+      {calls.map((call) => (
+        <div class="tool-call" data-testid="tool-call" key={call.id}>
+          <div class="tool-call-name">
+            Calls <code>{call.name}</code>
+          </div>
+          <pre class="tool-call-arguments">{call.arguments}</pre>
+        </div>
+      ))}
+    </>
+  );
+}
+
 function Bubble({ message }: { message: ChatMessage }) {
-  const label = { user: "You", assistant: "Assistant", system: "System", error: "Error" }[message.role];
+  const label = { user: "You", assistant: "Assistant", system: "System", error: "Error", tool: "Tool result" }[message.role];
   return (
     <article class={`message ${message.role}`} data-role={message.role} aria-label={`${label} message`}>
       <div class="who">{label}</div>
       {message.role === "assistant" ? (
         <>
-          <Markdown text={message.content} />
-          {message.streaming && message.content === "" && <div class="typing" aria-label="Waiting for the reply" />}
+          {message.content !== "" && <Markdown text={message.content} />}
+          {message.toolCalls && message.toolCalls.length > 0 && <ToolCalls calls={message.toolCalls} />}
+          {message.streaming && message.content === "" && !message.toolCalls?.length && (
+            <div class="typing" aria-label="Waiting for the reply" />
+          )}
           <Stats message={message} />
         </>
       ) : (

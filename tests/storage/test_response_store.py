@@ -3,11 +3,14 @@ the owner, chained through previous_response_id, gone with their API key (ON DEL
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from alembic import command
 from sqlalchemy import delete, inspect
 from sqlmodel import select
 
-from frontend_api.storage.database import Database
+from frontend_api.storage.database import Database, alembic_config, sync_url
 from frontend_api.storage.keys import create_key
 from frontend_api.storage.models import ApiKey, StoredResponse
 from frontend_api.storage.responses import BrokenChain, ResponseStore
@@ -84,3 +87,17 @@ async def test_responses_go_with_their_api_key(db: Database):
         await session.commit()
         left = (await session.exec(select(StoredResponse))).all()
     assert left == []
+
+
+async def test_the_migration_downgrades_and_upgrades_again(db: Database):
+    config = alembic_config(sync_url(db.url))
+
+    async def tables() -> set[str]:
+        await db.engine.dispose()  # the inspector must not see a cached schema
+        async with db.engine.connect() as connection:
+            return await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+
+    await asyncio.to_thread(command.downgrade, config, "0001")
+    assert "responses" not in await tables() and "sessions" in await tables()
+    await asyncio.to_thread(command.upgrade, config, "head")
+    assert "responses" in await tables()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -171,15 +172,20 @@ def test_a_chained_tool_call_is_replayed_with_its_output(client, http, app):
 
 
 @pytest.mark.parametrize(
-    ("tool_choice", "chat_choice"),
-    [
-        ({"type": "function", "name": "get_weather"}, {"type": "function", "function": {"name": "get_weather"}}),
-        ("required", "required"),
-        ("none", "none"),
+    ("tool_choice", "chat_choice", "output", "kinds"),
+    [  # the engine's output under the guide chat sets: a named call's arguments, "required"'s array of calls
+        (
+            {"type": "function", "name": "get_weather"},
+            {"type": "function", "function": {"name": "get_weather"}},
+            '{"city": "Paris"}',
+            ["function_call"],
+        ),
+        ("required", "required", '[{"name": "get_weather", "parameters": {"city": "Paris"}}]', ["function_call"]),
+        ("none", "none", "No tools.", ["message"]),
     ],
 )
-def test_tool_choice_constrains_as_chat_does(client, http, app, tool_choice, chat_choice):
-    app.engine.scripted.append('{"name": "get_weather", "arguments": {"city": "Paris"}}')
+def test_tool_choice_constrains_as_chat_does(client, http, app, tool_choice, chat_choice, output, kinds):
+    app.engine.scripted.append(output)
     response = client.responses.create(model=MODEL, input=ASK, tools=[WEATHER], tool_choice=tool_choice)
     sent = app.engine.requests[-1]
     reference = chat_request_of_the_engine(
@@ -190,7 +196,13 @@ def test_tool_choice_constrains_as_chat_does(client, http, app, tool_choice, cha
         reference[1].guide_type,
         reference[1].guide,
     )
-    assert response.tool_choice == tool_choice or response.tool_choice.name == "get_weather"
+    assert [item.type for item in response.output] == kinds
+    if kinds == ["function_call"]:
+        assert response.output[0].name == "get_weather" and json.loads(response.output[0].arguments) == {
+            "city": "Paris"
+        }
+    echoed = response.tool_choice if isinstance(response.tool_choice, str) else response.tool_choice.model_dump()
+    assert echoed == tool_choice
 
 
 @pytest.mark.parametrize(
@@ -209,3 +221,32 @@ def test_bad_tools_are_a_400_naming_the_field(http, app, fields, param):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param, response.json()
     assert app.engine.requests == []
+
+
+def test_the_agents_sdk_runs_a_tool_and_answers_with_its_result(app):
+    """The Agents SDK's own input items (its function_call and function_call_output, sent back on the second turn)
+    are accepted: the forced call runs the tool, the second response answers."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    cities: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        cities.append(city)
+        return f"Sunny in {city}."
+
+    app.engine.scripted += ['{"city": "Paris"}', "It is sunny in Paris."]  # a named call's output: its arguments
+    client = AsyncOpenAI(base_url=app.api_url, api_key="unused", max_retries=0, timeout=30)
+    agent = Agent(
+        name="Weather",
+        model=OpenAIResponsesModel(model=MODEL, openai_client=client),
+        tools=[get_weather],
+        model_settings=ModelSettings(tool_choice="get_weather"),
+    )
+    result = asyncio.run(Runner.run(agent, ASK, max_turns=3))
+    assert cities == ["Paris"] and result.final_output == "It is sunny in Paris."
+    second = app.engine.requests[-1].prompt
+    assert "Sunny in Paris." in second and ASK in second  # the tool's output and the question, replayed

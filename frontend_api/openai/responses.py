@@ -20,12 +20,23 @@ from frontend_api.openai.responses_objects import InputItemList, Response, Respo
 from frontend_api.openai.responses_protocol import NamedFunction, ResponsesRequest, parse_input_items
 from frontend_api.openai.responses_stream import ResponseEvents
 from frontend_api.openai.session_turns import run_shielded
+from frontend_api.storage.database import DatabaseUnavailable
 from frontend_api.storage.models import StoredResponse
 from frontend_api.storage.responses import BrokenChain, ResponseStore
 
 
 def response_not_found(response_id: str) -> OpenAIError:
     return OpenAIError(404, f"Response with id '{response_id}' not found.", param="response_id")
+
+
+def storage_unavailable() -> OpenAIError:
+    return OpenAIError(
+        503,
+        "The response cannot be stored: the database is unavailable. Retry shortly, or send store: false.",
+        param="store",
+        code="database_unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 class Translated:
@@ -118,12 +129,14 @@ class OpenAIServingResponses:
         )
 
     async def create(self, request: ResponsesRequest) -> Response | AsyncIterator[str]:
+        if request.stored and not self.store.db.migrated:  # known before generating: it could not be stored
+            raise storage_unavailable()
         translated = await self.translate(request)
+        response = self.new_response(request)
         try:
             result = await self.chat.create_chat_completion(translated.chat)
         except OpenAIError as exc:
             raise responses_error(exc) from exc
-        response = self.new_response(request)
         if isinstance(result, ChatCompletion):
             choice = result.choices[0].model_dump()
             message = choice["message"]
@@ -150,7 +163,10 @@ class OpenAIServingResponses:
             response=response.model_dump(mode="json"),
             created_at=response.created_at,
         )
-        await run_shielded(self.store.save(record))  # stored even if the client leaves at this moment
+        try:
+            await run_shielded(self.store.save(record))  # stored even if the client leaves at this moment
+        except DatabaseUnavailable as exc:
+            raise storage_unavailable() from exc
 
 
 class StoredResponses:

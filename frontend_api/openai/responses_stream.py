@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from frontend_api.errors import OpenAIError
 from frontend_api.openai.response_objects import Usage
 from frontend_api.openai.responses_objects import (
     FunctionCall,
@@ -24,7 +25,6 @@ from frontend_api.openai.responses_objects import (
     finished,
     new_item_id,
 )
-from frontend_api.storage.database import DatabaseUnavailable
 
 
 def chat_chunks(line: str) -> dict[str, Any] | None:
@@ -162,9 +162,8 @@ class ResponseEvents:
         finished(self.response, finish_reason, usage)
         try:
             await self.save(self.response)
-        except DatabaseUnavailable:
-            error = {"message": "The response could not be stored: the database is unavailable.", "code": None}
-            for event in self._failed(error, code="database_unavailable"):
+        except OpenAIError as exc:  # the database went away meanwhile
+            for event in self._failed({"message": exc.message, "param": exc.param}, code=exc.code):
                 yield event
             return
         kind = "response.incomplete" if self.response.status == "incomplete" else "response.completed"

@@ -308,3 +308,13 @@ def test_stored_responses_are_served_while_the_engine_is_gone(app, client, http)
     assert client.responses.retrieve(response.id).output_text == response.output_text
     assert len(client.responses.input_items.list(response.id).data) == 1
     client.responses.delete(response.id)
+
+
+def test_with_the_database_down_only_store_false_is_served(start_app):
+    app = start_app(database_url="postgresql://llmserve@127.0.0.1:1/none")  # nothing listens there
+    with httpx.Client(base_url=app.api_url, timeout=30) as http:
+        refused = http.post("/responses", json={"model": MODEL, "input": "Hi"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "database_unavailable"
+        assert refused.json()["error"]["param"] == "store" and app.engine.requests == []  # refused before generating
+        served = http.post("/responses", json={"model": MODEL, "input": "Hi", "store": False})
+        assert served.status_code == 200 and served.json()["status"] == "completed"

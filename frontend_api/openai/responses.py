@@ -5,6 +5,7 @@ becomes a Response, stored unless `store` is false. Streaming: responses_stream.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,13 +40,13 @@ def storage_unavailable() -> OpenAIError:
     )
 
 
+@dataclass
 class Translated:
-    """A Responses request ready for the chat path: the chat request, and the items it stores."""
+    """A Responses request ready for the chat path: the chat request, and the input items it stores."""
 
-    def __init__(self, request: ResponsesRequest, chat: ChatCompletionRequest, input_items: list[dict[str, Any]]):
-        self.request = request
-        self.chat = chat
-        self.input_items = input_items
+    request: ResponsesRequest
+    chat: ChatCompletionRequest
+    input_items: list[dict[str, Any]]
 
 
 class OpenAIServingResponses:

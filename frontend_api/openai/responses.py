@@ -5,8 +5,8 @@ becomes a Response, stored unless `store` is false. Streaming: responses_stream.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError

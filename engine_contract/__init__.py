@@ -157,7 +157,7 @@ EMBEDDING_BIAS_WEIGHTS = _input(
 )
 # Grammar-constrained decoding (TensorRT-LLM's GuidedDecodingParams, its names and guide types).
 GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar", "structural_tag")
-_GUIDED = {TENSORRT_LLM, OPENVINO_PAGED}
+_GUIDED = {TENSORRT_LLM, FAST, OPENVINO_PAGED}
 GUIDED_DECODING_GUIDE_TYPE = _input(
     "guided_decoding_guide_type",
     "TYPE_STRING",

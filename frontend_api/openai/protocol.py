@@ -162,11 +162,11 @@ SchemaOrText = Annotated[
 class JsonSchemaFormat(BaseModel):
     """OpenAI's `response_format.json_schema`: the schema the output must follow (`strict` or not, it is enforced)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="a-z, A-Z, 0-9, _ and -, at most 64 characters.")
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; absent: any JSON.")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; absent: any JSON object.")
     strict: bool | None = None
 
 

@@ -205,6 +205,19 @@ def test_langchain_with_structured_output_json_mode(stack):
     assert result["parsing_error"] is None and isinstance(result["parsed"], City), raw.content
 
 
+def test_the_fast_core_constrains_too(fast_stack):
+    """The torch core (fast_core.py) honours the guide as the default core does."""
+    client = openai.OpenAI(base_url=fast_stack.api_url, api_key="unused", max_retries=0, timeout=120)
+    reply = client.chat.completions.parse(
+        model=MODEL, messages=ASK_CITY, response_format=City, temperature=0, max_tokens=ROOM
+    )
+    assert reply.choices[0].finish_reason == "stop" and isinstance(reply.choices[0].message.parsed, City)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=SENTIMENT, temperature=1.0, n=3, max_tokens=16, extra_body={"guided_choice": CHOICES}
+    )
+    assert all(c.message.content in CHOICES and c.finish_reason == "stop" for c in reply.choices), reply.choices
+
+
 def test_an_engine_without_guided_decoding_is_400_naming_the_field(genai_stack):
     """The OpenVINO GenAI core does not honour the guide inputs (its model's capabilities say so): refused before
     the engine is called, naming the field the request used."""

@@ -11,6 +11,10 @@ min_tokens, stop ids, log-probabilities. A request of n sequences (num_return_se
 n slots (fast_runner copies the KV), each with its own seed stream; each reports Update(index=i), and the request
 is over when all n are. Token ids (Update.token_ids) leave out the token that ended a sequence (end-of-sequence,
 end_id, stop_token_ids), as its text does; they keep the tokens of a stop string the text is trimmed before.
+
+A guided request (Sampling.guide) has a grammar.GuideMatcher per sequence: while one runs, the loop delivers each
+step before launching the next (the next mask needs the token), writes each running slot's bitmask row and the
+sampler masks the logits on the device (xgrammar's apply_token_bitmask_inplace).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,6 +39,9 @@ from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, ch
 from fast_runner import SlotRunner
 from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, sequence_key
 from text_stream import TextStream, fast_decoder
+
+if TYPE_CHECKING:  # grammar.py (xgrammar) is imported with the first guided request
+    from grammar import GuideMatcher
 
 log = logging.getLogger("llm.fast_core")
 
@@ -68,6 +77,7 @@ class _Sequence:
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     prompt_scores: tuple | None = None  # (prompt_logprobs, prompt_top_logprobs) until the first update
+    guide: GuideMatcher | None = None  # its grammar's state (grammar.py), when the request has a guide
 
 
 def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
@@ -114,6 +124,9 @@ class FastEngine:
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
         self._cancellations = CancellationPoller()
+        self._checkpoint_dir = checkpoint_dir
+        self._guides = None  # grammar.Guides, made by the first guided request (it loads xgrammar)
+        self._host_bitmask: torch.Tensor | None = None  # the grammar rows written for a guided step
         # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
         self.stats = {"steps": 0, "prefills": 0, "prefill_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0, "deliver_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
@@ -126,8 +139,6 @@ class FastEngine:
 
     def validate(self, sampling: Sampling) -> None:
         validate_sampling(sampling, self.vocab_size)
-        if sampling.guide is not None:
-            raise InvalidRequest("guided_decoding_guide_type is not supported by the llm engine core 'fast'")
         if sampling.n > self.runner.num_slots:
             raise InvalidRequest(
                 f"num_return_sequences ({sampling.n}) exceeds the {self.runner.num_slots} sequences this engine "
@@ -148,6 +159,7 @@ class FastEngine:
         banned, bad_sequences = self._bad_words(sampling.bad_words)
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
+        compiled = self._compile_guide(sampling)  # here, so that an invalid guide is refused at once
         request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
         for index in range(sampling.n):
             config = SlotConfig(
@@ -164,14 +176,42 @@ class FastEngine:
                 end_ids=eos_ids,
                 min_tokens=sampling.min_tokens,
                 logprobs=sampling.top_logprobs if sampling.logprobs or sampling.top_logprobs else -1,
+                guided=compiled is not None,
             )
             stream = TextStream(self._decoder, sampling.stop)
-            request.sequences.append(_Sequence(request, index, config, stream, eos_ids))
+            sequence = _Sequence(request, index, config, stream, eos_ids)
+            if compiled is not None:
+                sequence.guide = self._guides.matcher(compiled, eos_ids)  # type: ignore[union-attr]
+            request.sequences.append(sequence)
         with self._lock:
             if request_id in self._active:
                 raise InvalidRequest(f"request id {request_id!r} is already in flight")
             self._active[request_id] = request
         self._incoming.put(request)
+
+    def _compile_guide(self, sampling: Sampling):
+        """The request's guide compiled (grammar.py, imported with the first one), or None without one."""
+        if sampling.guide is None:
+            return None
+        if self._guides is None:
+            from grammar import Guides
+
+            self._guides = Guides(Path(self._checkpoint_dir), self.vocab_size)
+        return self._guides.compile(*sampling.guide)
+
+    def _write_guides(self, sequences: list[_Sequence]) -> None:
+        """Each sequence's row of the sampler's bitmask: its grammar's allowed tokens, or all (-1) without one,
+        as the matchers stand after every token delivered so far (the step must not run ahead of them)."""
+        if self._host_bitmask is None:
+            device = self.runner.sampler.bitmask
+            self._host_bitmask = torch.empty(device.shape, dtype=torch.int32, pin_memory=device.is_cuda)
+        host = self._host_bitmask
+        for sequence in sequences:
+            if sequence.guide is None:
+                host[sequence.slot] = -1
+            else:
+                sequence.guide.fill(host, sequence.slot)
+        self.runner.sampler.bitmask.copy_(host, non_blocking=True)
 
     def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
         """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written
@@ -219,6 +259,9 @@ class FastEngine:
                     self._deliver(*pending)
                     pending = None
                 self._prefill()
+            if pending is not None and any(s.guide is not None for s in self._running.values()):
+                self._deliver(*pending)  # a grammar's next mask needs the token of the step in flight
+                pending = None
             launched = self._launch() if self._running else None
             if pending is not None:
                 self._deliver(*pending)  # overlaps with the step just launched
@@ -258,6 +301,8 @@ class FastEngine:
         sequences = [s for r in batch for s in r.sequences]
         prompt_k = [r.sampling.top_logprobs if r.sampling.prompt_logprobs else -1 for r in batch]
         started = time.perf_counter()
+        if any(s.guide is not None for s in sequences):
+            self._write_guides(sequences)
         out = self.runner.prefill(
             [r.prompt for r in batch], [[s.slot for s in r.sequences] for r in batch], [s.config for s in sequences],
             prompt_k,
@@ -279,6 +324,8 @@ class FastEngine:
         length = min(max(len(s.request.prompt) + s.generated for s in sequences) + 3, self.runner.slot_len)
         if self._flags is None:
             self._flags = Flags.of((s.config for s in sequences), self.vocab_size)
+        if self._flags.guided:
+            self._write_guides(sequences)
         tokens, logprobs = self.runner.decode(batch, length, self._flags)
         on_device = [tokens[:batch]] + ([t[:batch] for t in logprobs if t is not None] if logprobs else [])
         hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda) for t in on_device]
@@ -307,6 +354,7 @@ class FastEngine:
     def _on_token(self, sequence: _Sequence, token: int, logprobs, row: int) -> None:
         """Take one generated token; `logprobs` (chosen, top values, top ids), when computed, has it at `row`."""
         sequence.generated += 1
+        refused = sequence.guide is not None and not sequence.guide.accept(token)  # cannot happen: it was masked
         hit_eos = token in sequence.eos_ids
         if not hit_eos:
             sequence.ids.append(token)
@@ -318,8 +366,12 @@ class FastEngine:
         text = "" if hit_eos else sequence.stream.push((token,))
         if hit_eos:
             self._finish(sequence, "stop", sequence.stream.finish())
+        elif refused:
+            self._finish(sequence, "error", text, error=f"the grammar refused token {token}")
         elif sequence.stream.stopped:
             self._finish(sequence, "stop", text)
+        elif sequence.guide is not None and sequence.guide.terminated:  # complete, with no end id to wait for
+            self._finish(sequence, "stop", text + sequence.stream.finish())
         elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
         elif text:

@@ -89,6 +89,10 @@ class GuideMatcher:
         # bit j of int32 word w is token 32 w + j: the words' little-endian bytes, each unpacked low bit first
         return np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[: self.vocab_size].view(np.bool_)
 
+    def fill(self, bitmask, row: int) -> None:
+        """Write the allowed tokens' bits into row `row` of a caller's int32 bitmask on the host (the fast core's)."""
+        self._matcher.fill_next_token_bitmask(bitmask, row)
+
     def accept(self, token: int) -> bool:
         """Advance past the sampled token; False if the grammar does not allow it (the state is then unchanged)."""
         return bool(self._matcher.accept_token(token))

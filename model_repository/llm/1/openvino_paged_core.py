@@ -1,7 +1,9 @@
 """The paged OpenVINO engine core (`engine_core: openvino_paged`): the PagedAttention IR that GenAI's
 ContinuousBatchingPipeline runs, driven by us (openvino_paged_runner.PagedRunner), so that every step's logits come
 back and our own sampler (numpy_sampler.py, the torch sampler's semantics) honours every sampling input: seeds,
-penalties, logit_bias, bad_words, min_tokens, stop ids, n, log-probabilities with top 1..20, prompt log-probs.
+penalties, logit_bias, bad_words, min_tokens, stop ids, n, log-probabilities with top 1..20, prompt log-probs, and
+grammar-constrained decoding (a guide compiled at submit by grammar.py, one matcher per sequence, its bitmask
+applied in numpy_sampler; a terminated matcher ends the sequence "stop").
 
 ONE loop thread: take submitted requests into the Scheduler (scheduler.py: decode tokens first, then chunked
 prefill within a token budget, preemption by recompute) over a BlockManager (kv_blocks.py: paged blocks, an

@@ -65,6 +65,7 @@ class SlotConfig:
     end_ids: frozenset[int] = field(default_factory=frozenset)  # masked while fewer than min_tokens generated
     min_tokens: int = 0
     logprobs: int = -1  # -1: none; k >= 0: the sampled token's log-probability and the top k
+    guided: bool = False  # a grammar masks its logits (the host writes its row of SlotSampler.bitmask each step)
 
     @property
     def penalised(self) -> bool:
@@ -83,6 +84,7 @@ class Flags:
     bad_words: bool = False  # multi-token ones
     min_tokens: bool = False
     logprobs: int = -1  # the largest top-k asked for; -1 when nobody asks
+    guided: bool = False  # some sequence has a grammar: the step applies the bitmask
 
     @classmethod
     def of(cls, configs, vocab_size: int) -> Flags:
@@ -99,6 +101,7 @@ class Flags:
             bad_words=any(c.bad_sequences for c in configs),
             min_tokens=any(c.min_tokens > 0 and c.end_ids for c in configs),
             logprobs=max((c.logprobs for c in configs), default=-1),
+            guided=any(c.guided for c in configs),
         )
 
 
@@ -124,6 +127,8 @@ class SlotSampler:
         self.recent = torch.full((num_slots, window), _NO_TOKEN, **i64)  # the last tokens generated, oldest first
         self.bad_prefix = torch.full((num_slots, BAD_WORD_SEQUENCES, window), -1, **i64)  # right-aligned; -1: any
         self.bad_last = torch.full((num_slots, BAD_WORD_SEQUENCES), -1, **i64)  # -1: no entry
+        # the grammar's allowed tokens per slot, xgrammar's packed int32 bitmask (-1: all), written by the host
+        self.bitmask = torch.full((num_slots, (vocab_size + 31) // 32), -1, device=device, dtype=torch.int32)
         self.token_hash = mix32(torch.arange(vocab_size, **i64))
         self.ranks = torch.arange(vocab_size, **i64)[None]
 
@@ -182,7 +187,9 @@ class SlotSampler:
         and the top flags.logprobs (values, ids): vLLM's default, the raw log_softmax of the model's logits (before
         temperature, penalties and bias). All on the device, with no host sync."""
         logprobs = logits.float().log_softmax(dim=-1) if flags.logprobs >= 0 else None
-        logits = self.process(logits, rows, flags)
+        raw, logits = logits, self.process(logits, rows, flags)
+        if flags.guided:
+            logits = self._guide(raw, logits, rows)
         tokens = logits.argmax(dim=-1)
         if flags.sampling:
             tokens = torch.where(self.greedy[rows], tokens, self._draw(logits, rows, positions, flags))
@@ -213,6 +220,18 @@ class SlotSampler:
             early = (self.generated[rows] < self.min_tokens[rows])[:, None]
             logits = logits.masked_fill(self.end_mask[rows] & early, float("-inf"))
         return logits
+
+    def _guide(self, raw: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
+        """The grammar's disallowed tokens at -inf (xgrammar's kernel). A row the other masks left with no token the
+        grammar allows gets the grammar's mask over its raw logits instead: the grammar wins (numpy_sampler's rule)."""
+        from xgrammar import apply_token_bitmask_inplace  # only a guided step needs it
+
+        bitmask = self.bitmask[rows].contiguous()
+        masked = logits.float().clone()  # never the caller's buffer (the runner's logits)
+        apply_token_bitmask_inplace(masked, bitmask, vocab_size=self.vocab_size)
+        fallback = raw.float().clone()
+        apply_token_bitmask_inplace(fallback, bitmask, vocab_size=self.vocab_size)
+        return torch.where(torch.isfinite(masked).any(dim=-1, keepdim=True), masked, fallback)
 
     def _draw(self, logits: torch.Tensor, rows: torch.Tensor | slice, positions: torch.Tensor, flags: Flags):
         scaled = logits / self.temperature[rows].clamp_min(1e-5)[:, None]

@@ -35,11 +35,6 @@ class ParsedDelta:
     content: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
-    def extend(self, other: ParsedDelta) -> ParsedDelta:
-        self.content += other.content
-        self.tool_calls += other.tool_calls
-        return self
-
 
 @dataclass
 class ParsedToolCall:

@@ -12,7 +12,18 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from frontend_api.api.routers import chat, chat_ws, completions, health, metrics, models, sessions, system, tokenize
+from frontend_api.api.routers import (
+    chat,
+    chat_ws,
+    completions,
+    health,
+    metrics,
+    models,
+    responses,
+    sessions,
+    system,
+    tokenize,
+)
 from frontend_api.engine.protocol import Engine
 from frontend_api.observability.logging import configure_logging
 from frontend_api.observability.metrics import Metrics
@@ -118,7 +129,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(metrics.router)
     app.include_router(chat_ws.router)  # authenticates itself: browsers cannot send headers on a WebSocket
     # The API: authenticated when auth is on.
-    for router in (models.router, chat.router, completions.router, sessions.router, system.router, tokenize.router):
+    authenticated = (models, chat, completions, responses, sessions, system, tokenize)
+    for router in (module.router for module in authenticated):
         app.include_router(router, dependencies=[Depends(authenticate)])
     mount_web_ui(app, settings.web_dir)  # last: the UI's static files at /, no auth (they hold no data)
     return app

@@ -77,3 +77,25 @@ class Message(MessageBase, table=True):
     # (its content is then the text outside them, often ""); a tool turn's result answers `tool_call_id`.
     tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     tool_call_id: str | None = Field(default=None, max_length=256)
+
+
+# ----------------------------------------------------------------------------------------------- stored responses
+
+
+class StoredResponse(SQLModel, table=True):
+    """A Responses API answer kept for GET /v1/responses/{id} and for chaining (previous_response_id). The chain
+    is followed through previous_response_id; each row keeps only its own request's input items."""
+
+    __tablename__ = "responses"
+
+    id: str = Field(primary_key=True, max_length=64)
+    owner_key_id: int | None = Field(
+        default=None, sa_column=Column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True, nullable=True)
+    )
+    model: str = Field(max_length=200)
+    previous_response_id: str | None = Field(None, max_length=64)
+    instructions: str | None = Field(None, sa_column=Column(Text, nullable=True))
+    input_items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    output_items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    response: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: int = Field(default_factory=now, sa_type=BigInteger)

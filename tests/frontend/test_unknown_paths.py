@@ -13,7 +13,7 @@ import pytest
 from frontend_api.settings import WEB_DIST
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-UNKNOWN = ("/nope", "/v1/nope", "/v1/responses", "/v1/chat/completions/extra", "/tokenize/x", "/sessions/abc")
+UNKNOWN = ("/nope", "/v1/nope", "/v1/responses/x/y", "/v1/chat/completions/extra", "/tokenize/x", "/sessions/abc")
 
 
 def small_build(folder: Path) -> Path:

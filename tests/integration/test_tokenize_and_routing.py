@@ -40,7 +40,7 @@ def test_the_count_of_messages_is_the_engines_prompt_tokens_and_detokenize_inver
 def test_unknown_paths_are_404_known_ones_405_and_the_ui_keeps_its_files(stack):
     with httpx.Client(base_url=stack.base_url, timeout=60) as http:
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
-            for path in ("/nope", "/v1/nope", "/v1/responses"):
+            for path in ("/nope", "/v1/nope", "/v1/responses/x/y"):
                 missing = http.request(method, path)
                 assert missing.status_code == 404, (method, path, missing.text)
                 assert missing.json()["error"]["message"] == f"No route for {method} {path}."

@@ -1,10 +1,10 @@
 """messages: tool_calls (an assistant turn's tool calls, JSON) and tool_call_id (the call a tool turn answers)
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-03 09:30:00.000000
 
-Written against 0001; the integrator re-chains it (down_revision) onto the other branch's 0002 at merge.
+Written against 0001; re-chained onto 0002 (stored responses) at the merge.
 """
 
 import sqlalchemy as sa
@@ -12,7 +12,7 @@ import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -13,14 +13,19 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,11p' "${BASH_SOURCE[0]
 _gpu_setup() {
   local bundle=${1:-.device/gpu} env=${GPU_ENV:-/tmp/gpuenv} site=${GPU_SITE:-/tmp/gpusite}
   local f e n
-  for f in site triton smol; do
+  for f in site smol; do
     [ -f "$bundle/$f.tar.xz" ] || { echo "gpu_setup: no $bundle/$f.tar.xz (build it with bench/gpu_bundle.sh and carry it)" >&2; return 1; }
   done
+  # Optional parts (one device call carries 64 MiB, not all four): Triton for the served stages, FlashInfer for
+  # the paged fast core's attention.
+  local optional=""
+  for f in triton flashinfer; do [ -f "$bundle/$f.tar.xz" ] && optional="$optional $f"; done
   export IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
   if [ ! -f "$env/.ready" ]; then  # once per machine: a warm machine keeps /tmp between calls
     local started=$SECONDS
     rm -rf "$site" "$env" && mkdir -p "$site"
-    tar xJf "$bundle/site.tar.xz" -C "$site" && tar xJf "$bundle/triton.tar.xz" -C "$site" && tar xJf "$bundle/smol.tar.xz" -C /tmp || return 1
+    tar xJf "$bundle/site.tar.xz" -C "$site" && tar xJf "$bundle/smol.tar.xz" -C /tmp || return 1
+    for f in $optional; do tar xJf "$bundle/$f.tar.xz" -C "$site" || return 1; done
     "$IMAGE_PY" -m venv "$env" || return 1
     local image_sp venv_sp ours
     image_sp=$("$IMAGE_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -52,8 +57,10 @@ _gpu_setup() {
   # Fail here, in seconds, rather than minutes later inside `llmserve serve`.
   python - <<'PY' || return 1
 import importlib
-for name in ("llmserve.cli", "llmserve.serve", "frontend_api.server.app", "engine_contract", "tritonclient.grpc", "pytriton"):
+import importlib.util
+for name in ("llmserve.cli", "llmserve.serve", "frontend_api.server.app", "engine_contract", "tritonclient.grpc"):
     importlib.import_module(name)
+print("gpu_setup: carried", ", ".join(n for n in ("pytriton", "flashinfer") if importlib.util.find_spec(n)) or "no extras")
 import numpy, torch, transformers
 print(f"gpu_setup: numpy {numpy.__version__}, torch {torch.__version__} (cuda {torch.cuda.is_available()}), "
       f"transformers {transformers.__version__}; the stack imports")

@@ -146,6 +146,8 @@ SAMPLING_VARIANTS = {
     "top_logprobs_5": {"logprobs": True, "top_logprobs": 5},
     "all": {"temperature": 1.0, "top_p": 0.9, "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": 0.5,
             "repetition_penalty": 1.1, "logit_bias": ((13, -5.0),), "logprobs": True, "top_logprobs": 5},
+    # guided decoding (grammar.py, xgrammar): a JSON array of strings, which no length of output completes early
+    "guided_json": {"guide": ("json_schema", '{"type": "array", "items": {"type": "string"}}')},
 }  # fmt: skip
 
 
@@ -216,7 +218,7 @@ def profile_fast(engine: FastEngine, tokenizer, device: str) -> dict:
     """Graph replay time per decode step (GPU only) and the host's detokenization cost per token."""
     profile = {}
     runner = engine.runner
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and hasattr(runner, "decode"):  # the slot runner's graphs (not the paged core's)
         for batch in (1, 64, 256):
             if (batch, 256) not in runner.graphs:
                 continue

@@ -2,6 +2,8 @@
 # The GPU benchmark of docs/PERFORMANCE.md, on the GPU machine, from the repository root, with the bundle of
 # bench/gpu_bundle.sh carried (.device/gpu). Stages (STAGES, comma-separated; default inprocess,triton):
 #   inprocess  bench/gpu_perf/inprocess.py: greedy check, HF static generate, our core in process
+#   paged      bench/gpu_perf/paged_inprocess.py: the paged fast core (FlashInfer): greedy checks, sweep x3,
+#              prefix-cache TTFT (PAGED_ARGS); needs only the site, smol and flashinfer parts of the bundle
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours, plus a profile of our prefill
 #   sampling   bench/gpu_perf/sampling_costs.py: each sampling feature's cost in process (SAMPLING_ARGS; with
@@ -21,6 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 if [[ $STAGES == *inprocess* ]]; then
   PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/inprocess.py --tokenizer /tmp/smol ${INPROCESS_ARGS:-} 2>&1 |
     grep -v -i "warn\|Loading weights\|Writing model" | tee "$OUT/inprocess.log"
+fi
+if [[ $STAGES == *paged* ]]; then
+  PYTHONPATH=$PYTHONPATH:$MODEL_CODE:$PWD/bench/gpu_perf python bench/gpu_perf/paged_inprocess.py ${PAGED_ARGS:-} 2>&1 |
+    grep -v -i "warn\|Loading weights\|Writing model" | tee "$OUT/paged.log"
 fi
 if [[ $STAGES == *triton* ]]; then
   [[ -d /tmp/ckpt ]] || PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/inprocess.py --checkpoint-only --shape 1b --ckpt /tmp/ckpt --tokenizer /tmp/smol ||

@@ -91,3 +91,18 @@ def test_logprobs_are_the_raw_log_softmax_before_processing():
     raw = logits.log_softmax(-1)[0]
     assert token.item() == 0 and chosen.item() == pytest.approx(raw[0].item())  # biased choice, raw log-prob
     assert ids[0].tolist() == [1, 2] and values[0].tolist() == pytest.approx(raw[[1, 2]].tolist())
+
+
+def test_advance_rows_counts_what_start_and_advance_do_for_rows_in_any_order():
+    """The paged core's rows are scattered (a sequence's row is its sampler state only): advancing rows [2, 0]
+    leaves exactly the state that start + advance leave for the same tokens."""
+    config = SlotConfig(presence=0.5, bad_sequences=((4, 5, 6),))
+    flags = Flags.of([config], VOCAB)
+    by_rows, by_slices = sampler_with(config, config, config), sampler_with(config, config, config)
+    rows = torch.tensor([2, 0])
+    by_rows.advance_rows(rows, torch.tensor([4, 3]), flags)
+    by_rows.advance_rows(rows, torch.tensor([5, 3]), flags)
+    by_slices.start(torch.tensor([0, 2]), torch.tensor([3, 4]), flags)
+    by_slices.advance(3, torch.tensor([3, 0, 5]), torch.tensor([1, 0, 1]), flags)
+    for name in ("generated", "counts", "recent"):
+        assert torch.equal(getattr(by_rows, name), getattr(by_slices, name)), name

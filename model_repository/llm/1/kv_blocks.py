@@ -122,13 +122,16 @@ class BlockManager:
             parent = block_hash
         return hits
 
-    def allocate(self, seq_id: SeqId, token_ids: Sequence[int], num_new_tokens: int) -> int | None:
+    def allocate(
+        self, seq_id: SeqId, token_ids: Sequence[int], num_new_tokens: int, use_cache: bool = True
+    ) -> int | None:
         """Admit a sequence: share its cached prefix blocks and allocate blocks for the first `num_new_tokens`
         tokens after them. Returns how many tokens are already cached (their K/V need not be computed), or None
-        (and changes nothing) when the blocks do not fit. `num_new_tokens` is capped at what remains."""
+        (and changes nothing) when the blocks do not fit. `num_new_tokens` is capped at what remains. With
+        `use_cache` False nothing is looked up (a sequence that must compute every token: prompt log-probs)."""
         if seq_id in self._tables:
             raise ValueError(f"sequence {seq_id!r} already holds blocks")
-        hits = self.match_prefix(token_ids)
+        hits = self.match_prefix(token_ids) if use_cache else []
         num_cached = len(hits) * self.block_size
         num_new_tokens = min(num_new_tokens, len(token_ids) - num_cached)
         needed = self.blocks_for(num_cached + num_new_tokens) - len(hits)

@@ -146,7 +146,15 @@ class FlashInferAttention:
 
 
 class PagedRunner:
-    def __init__(self, model, num_blocks: int, block_size: int, attention: str = "auto", max_model_len: int = 0):
+    def __init__(
+        self,
+        model,
+        num_blocks: int,
+        block_size: int,
+        attention: str = "auto",
+        max_model_len: int = 0,
+        cuda_graph_batch: int = 0,  # > 0 (flashinfer on CUDA): pure-decode steps up to this batch replay graphs
+    ):
         arch = (model.config.architectures or [type(model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES and type(model).__name__ not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"the paged runner supports {', '.join(SUPPORTED_ARCHITECTURES)}, not {arch}")
@@ -157,7 +165,9 @@ class PagedRunner:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        shape = (num_blocks, 2, block_size, self.num_kv_heads, self.head_dim)
+        # CUDA graphs pad their batch: the padding rows write their K/V into one spare block past the manager's.
+        graphs = cuda_graph_batch > 0 and self.device.type == "cuda"
+        shape = (num_blocks + graphs, 2, block_size, self.num_kv_heads, self.head_dim)
         kw = {"device": self.device, "dtype": self.dtype}
         self.kv_cache = [torch.zeros(shape, **kw) for _ in self.layers]
         self.max_model_len = max_model_len or min(config.max_position_embeddings, num_blocks * block_size)
@@ -168,6 +178,8 @@ class PagedRunner:
             half = self.dtype in (torch.float16, torch.bfloat16)
             attention = "flashinfer" if self.device.type == "cuda" and half else "torch_reference"
         self.attention_name = attention
+        self.hidden: torch.Tensor | None = None  # the last step's final hidden states, when kept
+        self.qo_indptr: list[int] = [0]  # the last step's query rows per scheduled sequence
         self.attention: AttentionBackend
         if attention == "torch_reference":
             self.attention = TorchReferenceAttention(block_size)
@@ -177,6 +189,11 @@ class PagedRunner:
             )
         else:
             raise ValueError(f"attention must be auto, torch_reference or flashinfer, not {attention!r}")
+        self.graphs = None
+        if graphs and attention == "flashinfer":
+            from paged_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self, cuda_graph_batch, scratch_block=num_blocks)
 
     def flatten(self, plan: StepPlan) -> StepTensors:
         """The plan as flat token arrays (device) and CSR block tables (host)."""
@@ -225,16 +242,29 @@ class PagedRunner:
         )
 
     @torch.inference_mode()
-    def step(self, plan: StepPlan) -> torch.Tensor:
+    def step(self, plan: StepPlan, keep_hidden: bool = False) -> torch.Tensor:
         """Run the plan: write its tokens' K/V into their blocks; the float32 logits [S, vocab] of the sampled
-        rows, in `plan.sampled` order."""
+        rows, in `plan.sampled` order. With `keep_hidden`, every token's final hidden state stays in
+        `self.hidden` ([T, hidden], sequence i's at rows qo_indptr[i]:qo_indptr[i + 1]) for `logits_of`."""
         if not plan.scheduled:
             return torch.empty(0, self.model.config.vocab_size, device=self.device)
+        graphs = self.graphs
+        if graphs is not None and not keep_hidden and plan.is_pure_decode and len(plan.scheduled) <= graphs.max_batch:
+            self.hidden, self.qo_indptr = None, list(range(len(plan.scheduled) + 1))
+            return graphs.run(plan)
         step = self.flatten(plan)
+        self.qo_indptr = step.qo_indptr
         self.attention.begin_step(step)
-        num_tokens = step.input_ids.shape[0]
-        x = self.model.model.embed_tokens(step.input_ids)  # [T, hidden]
-        cos, sin = self.cos[step.positions], self.sin[step.positions]  # [T, head_dim]
+        x = self.forward(step.input_ids, step.positions, step.write_blocks, step.write_offsets, self.attention.attend)
+        self.hidden = x if keep_hidden else None
+        return self.logits_of(x[step.sample_rows])
+
+    def forward(self, input_ids, positions, write_blocks, write_offsets, attend) -> torch.Tensor:
+        """The final hidden states [T, hidden] of flat tokens; each token's K/V written at (block, offset) first,
+        then `attend(q, kv_cache, scale)` per layer. No host sync: CUDA graphs capture it."""
+        num_tokens = input_ids.shape[0]
+        x = self.model.model.embed_tokens(input_ids)  # [T, hidden]
+        cos, sin = self.cos[positions], self.sin[positions]  # [T, head_dim]
         for layer, kv_cache in zip(self.layers, self.kv_cache, strict=True):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -242,10 +272,14 @@ class PagedRunner:
             k = attn.k_proj(h).view(num_tokens, self.num_kv_heads, self.head_dim)
             v = attn.v_proj(h).view(num_tokens, self.num_kv_heads, self.head_dim)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)  # heads at dim 1: [T, 1, head_dim]
-            kv_cache[step.write_blocks, 0, step.write_offsets] = k
-            kv_cache[step.write_blocks, 1, step.write_offsets] = v
-            out = self.attention.attend(q, kv_cache, attn.scaling)
+            kv_cache[write_blocks, 0, write_offsets] = k
+            kv_cache[write_blocks, 1, write_offsets] = v
+            out = attend(q, kv_cache, attn.scaling)
             x = x + attn.o_proj(out.reshape(num_tokens, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        last = x[step.sample_rows]
-        return self.model.lm_head(self.model.model.norm(last)).float()
+        return x
+
+    @torch.inference_mode()
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The float32 logits of final hidden states (the model's norm, then its LM head)."""
+        return self.model.lm_head(self.model.model.norm(hidden)).float()

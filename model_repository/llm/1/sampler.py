@@ -275,3 +275,12 @@ class SlotSampler:
             recent = self.recent[:batch]
             shifted = torch.cat([recent[:, 1:], tokens[:, None]], dim=1)
             recent.copy_(torch.where(active.bool()[:, None], shifted, recent))
+
+    def advance_rows(self, rows: torch.Tensor, tokens: torch.Tensor, flags: Flags) -> None:
+        """Count the tokens just sampled for the sequences in sampler `rows` (distinct; any order): the paged
+        core's step, where a sequence's row is its sampler state only (its KV is in blocks)."""
+        self.generated[rows] += 1
+        if flags.penalties:
+            self.counts[rows, tokens] += 1
+        if flags.bad_words:
+            self.recent[rows] = torch.cat([self.recent[rows][:, 1:], tokens[:, None]], dim=1)

@@ -38,6 +38,7 @@ class SequenceState:
     num_computed: int = 0  # leading tokens whose K/V are in the cache
     num_preemptions: int = 0
     is_running: bool = False  # holds blocks (a flag, not `in running`: the planner asks for every sequence)
+    use_prefix_cache: bool = True  # False: every token is computed (the core scores the prompt's tokens)
 
     @property
     def output(self) -> list[int]:
@@ -95,7 +96,9 @@ class Scheduler:
         self._sequences: dict[Hashable, SequenceState] = {}
 
     # ------------------------------------------------------------------ the core's side
-    def add(self, seq_id: Hashable, prompt: Sequence[int], max_tokens: int) -> SequenceState:
+    def add(
+        self, seq_id: Hashable, prompt: Sequence[int], max_tokens: int, use_prefix_cache: bool = True
+    ) -> SequenceState:
         """Queue a sequence. It must fit the whole cache on its own (else preemption could never make room)."""
         if seq_id in self._sequences:
             raise ValueError(f"sequence {seq_id!r} is already scheduled")
@@ -104,7 +107,7 @@ class Scheduler:
         capacity = self.blocks.num_blocks * self.blocks.block_size
         if len(prompt) + max_tokens > capacity:
             raise ValueError(f"prompt + max_tokens ({len(prompt) + max_tokens}) exceeds the KV cache ({capacity})")
-        sequence = SequenceState(seq_id, list(prompt), len(prompt))
+        sequence = SequenceState(seq_id, list(prompt), len(prompt), use_prefix_cache=use_prefix_cache)
         self._sequences[seq_id] = sequence
         self.waiting.append(sequence)
         return sequence
@@ -193,7 +196,7 @@ class Scheduler:
         # not in a step that had to preempt: blocks are short, and the victim would only be admitted again
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not plan.preempted:
             sequence = self.waiting[0]
-            cached = self.blocks.allocate(sequence.seq_id, sequence.tokens, budget)
+            cached = self.blocks.allocate(sequence.seq_id, sequence.tokens, budget, sequence.use_prefix_cache)
             if cached is None:
                 break
             self.waiting.popleft()

@@ -1,0 +1,428 @@
+"""The PAGED successor of the fast engine core: torch, a paged KV cache, chunked prefill scheduled with decode.
+
+Not registered yet: `engine_core: fast` still runs fast_core.py (one KV slot per sequence). This core passes the
+fast core's CPU tests (greedy equal to HF generate, chunked prefill, preemption, prefix-cache hits), but on the
+H200 it measured no faster than the slot core (docs/PERFORMANCE.md, "The paged fast core") and it lacks the slot
+core's guided decoding (grammar.py); it replaces fast_core.py once it beats it and has both.
+
+ONE loop thread (as openvino_paged_core.py): take submitted requests, give each sequence a sampler row (its
+sampling state on the device: sampler.SlotSampler; the row is NOT its KV), hand it to the Scheduler
+(scheduler.py: decode tokens first, then prefill chunks within a token budget, preemption by recompute when
+blocks run out) over a BlockManager (kv_blocks.py: paged blocks, a prefix cache of full blocks with reference
+counts and LRU eviction); run the StepPlan through paged_runner.PagedRunner (FlashInfer's paged kernels on CUDA,
+a torch reference on CPU); sample every sampled row on the device with its own settings (seeds, penalties, bias,
+bad words, min_tokens, stop ids, log-probabilities); `scheduler.update`; then per sequence incremental
+detokenization, stop strings, end ids, length, and the request's sink, while the NEXT step already runs on the
+device (the host lags one step, as the slot core did: a sequence that just ended rides along in the step in flight
+and its token there is dropped). A finished or cancelled sequence gives its blocks and its row back at once.
+
+n sequences (num_return_sequences) are n scheduler sequences with their own seed streams; with the prefix cache
+on, one admitted after another's prompt blocks are cached shares them. Prompt log-probabilities need every
+prompt token computed: such a request skips the prefix-cache lookup (its blocks still join the cache).
+Token ids (Update.token_ids) leave out the token that ended a sequence (end-of-sequence, end_id, stop_token_ids),
+as its text does; they keep the tokens of a stop string the text is trimmed before.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cancellation import CancellationPoller
+from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
+from kv_blocks import BlockManager
+from paged_runner import PagedRunner
+from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, SlotSampler, sequence_key
+from scheduler import Scheduler
+from text_stream import TextStream, fast_decoder
+
+log = logging.getLogger("llm.paged_fast_core")
+
+CANCEL_POLL_INTERVAL_S = 0.05
+DEFAULT_SLOT_LEN = 2048  # without kv_cache_blocks: KV for max_num_seqs x this many tokens (as the slot core had)
+BLOCK = 256  # the kv_cache_blocks setting counts blocks of this many tokens, for every core
+BLOCK_SIZE = 16  # tokens per paged block (FlashInfer's page size)
+PROMPT_LOGPROB_CHUNK = 512  # prompt positions whose logits are held at once (return_prompt_log_probs)
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt: list[int]
+    sampling: Sampling
+    sink: Callable[[Update], None]
+    is_cancelled: Callable[[], bool]
+    sequences: list[_Sequence] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One of a request's n sequences: its scheduler id, sampler row, key (seed stream), text and pending deltas."""
+
+    request: _Request
+    index: int
+    seq_id: int
+    config: SlotConfig
+    stream: TextStream
+    eos_ids: frozenset[int]  # the ids that end it (end-of-sequence, end_id, stop_token_ids)
+    prompt_k: int = -1  # -1: no prompt log-probs (or scored already); else their top k
+    row: int = -1  # its sampler row while it is scheduled
+    generated: int = 0
+    done: bool = False
+    ids: list[int] = field(default_factory=list)  # generated since the last update (end ids left out)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    prompt_parts: list = field(default_factory=list)  # (start, chosen, top) per scored chunk, until complete
+    prompt_scores: tuple | None = None  # (prompt_logprobs, prompt_top_logprobs) until the first update
+
+
+def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
+    """(tokenizer, its detokenizer, the model in eval mode on `device`, its end-of-sequence ids)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model = model.to(device).eval()
+    eos = model.generation_config.eos_token_id or model.config.eos_token_id
+    return tokenizer, fast_decoder(tokenizer), model, frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+
+class PagedFastEngine:
+    """core.EngineCore over paged_runner.PagedRunner, kv_blocks.BlockManager, scheduler.Scheduler and
+    sampler.SlotSampler."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_num_seqs: int = 32,
+        kv_cache_blocks: int = 0,
+        max_model_len: int | None = None,
+        max_prefill_tokens: int = 8192,  # the step's token budget: decode tokens, then prefill chunks
+        cuda_graphs: bool = True,  # pure-decode steps replay CUDA graphs (CUDA with flashinfer: paged_graphs.py)
+        prefix_caching: bool = True,
+        attention: str = "auto",  # paged_runner: flashinfer on CUDA (bf16/fp16), torch_reference otherwise
+    ):
+        self.tokenizer, self._decoder, model, self.default_eos_ids = load_checkpoint(checkpoint_dir, device, dtype)
+        config = model.config
+        self.vocab_size = config.vocab_size
+        context = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        kv_tokens = kv_cache_blocks * BLOCK if kv_cache_blocks else max_num_seqs * min(context, DEFAULT_SLOT_LEN)
+        num_blocks = max(kv_tokens // BLOCK_SIZE, 1)
+        self.max_model_len = min(context, num_blocks * BLOCK_SIZE)
+        self.prefix_caching = prefix_caching
+        graph_batch = max_num_seqs if cuda_graphs else 0
+        self.runner = PagedRunner(model, num_blocks, BLOCK_SIZE, attention, self.max_model_len, graph_batch)
+        self.blocks = BlockManager(num_blocks, BLOCK_SIZE, enable_prefix_caching=prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max(max_prefill_tokens, max_num_seqs))
+        self.sampler = SlotSampler(max_num_seqs, self.vocab_size, model.device)
+        self.device = model.device
+        self.max_num_seqs = max_num_seqs
+        self._free_rows = list(range(max_num_seqs))
+        self._sequences: dict[int, _Sequence] = {}  # scheduler seq id -> sequence (those holding a row)
+        self._next_seq_id = 0
+        self._waiting: deque[_Request] = deque()  # for rows
+        self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._active: dict[str, _Request] = {}
+        self._flags: Flags | None = None  # what the scheduled sequences need of a step (None: to recompute)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._failure: BaseException | None = None
+        self._cancellations = CancellationPoller()
+        # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
+        self.stats = {"steps": 0, "tokens": 0, "preemptions": 0, "prefill_tokens": 0, "plan_s": 0.0,
+                      "launch_s": 0.0, "gpu_wait_s": 0.0, "deliver_s": 0.0}  # fmt: skip
+        self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ core.EngineCore
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def validate(self, sampling: Sampling) -> None:
+        validate_sampling(sampling, self.vocab_size)
+        if sampling.n > self.max_num_seqs:
+            raise InvalidRequest(
+                f"num_return_sequences ({sampling.n}) exceeds the {self.max_num_seqs} sequences this engine "
+                "runs at once (max_num_seqs)"
+            )
+
+    def submit(self, request_id, prompt, sampling, sink, is_cancelled) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"the generation loop has failed ({self._failure}); the model must be reloaded")
+        self.validate(sampling)
+        if isinstance(prompt, str):
+            input_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            input_ids = check_prompt_ids(prompt, self.vocab_size)
+        eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
+        if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
+            eos_ids |= frozenset(sampling.stop_token_ids)
+        banned, bad_sequences = self._bad_words(sampling.bad_words)
+        bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
+        seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
+        request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
+        for index in range(sampling.n):
+            config = SlotConfig(
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                greedy=sampling.greedy,
+                key=sequence_key(seed, index),
+                presence=sampling.presence_penalty,
+                frequency=sampling.frequency_penalty,
+                repetition=sampling.repetition_penalty,
+                bias=bias,
+                bad_sequences=bad_sequences,
+                end_ids=eos_ids,
+                min_tokens=sampling.min_tokens,
+                logprobs=sampling.top_logprobs if sampling.logprobs or sampling.top_logprobs else -1,
+            )
+            with self._lock:
+                seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
+            # every sequence reports the prompt's scores, computed once (sequence 0's prefill)
+            prompt_k = sampling.top_logprobs if sampling.prompt_logprobs and index == 0 else -1
+            stream = TextStream(self._decoder, sampling.stop)
+            request.sequences.append(_Sequence(request, index, seq_id, config, stream, eos_ids, prompt_k))
+        if sampling.prompt_logprobs and len(input_ids) == 1:  # a one-token prompt scores nothing
+            for sequence in request.sequences:
+                sequence.prompt_k, sequence.prompt_scores = -1, ((), () if sampling.top_logprobs else None)
+        with self._lock:
+            if request_id in self._active:
+                raise InvalidRequest(f"request id {request_id!r} is already in flight")
+            self._active[request_id] = request
+        self._incoming.put(request)
+
+    def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
+        """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written
+        and after a space (as vLLM bans them)."""
+        single, multi = set(), []
+        for word in bad_words:
+            for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
+                ids = tuple(self.tokenizer(variant, add_special_tokens=False)["input_ids"])
+                if len(ids) == 1:
+                    single.add(ids[0])
+                elif len(ids) > BAD_WORD_TOKENS:
+                    raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
+                elif ids and ids not in multi:
+                    multi.append(ids)
+        if len(multi) > BAD_WORD_SEQUENCES:
+            raise InvalidRequest(
+                f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)"
+            )
+        return single, tuple(multi)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._incoming.put(None)  # wake the loop
+        self._thread.join(timeout=30)
+        for request in list(self._active.values()):
+            self._finish_request(request, "error", error="the model is being unloaded")
+
+    # ------------------------------------------------------------------ the loop thread
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the device failed (out of memory, ...): fail every request, say why
+            log.exception("the fast engine core's loop failed")
+            self._failure = exc
+            for request in list(self._active.values()):
+                self._finish_request(request, "error", error=f"the generation loop failed: {exc}")
+
+    def _loop(self) -> None:
+        pending = None  # the step in flight: its tokens are delivered while the next step runs on the device
+        while not self._stopping.is_set():
+            self._take_incoming(block=pending is None and not self.scheduler.has_work and not self._waiting)
+            self._poll_cancellations()
+            done = self._complete(pending) if pending is not None else None
+            self._admit()
+            pending = self._launch() if self.scheduler.has_work else None
+            if done is not None:
+                self._deliver(*done)
+
+    def _take_incoming(self, block: bool) -> None:
+        try:
+            item = self._incoming.get(timeout=CANCEL_POLL_INTERVAL_S) if block else self._incoming.get_nowait()
+            while True:
+                if item is not None:
+                    self._waiting.append(item)
+                item = self._incoming.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _admit(self) -> None:
+        """Waiting requests, first come first served, while sampler rows are free for all n of their sequences:
+        rows set up in one batch, sequences handed to the scheduler (which admits them as blocks allow)."""
+        admitted: list[_Sequence] = []
+        while self._waiting:
+            request = self._waiting[0]
+            if not request.done and len(self._free_rows) < request.sampling.n:
+                break
+            self._waiting.popleft()
+            if request.done:  # cancelled while waiting
+                continue
+            for sequence in request.sequences:
+                sequence.row = heapq.heappop(self._free_rows)
+                self._sequences[sequence.seq_id] = sequence
+                use_cache = sequence.prompt_k < 0
+                self.scheduler.add(sequence.seq_id, request.prompt, request.sampling.max_tokens, use_cache)
+                admitted.append(sequence)
+        if admitted:
+            rows = torch.tensor([s.row for s in admitted], device=self.device)
+            self.sampler.setup(rows, [s.config for s in admitted], [s.request.prompt for s in admitted])
+            self._flags = None
+
+    def _launch(self):
+        """Plan a step and queue it on the device (forward, sampling); the host does not wait for it here."""
+        started = time.perf_counter()
+        plan = self.scheduler.plan()
+        if not plan.scheduled:
+            return None
+        if self._flags is None:
+            self._flags = Flags.of((s.config for s in self._sequences.values()), self.vocab_size)
+        flags = self._flags
+        scheduled = [self._sequences[item.seq_id] for item in plan.scheduled]
+        scoring = any(s.prompt_k >= 0 for s in scheduled)
+        planned = time.perf_counter()
+        logits = self.runner.step(plan, keep_hidden=scoring)
+        if scoring:
+            self._score_prompts(plan, scheduled)
+        sampled = [s for item, s in zip(plan.scheduled, scheduled, strict=True) if item.sample]
+        tokens = logprobs = None
+        if sampled:
+            rows = torch.tensor([s.row for s in sampled]).to(self.device, non_blocking=True)
+            positions = [item.context_len - 1 for item in plan.scheduled if item.sample]
+            positions_ = torch.tensor(positions).to(self.device, non_blocking=True)
+            tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
+            self.sampler.advance_rows(rows, tokens, flags)
+        self.stats["steps"] += 1
+        self.stats["tokens"] += plan.num_tokens
+        self.stats["prefill_tokens"] += plan.num_tokens - sum(1 for s in plan.scheduled if len(s.token_ids) == 1)
+        self.stats["preemptions"] += len(plan.preempted)
+        self.stats["plan_s"] += planned - started
+        self.stats["launch_s"] += time.perf_counter() - planned
+        return plan, sampled, tokens, logprobs
+
+    def _complete(self, pending):
+        """Wait for the step in flight; its tokens join the scheduler's sequences (the next plan needs them)."""
+        plan, sampled, tokens, logprobs = pending
+        started = time.perf_counter()
+        tokens_host = tokens.tolist() if tokens is not None else []
+        if logprobs is not None:
+            logprobs = tuple(None if t is None else t.tolist() for t in logprobs)
+        self.stats["gpu_wait_s"] += time.perf_counter() - started
+        self.scheduler.update(plan, tokens_host)
+        return sampled, tokens_host, logprobs
+
+    def _deliver(self, sampled: list[_Sequence], tokens: list[int], logprobs) -> None:
+        """Hand a completed step's tokens to their sequences (a sequence that ended meanwhile drops its token)."""
+        started = time.perf_counter()
+        for row, (sequence, token) in enumerate(zip(sampled, tokens, strict=True)):
+            self._on_token(sequence, token, logprobs, row)
+        self.stats["deliver_s"] += time.perf_counter() - started
+
+    def _score_prompts(self, plan, scheduled: list[_Sequence]) -> None:
+        """Log-probabilities of the prompt tokens in this step's chunks (row j of a chunk from `start` is the
+        distribution of prompt token start + j + 1): the raw log_softmax, as for generated tokens."""
+        hidden, indptr = self.runner.hidden, self.runner.qo_indptr
+        assert hidden is not None
+        for i, (item, sequence) in enumerate(zip(plan.scheduled, scheduled, strict=True)):
+            prompt, k = sequence.request.prompt, sequence.prompt_k
+            if k < 0 or item.start >= len(prompt) - 1:
+                continue
+            if item.start == 0:  # a recompute after preemption starts over
+                sequence.prompt_parts = []
+            rows = min(len(item.token_ids), len(prompt) - 1 - item.start)
+            for offset in range(0, rows, PROMPT_LOGPROB_CHUNK):
+                end = min(offset + PROMPT_LOGPROB_CHUNK, rows)
+                logprobs = self.runner.logits_of(hidden[indptr[i] + offset : indptr[i] + end]).log_softmax(-1)
+                first = item.start + offset + 1
+                targets = torch.tensor(prompt[first : item.start + end + 1], device=self.device)
+                chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+                top = None
+                if k:
+                    values, ids = logprobs.topk(k, dim=-1)
+                    top = [
+                        tuple(zip(i_, v_, strict=True)) for i_, v_ in zip(ids.tolist(), values.tolist(), strict=True)
+                    ]
+                sequence.prompt_parts.append((chosen, top))
+            if item.start + rows == len(prompt) - 1:  # complete: every sequence of the request reports it
+                chosen_all = tuple(v for part in sequence.prompt_parts for v in part[0])
+                top_all = tuple(t for part in sequence.prompt_parts for t in part[1]) if k else None
+                for other in sequence.request.sequences:
+                    other.prompt_scores = (chosen_all, top_all)
+                sequence.prompt_k, sequence.prompt_parts = -1, []
+
+    def _on_token(self, sequence: _Sequence, token: int, logprobs, row: int) -> None:
+        """Take one generated token; `logprobs` (chosen, top values, top ids), when computed, has it at `row`."""
+        if sequence.done:
+            return
+        sequence.generated += 1
+        hit_eos = token in sequence.eos_ids
+        if not hit_eos:
+            sequence.ids.append(token)
+            k = sequence.config.logprobs
+            if k >= 0 and logprobs is not None:
+                sequence.logprobs.append(logprobs[0][row])
+                if k:
+                    sequence.top_logprobs.append(tuple(zip(logprobs[2][row][:k], logprobs[1][row][:k], strict=True)))
+        text = "" if hit_eos else sequence.stream.push((token,))
+        if hit_eos:
+            self._finish(sequence, "stop", sequence.stream.finish())
+        elif sequence.stream.stopped:
+            self._finish(sequence, "stop", text)
+        elif sequence.generated >= sequence.request.sampling.max_tokens:
+            self._finish(sequence, "length", text + sequence.stream.finish())
+        elif text:
+            sequence.request.sink(self._update(sequence, text))
+
+    def _update(self, sequence: _Sequence, text: str, reason: str | None = None, error: str | None = None) -> Update:
+        """The sequence's delta since its last update (and its prompt's scores on its first)."""
+        prompt_scores, sequence.prompt_scores = sequence.prompt_scores, None
+        update = Update(
+            text, reason, error, len(sequence.request.prompt), sequence.generated, sequence.index,
+            tuple(sequence.ids), tuple(sequence.logprobs), tuple(sequence.top_logprobs),
+            *(prompt_scores or (None, None)),
+        )  # fmt: skip
+        sequence.ids, sequence.logprobs, sequence.top_logprobs = [], [], []
+        return update
+
+    def _poll_cancellations(self) -> None:
+        for request in self._cancellations.due(list(self._active.values())):
+            if not request.done and request.is_cancelled():
+                self._finish_request(request, "cancelled")
+
+    def _finish_request(self, request: _Request, reason: str, error: str | None = None) -> None:
+        for sequence in request.sequences:
+            self._finish(sequence, reason, error=error)
+
+    def _finish(self, sequence: _Sequence, reason: str, text: str = "", error: str | None = None) -> None:
+        if sequence.done:
+            return
+        sequence.done = True
+        request = sequence.request
+        if all(s.done for s in request.sequences):
+            request.done = True
+            with self._lock:
+                self._active.pop(request.request_id, None)
+        # Its blocks and row go back now (free before the next step is planned); only the loop thread touches them.
+        on_loop = threading.current_thread() is self._thread
+        if on_loop and self._sequences.pop(sequence.seq_id, None) is not None:
+            self.scheduler.finish(sequence.seq_id)
+            heapq.heappush(self._free_rows, sequence.row)
+            self._flags = None
+        try:
+            request.sink(self._update(sequence, text, reason, error))
+        except Exception:  # e.g. the client is gone; the request is over for us either way
+            log.exception("could not deliver the end of request %s (%s)", request.request_id, reason)

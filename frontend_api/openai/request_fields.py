@@ -76,7 +76,7 @@ class RefusedFields(BaseModel):
     allowed_token_ids: NULL = None
     # vLLM's extra parameters
     add_special_tokens: NULL = None  # whether a BOS is added depends on the engine
-    # structured output: honoured in protocol.py (StructuredOutputFields), but for these options
+    # structured output: honoured in structured_protocol.py (StructuredOutputFields), but for these options
     guided_decoding_backend: Annotated[Any, Refused("auto", reason="the engine's own backend is used")] = None
     guided_whitespace_pattern: NULL = None
     structural_tag: NULL = None

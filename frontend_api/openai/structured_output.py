@@ -1,7 +1,7 @@
 """Structured output: the request fields that constrain a generation, mapped onto the engine's guided decoding
 (TensorRT-LLM's `guided_decoding_guide_type` / `guided_decoding_guide`, SamplingParams.guide_type / guide).
 
-The fields (protocol.StructuredOutputFields), at most one constraint per request:
+The fields (structured_protocol.StructuredOutputFields), at most one constraint per request:
 - OpenAI's `response_format`: `{"type": "json_object"}` -> "json" (any JSON object), `{"type": "json_schema",
   "json_schema": {"name", "schema", ...}}` -> "json_schema" (enforced, `strict` or not; no schema: any JSON object);
 - vLLM's `structured_outputs` {json | regex | choice | grammar | json_object} and its spellings before 0.12,
@@ -26,7 +26,7 @@ import engine_contract as contract
 from frontend_api.errors import OpenAIError
 
 if TYPE_CHECKING:
-    from frontend_api.openai.protocol import StructuredOutputFields
+    from frontend_api.openai.structured_protocol import StructuredOutputFields
 
 # The contract inputs that carry the guide, and the guide types we send (of contract.GUIDE_TYPES)
 GUIDE_INPUTS = frozenset({contract.GUIDED_DECODING_GUIDE_TYPE.name, contract.GUIDED_DECODING_GUIDE.name})

@@ -129,7 +129,13 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_with_an_error(start_front
             response, lines = await open_stream(http, server, tokens=2000)
             assert json.loads(await ws.recv())["type"] == "ready"
             await ws.send(
-                json.dumps({"type": "chat", "content": "Write a very long story.", "settings": {"max_tokens": 2000}})
+                json.dumps(  # min_tokens: the reply cannot end by itself before the drain cuts it (CI once saw 121 tokens in 2.0 s)
+                    {
+                        "type": "chat",
+                        "content": "Write a very long story.",
+                        "settings": {"max_tokens": 2000, "min_tokens": 2000},
+                    }
+                )
             )
             assert json.loads(await ws.recv())["type"] == "delta"
             server.process.send_signal(signal.SIGTERM)

@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from frontend_api.settings import WEB_DIST
-
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 UNKNOWN = ("/nope", "/v1/nope", "/v1/responses/x/y", "/v1/chat/completions/extra", "/tokenize/x", "/sessions/abc")
 
@@ -23,16 +21,12 @@ def small_build(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(params=["small build", "make web build", "not built"])
+# The `make web` build itself is served by the real stack in tests/integration/test_tokenize_and_routing.py.
+@pytest.fixture(params=["small build", "not built"])
 def served(request, start_app, tmp_path):
     """(app, the path of one UI asset, or None when the UI is not built)."""
     if request.param == "small build":
         return start_app(web_dir=small_build(tmp_path / "dist")), "/assets/index-abc.js"
-    if request.param == "make web build":
-        assets = sorted((WEB_DIST / "assets").glob("*.js")) if (WEB_DIST / "index.html").is_file() else []
-        if not assets:
-            pytest.skip(f"the UI is not built at {WEB_DIST} (make web builds it; make test does)")
-        return start_app(web_dir=WEB_DIST), f"/assets/{assets[0].name}"
     return start_app(web_dir=tmp_path / "no-build"), None
 
 

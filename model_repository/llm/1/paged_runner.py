@@ -154,6 +154,7 @@ class PagedRunner:
         attention: str = "auto",
         max_model_len: int = 0,
         cuda_graph_batch: int = 0,  # > 0 (flashinfer on CUDA): pure-decode steps up to this batch replay graphs
+        fused: bool | None = None,  # FlashInfer's fused layer kernels (fused_llama.py); None: with flashinfer on CUDA
     ):
         arch = (model.config.architectures or [type(model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES and type(model).__name__ not in SUPPORTED_ARCHITECTURES:
@@ -189,6 +190,15 @@ class PagedRunner:
             )
         else:
             raise ValueError(f"attention must be auto, torch_reference or flashinfer, not {attention!r}")
+        self.fused = None
+        if fused or (fused is None and attention == "flashinfer" and self.device.type == "cuda"):
+            from fused_llama import FusedLlama, can_fuse, cos_sin_cache
+
+            if can_fuse(model):
+                table = cos_sin_cache(model, self.max_model_len, self.device)
+                self.fused = FusedLlama(model, self.num_heads, self.num_kv_heads, self.head_dim, table)
+            elif fused:
+                raise ValueError("fused layers need plain Llama layers (no biases, SiLU)")
         self.graphs = None
         if graphs and attention == "flashinfer":
             from paged_graphs import DecodeGraphs
@@ -262,6 +272,8 @@ class PagedRunner:
     def forward(self, input_ids, positions, write_blocks, write_offsets, attend) -> torch.Tensor:
         """The final hidden states [T, hidden] of flat tokens; each token's K/V written at (block, offset) first,
         then `attend(q, kv_cache, scale)` per layer. No host sync: CUDA graphs capture it."""
+        if self.fused is not None:
+            return self.fused.forward(input_ids, positions, write_blocks, write_offsets, self.kv_cache, attend)
         num_tokens = input_ids.shape[0]
         x = self.model.model.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.cos[positions], self.sin[positions]  # [T, head_dim]
@@ -282,4 +294,6 @@ class PagedRunner:
     @torch.inference_mode()
     def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
         """The float32 logits of final hidden states (the model's norm, then its LM head)."""
+        if self.fused is not None:
+            return self.fused.logits_of(hidden)
         return self.model.lm_head(self.model.model.norm(hidden)).float()

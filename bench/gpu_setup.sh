@@ -26,6 +26,11 @@ _gpu_setup() {
     rm -rf "$site" "$env" && mkdir -p "$site"
     tar xJf "$bundle/site.tar.xz" -C "$site" && tar xJf "$bundle/smol.tar.xz" -C /tmp || return 1
     for f in $optional; do tar xJf "$bundle/$f.tar.xz" -C "$site" || return 1; done
+    # FlashInfer modules compiled by an earlier run (bench/gpu_perf/run.sh saves them as $OUT/fi_aot.tar.xz): its
+    # AOT directory, where it loads a module's .so without building it (minutes of nvcc per module otherwise).
+    if [ -f "$bundle/fi_aot.tar.xz" ] && [ -d "$site/flashinfer" ]; then
+      mkdir -p "$site/flashinfer/data/aot" && tar xJf "$bundle/fi_aot.tar.xz" -C "$site/flashinfer/data/aot" || return 1
+    fi
     "$IMAGE_PY" -m venv "$env" || return 1
     local image_sp venv_sp ours
     image_sp=$("$IMAGE_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -14,14 +14,29 @@ _gpu_setup() {
   local bundle=${1:-.device/gpu} env=${GPU_ENV:-/tmp/gpuenv} site=${GPU_SITE:-/tmp/gpusite}
   local f e n
   for f in site smol; do
-    [ -f "$bundle/$f.tar.xz" ] || { echo "gpu_setup: no $bundle/$f.tar.xz (build it with bench/gpu_bundle.sh and carry it)" >&2; return 1; }
+    [ -f "$bundle/$f.tar.xz" ] || [ -f "$env/.ready" ] ||
+      { echo "gpu_setup: no $bundle/$f.tar.xz (build it with bench/gpu_bundle.sh and carry it)" >&2; return 1; }
   done
   # Optional parts (one device call carries 64 MiB, not all four): Triton for the served stages, FlashInfer for
-  # the paged fast core's attention.
+  # the paged fast core's attention. On a warm machine (it keeps /tmp about 30 s after a call) a later call may
+  # carry the parts an earlier one could not: they are added to the venv made then.
   local optional=""
   for f in triton flashinfer; do [ -f "$bundle/$f.tar.xz" ] && optional="$optional $f"; done
   export IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
-  if [ ! -f "$env/.ready" ]; then  # once per machine: a warm machine keeps /tmp between calls
+  if [ -f "$env/.ready" ]; then
+    local venv_sp
+    venv_sp=$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    for f in $optional; do
+      [ -f "$env/.part-$f" ] && continue
+      tar xJf "$bundle/$f.tar.xz" -C "$site" || return 1
+      for e in "$site"/*; do ln -sfn "$e" "$venv_sp/$(basename "$e")"; done
+      touch "$env/.part-$f" && echo "gpu_setup: added $f to the venv"
+    done
+    if [ -f "$bundle/fi_aot.tar.xz" ] && [ -d "$site/flashinfer" ] && [ ! -f "$env/.part-fi_aot" ]; then
+      mkdir -p "$site/flashinfer/data/aot" && tar xJf "$bundle/fi_aot.tar.xz" -C "$site/flashinfer/data/aot" &&
+        touch "$env/.part-fi_aot" || return 1
+    fi
+  else  # once per machine
     local started=$SECONDS
     rm -rf "$site" "$env" && mkdir -p "$site"
     tar xJf "$bundle/site.tar.xz" -C "$site" && tar xJf "$bundle/smol.tar.xz" -C /tmp || return 1
@@ -55,6 +70,8 @@ _gpu_setup() {
       ln -s "$e" "$venv_sp/$n"
     done
     touch "$env/.ready"
+    for f in $optional; do touch "$env/.part-$f"; done
+    if [ -f "$bundle/fi_aot.tar.xz" ]; then touch "$env/.part-fi_aot"; fi
     echo "gpu_setup: venv $env ready in $((SECONDS - started)) s"
   fi
   export PATH="$env/bin:$PATH" VIRTUAL_ENV="$env" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \

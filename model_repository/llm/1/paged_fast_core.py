@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bad_words import split_bad_words
 from cancellation import CancellationPoller
 from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from kv_blocks import BlockManager
 from paged_guided import PagedGuides
 from paged_runner import PagedRunner
-from sampler import Flags, SlotConfig, SlotSampler, sequence_key, split_bad_words
+from sampler import Flags, SlotConfig, SlotSampler, sequence_key
 from scheduler import Scheduler
 from text_stream import TextStream, fast_decoder
 

@@ -22,17 +22,14 @@ step costs what it did before (an argmax, or a sort for top-k/top-p sampling).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from core import InvalidRequest
+from bad_words import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS
 
 MASK32 = 0xFFFFFFFF
 TOP_K_BOUND = 1024  # top_k up to this: the candidates come from torch.topk rather than sorting the vocabulary
-BAD_WORD_TOKENS = 8  # the longest multi-token bad word (tokens) a request may ban
-BAD_WORD_SEQUENCES = 16  # and how many token sequences of them
 _NO_TOKEN = -2  # the recent-token window before anything was generated (matches no prefix entry)
 
 
@@ -50,26 +47,6 @@ def sequence_key(seed: int, index: int) -> int:
     """The 32-bit noise key of sequence `index` of a request seeded `seed` (any 64-bit value)."""
     folded = mix32((seed & MASK32) ^ mix32((seed >> 32) & MASK32))
     return mix32(folded ^ mix32((index * 0x9E3779B9 + 0x7F4A7C15) & MASK32))
-
-
-def split_bad_words(
-    bad_words: tuple[str, ...], encode: Callable[[str], list[int]]
-) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
-    """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written and
-    after a space (as vLLM bans them); `encode` tokenizes without special tokens."""
-    single, multi = set(), []
-    for word in bad_words:
-        for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
-            ids = tuple(encode(variant))
-            if len(ids) == 1:
-                single.add(ids[0])
-            elif len(ids) > BAD_WORD_TOKENS:
-                raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
-            elif ids and ids not in multi:
-                multi.append(ids)
-    if len(multi) > BAD_WORD_SEQUENCES:
-        raise InvalidRequest(f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)")
-    return single, tuple(multi)
 
 
 @dataclass(frozen=True)

@@ -136,12 +136,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grammar_cost.json")
     args = parser.parse_args()
 
-    from grammar import Guides
-
     from build_engines.checkpoints import ensure_smollm2
     from build_engines.openvino import ensure_openvino_ir
     from frontend_api.settings import default_home
 
+    from grammar import Guides
     from openvino_paged_core import OpenVINOPagedEngine
 
     home = Path(default_home())

@@ -29,7 +29,7 @@ class EngineOptions:
     kv_cache_blocks: int = 0
     engine_core: str = engine_contract.OPENVINO_PAGED  # or openvino, fast (model_repository/llm/1/core.py)
     weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
-    prefix_caching: bool = False  # the openvino core's
+    prefix_caching: bool = False  # the llm cores' prefix cache (LauncherSettings turns it on for fast by default)
     tool_parser: str = "hermes"  # how the front-end reads tool calls (frontend_api/openai/tool_parsers.py)
 
 

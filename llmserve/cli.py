@@ -61,9 +61,10 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prefix-caching",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="openvino core: reuse cached prompt prefixes (faster session turns; seeds then depend on the cache)",
+        help="reuse cached prompt prefixes (faster session turns; seeds then depend on the cache); default: on with "
+        "the fast core only",
     )
     parser.add_argument(
         "--weight-format",

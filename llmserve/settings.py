@@ -103,8 +103,9 @@ class LauncherSettings(Settings):
     )
     prefix_caching: bool = Field(
         False,
-        description="openvino_paged and openvino cores: reuse the KV cache of a prompt prefix seen before (faster session turns); off "
-        "by default because the same seed then samples different text depending on what is cached.",
+        description="Reuse the KV cache of a prompt prefix seen before (faster session turns, a shared system prompt "
+        "prefilled once). Unset: on with the fast core (as vLLM), off with the openvino_paged and openvino cores. "
+        "With it on, the same seed can sample different text depending on what is cached.",
     )
     weight_format: Literal["int8", "int4", "fp16"] = Field(
         "int8", description="Weights of the CPU cores' OpenVINO export (int4 is faster and answers less well)."
@@ -123,11 +124,8 @@ class LauncherSettings(Settings):
             self.engine_core = OPENVINO_PAGED if self.device == "cpu" else FAST
         elif self.engine_core in OPENVINO_IR_CORES and self.device != "cpu":
             raise ValueError(f"engine_core {self.engine_core} runs on the CPU; use engine_core fast with device cuda")
-        if self.prefix_caching and self.engine_core not in OPENVINO_IR_CORES:
-            raise ValueError(
-                f"prefix_caching needs engine_core {' or '.join(OPENVINO_IR_CORES)}; the {self.engine_core} core has "
-                "no prefix cache"
-            )
+        if "prefix_caching" not in self.model_fields_set:  # unset: on with the fast core only (as vLLM)
+            self.prefix_caching = self.engine_core == FAST
         return self
 
     @field_validator("triton_address")

@@ -28,9 +28,9 @@ tok = AutoTokenizer.from_pretrained(CKPT)
 
 # (1) greedy equivalence, fp32, in process
 from core import Sampling  # noqa: E402  (model_repository/llm/1 is on PYTHONPATH: run.sh)
-from fast_core import FastEngine  # noqa: E402
+from paged_fast_core import PagedFastEngine  # noqa: E402
 
-engine = FastEngine(str(CKPT), device="cuda", dtype="float32", max_num_seqs=8)
+engine = PagedFastEngine(str(CKPT), device="cuda", dtype="float32", max_num_seqs=8)
 ref = AutoModelForCausalLM.from_pretrained(CKPT, dtype=torch.float32).cuda().eval()
 prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "日本語のテキスト"]
 matches = 0

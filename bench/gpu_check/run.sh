@@ -8,5 +8,5 @@ cd "$(dirname "$0")/../.."
 source bench/gpu_setup.sh "${GPU_BUNDLE:-.device/gpu}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-# The engine's modules (engine, fast_core, ...) are imported in process as well.
+# The engine's modules (core, paged_fast_core, ...) are imported in process as well.
 PYTHONPATH=$PYTHONPATH:$PWD/model_repository/llm/1 python bench/gpu_check/gpu_check.py

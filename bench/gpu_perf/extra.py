@@ -1,5 +1,5 @@
-"""Baseline and profile for docs/PERFORMANCE.md: HF static-batch `generate` under whichever transformers this
-interpreter has (the GPU image's own, or ours), and a torch.profiler table of our core's batched prefill."""
+"""Baseline for docs/PERFORMANCE.md: HF static-batch `generate` under whichever transformers this interpreter has (the
+GPU image's own, or ours). Our core's profile: paged_profile.py."""
 
 from __future__ import annotations
 
@@ -44,7 +44,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", required=True)
     parser.add_argument("--batches", default="64,256")
-    parser.add_argument("--profile-prefill", action="store_true", help="also profile fast_core's prefill (our venv)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     args = parser.parse_args()
     config = LlamaConfig(
@@ -62,32 +61,6 @@ def main() -> None:
     }
     print(json.dumps(result), flush=True)
     Path(args.out, f"hf-static-{args.label}.json").write_text(json.dumps(result, indent=2))
-    if args.profile_prefill:
-        profile_prefill(Path(args.out))
-
-
-def profile_prefill(out: Path) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    from fast_core import FastEngine  # model_repository/llm/1 is on PYTHONPATH (run.sh)
-
-    engine = FastEngine("/tmp/ckpt", device="cuda", dtype="bfloat16", max_num_seqs=256, cuda_graphs=False)
-    runner = engine.runner
-    prompts = [torch.randint(100, 49000, (128,)).tolist() for _ in range(64)]
-    params = [(0.0, 0, 1.0, True)] * 64
-    for _ in range(2):
-        runner.prefill(list(range(64)), prompts, params)
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    runner.prefill(list(range(64)), prompts, params)
-    seconds = time.perf_counter() - started
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        runner.prefill(list(range(64)), prompts, params)
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
-    text = f"prefill 64 x 128 tokens: {seconds * 1000:.1f} ms wall\n{table}"
-    print(text, flush=True)
-    (out / "prefill-profile.txt").write_text(text)
-    engine.shutdown()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 1. a Llama-shaped checkpoint with random weights (the real weights cannot travel to the GPU machine) and the
    real SmolLM2 tokenizer; 2. greedy equivalence of our core with HF `generate` (fp32, SmolLM2's shape);
-3. HF static-batch `generate`; 4. our core (fast_core.FastEngine) driven in-process with the same closed-loop load
+3. HF static-batch `generate`; 4. our core (paged_fast_core.PagedFastEngine) driven in-process with the same closed-loop load
    as `llmserve bench`;
 5. where our core's time goes (its loop counters, graph replay times, detokenization cost).
 """
@@ -26,7 +26,7 @@ from llmserve.bench.loadgen import RequestResult, make_prompt
 from llmserve.bench.report import summarize
 
 from core import Sampling
-from fast_core import FastEngine
+from paged_fast_core import PagedFastEngine
 from text_stream import TextStream, fast_decoder
 
 SHAPES = {  # 1b: the shape of docs/PERFORMANCE.md's measurements (1.07B parameters with tied embeddings)
@@ -84,7 +84,7 @@ def build_checkpoint(shape: str, path: Path, tokenizer_dir: Path, device: str) -
 
 
 def greedy_check(checkpoint: Path, device: str) -> str:
-    engine = FastEngine(str(checkpoint), device=device, dtype="float32", max_num_seqs=4, max_model_len=256)
+    engine = PagedFastEngine(str(checkpoint), device=device, dtype="float32", max_num_seqs=4, max_model_len=256)
     ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
     tok = engine.tokenizer
     prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "日本語のテキスト", "1, 2, 3,"]
@@ -214,28 +214,9 @@ def sweep(engine, label: str, levels: list[int], input_tokens: int, output_token
     return rows
 
 
-def profile_fast(engine: FastEngine, tokenizer, device: str) -> dict:
-    """Graph replay time per decode step (GPU only) and the host's detokenization cost per token."""
+def profile_fast(engine: PagedFastEngine, tokenizer, device: str) -> dict:
+    """The host's detokenization cost per token (the paged core's step profile: paged_profile.py)."""
     profile = {}
-    runner = engine.runner
-    if device.startswith("cuda") and hasattr(runner, "decode"):  # the slot runner's graphs (not the paged core's)
-        for batch in (1, 64, 256):
-            if (batch, 256) not in runner.graphs:
-                continue
-            graph = runner.graphs[(batch, 256)]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            graph.replay()
-            start.record()
-            for _ in range(50):
-                graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            profile[f"graph_replay_ms_b{batch}_l256"] = round(start.elapsed_time(end) / 50, 3)
-            started = time.perf_counter()
-            for _ in range(50):
-                runner.decode(batch, 256, any_sampling=False)
-            torch.cuda.synchronize()
-            profile[f"decode_call_ms_b{batch}_l256"] = round((time.perf_counter() - started) / 50 * 1000, 3)
     streams = [TextStream(fast_decoder(tokenizer)) for _ in range(256)]
     ids = torch.randint(100, 49000, (256, 64)).tolist()
     started = time.perf_counter()
@@ -293,7 +274,7 @@ def main() -> None:
     save(out)
 
     started = time.perf_counter()
-    fast = FastEngine(str(ckpt), device=device, dtype="bfloat16", max_num_seqs=max(levels))
+    fast = PagedFastEngine(str(ckpt), device=device, dtype="bfloat16", max_num_seqs=max(levels))
     results["fast_startup_s"] = round(time.perf_counter() - started, 1)
     results["fast"] = sweep(fast, "fast", levels, n, n)
     results["fast_profile"] = profile_fast(fast, fast.tokenizer, device)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 from inprocess import build_checkpoint, drive
-from paged_fast_core import PagedFastEngine as FastEngine
 from transformers import AutoModelForCausalLM
 
 from core import Sampling
+from paged_fast_core import PagedFastEngine as FastEngine
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "日本語のテキスト", "1, 2, 3,"]
 results: dict = {}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from inprocess import build_checkpoint
-from paged_fast_core import PagedFastEngine as FastEngine
 
 from core import Sampling
+from paged_fast_core import PagedFastEngine as FastEngine
 from scheduler import ScheduledSequence, StepPlan
 
 

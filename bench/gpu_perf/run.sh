@@ -5,7 +5,7 @@
 #   paged      bench/gpu_perf/paged_inprocess.py: the paged fast core (FlashInfer): greedy checks, sweep x3,
 #              prefix-cache TTFT (PAGED_ARGS); needs only the site, smol and flashinfer parts of the bundle
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
-#   hfstatic   HF generate under the image's own transformers;  profile: under ours, plus a profile of our prefill
+#   hfstatic   HF generate under the image's own transformers;  profile: under ours (our core: paged_profile.py)
 #   sampling   bench/gpu_perf/sampling_costs.py: each sampling feature's cost in process (SAMPLING_ARGS; with
 #              BASELINE=DIR also greedy on an earlier core's modules in DIR, interleaved)
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:
@@ -43,6 +43,6 @@ if [[ $STAGES == *hfstatic* ]]; then  # the image's interpreter and packages, aw
     grep -v -i warn | tee "$OUT/extra.log"
 fi
 if [[ $STAGES == *profile* ]]; then
-  PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/extra.py --label our-venv --profile-prefill 2>&1 |
+  PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/extra.py --label our-venv 2>&1 |
     grep -v -i warn | tee -a "$OUT/extra.log"
 fi

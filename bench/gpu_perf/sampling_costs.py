@@ -1,7 +1,7 @@
 """What each sampling feature costs the fast core, on the GPU: output tok/s of every variant of
 inprocess.SAMPLING_VARIANTS against greedy, in process, variants interleaved in every round (levels of 8x the
-concurrency), and, with --baseline DIR, greedy on an earlier fast core (its modules copied into DIR as
-baseline_fast_core.py, baseline_fast_runner.py, baseline_core.py) interleaved with ours in the same process.
+concurrency), and, with --baseline DIR, greedy on an earlier fast core (its modules copied into DIR, the core's as
+baseline_fast_core.py with its class FastEngine) interleaved with ours in the same process.
 
   PYTHONPATH=.:model_repository/llm/1:bench/gpu_perf python bench/gpu_perf/sampling_costs.py --concurrency 256
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from inprocess import SAMPLING_VARIANTS, build_checkpoint, drive
 
-from fast_core import FastEngine
+from paged_fast_core import PagedFastEngine
 
 
 def save(args: argparse.Namespace, runs: dict[str, list[float]]) -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     ckpt = build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), args.device)
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     options = dict(device=args.device, dtype=dtype, max_num_seqs=concurrency, max_model_len=4 * tokens)
-    engines = {"ours": FastEngine(str(ckpt), **options)}
+    engines = {"ours": PagedFastEngine(str(ckpt), **options)}
     if args.baseline:
         sys.path.insert(0, args.baseline)
         engines["baseline"] = importlib.import_module("baseline_fast_core").FastEngine(str(ckpt), **options)

@@ -42,7 +42,7 @@ def genai_stack(checkpoint_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fast_stack(checkpoint_dir, tmp_path_factory):
-    """The same stack with our torch engine core (fast_core.py) instead of the default openvino core."""
+    """The same stack with our torch engine core (paged_fast_core.py) instead of the default openvino_paged core."""
     repository = prepare_repository(
         tmp_path_factory.mktemp("build-fast"), "--max-num-seqs", "8", "--engine-core", "fast"
     )

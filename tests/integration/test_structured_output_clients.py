@@ -206,7 +206,7 @@ def test_langchain_with_structured_output_json_mode(stack):
 
 
 def test_the_fast_core_constrains_too(fast_stack):
-    """The torch core (fast_core.py) honours the guide as the default core does."""
+    """The torch core (paged_fast_core.py) honours the guide as the default core does."""
     client = openai.OpenAI(base_url=fast_stack.api_url, api_key="unused", max_retries=0, timeout=120)
     reply = client.chat.completions.parse(
         model=MODEL, messages=ASK_CITY, response_format=City, temperature=0, max_tokens=ROOM

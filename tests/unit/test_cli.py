@@ -45,9 +45,17 @@ def test_the_openvino_core_on_cuda_is_refused_naming_the_way_out():
     assert result.returncode == 2 and "engine_core fast" in result.stderr
 
 
-def test_prefix_caching_with_the_fast_core_is_refused_naming_the_core():
-    result = run("prepare", "--engine-core", "fast", "--prefix-caching")
-    assert result.returncode == 2 and "prefix_caching needs engine_core openvino" in result.stderr
+def test_prefix_caching_is_on_by_default_with_the_fast_core_only_and_either_way_when_asked():
+    from llmserve.cli import MODEL_FLAGS, build_parser, settings_from
+
+    def prefix_caching(*flags: str) -> bool:
+        return settings_from(build_parser().parse_args(["prepare", *flags]), MODEL_FLAGS).prefix_caching
+
+    assert prefix_caching("--device", "cuda") and not prefix_caching("--device", "cpu")
+    assert not prefix_caching("--device", "cuda", "--no-prefix-caching")
+    assert prefix_caching("--engine-core", "openvino_paged", "--prefix-caching")
+    shown = run("config", "show", env={"LLMSERVE_DEVICE": "cuda", "LLMSERVE_PREFIX_CACHING": "false"})
+    assert shown.returncode == 0 and "prefix_caching = false" in shown.stdout
 
 
 def test_public_bind_without_auth_is_refused():

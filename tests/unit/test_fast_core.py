@@ -1,4 +1,5 @@
-"""Our engine core (fast_core.py) on CPU with the real SmolLM2: greedy output equals HF `generate` token for token."""
+"""The fast engine core (paged_fast_core.py) on CPU with the real SmolLM2: greedy output equals HF `generate` token
+for token, through chunked prefill, preemption and the prefix cache."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def fast_engine(checkpoint_dir):
-    from fast_core import FastEngine
+    from paged_fast_core import PagedFastEngine
 
-    engine = FastEngine(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
+    engine = PagedFastEngine(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
     yield engine
     engine.shutdown()
 
@@ -88,5 +89,32 @@ def test_stop_string_and_too_long_requests(fast_engine):
 
     [(text, last)] = generate(fast_engine, PROMPTS[:1], max_tokens=20, temperature=0.0, stop=("Paris",))
     assert "Paris" not in text and last.finish_reason == "stop"
-    with pytest.raises(InvalidRequest, match="context of 255 tokens"):
-        fast_engine.submit("too-long", "hello", Sampling(max_tokens=255), lambda u: None, lambda: False)
+    with pytest.raises(InvalidRequest, match="context of 256 tokens"):
+        fast_engine.submit("too-long", "hello", Sampling(max_tokens=256), lambda u: None, lambda: False)
+
+
+def test_chunked_prefill_preemption_and_the_prefix_cache_keep_greedy_output(fast_engine, checkpoint_dir):
+    """A cache too small for every sequence at once (16 blocks of 16 tokens, 4 sequences of ~80 tokens) and a
+    step budget of 8 tokens: prompts are prefilled in chunks beside running decodes, sequences are preempted and
+    recomputed rather than refused, and a repeated prompt reuses its cached blocks; greedy text stays the same."""
+    from paged_fast_core import PagedFastEngine
+
+    small = PagedFastEngine(str(checkpoint_dir), max_num_seqs=4, kv_cache_blocks=1, max_prefill_tokens=8)
+    try:
+        expected = generate(fast_engine, PROMPTS[1:], max_tokens=64, min_tokens=64, temperature=0.0)
+        outputs = generate(small, PROMPTS[1:], max_tokens=64, min_tokens=64, temperature=0.0)
+        assert [text for text, _ in outputs] == [text for text, _ in expected]
+        assert small.stats["preemptions"] > 0, "the cache was meant to run out"
+        assert small.stats["steps"] > 64 + 8, "prefill was meant to be chunked"
+        hits = small.blocks.stats["hit_tokens"]
+        long_prompt = [" ".join(PROMPTS)]  # ~50 tokens: 3 full blocks
+        cold = generate(small, long_prompt, max_tokens=8, min_tokens=8, temperature=0.0)
+        warm = generate(small, long_prompt, max_tokens=8, min_tokens=8, temperature=0.0)
+        assert small.blocks.stats["hit_tokens"] >= hits + 32, "the second run of the prompt was meant to hit"
+        assert (
+            cold[0][0]
+            == warm[0][0]
+            == generate(fast_engine, long_prompt, max_tokens=8, min_tokens=8, temperature=0.0)[0][0]
+        )
+    finally:
+        small.shutdown()

@@ -1,5 +1,6 @@
-"""The fast core on CUDA (CUDA graphs, the device sampler) against itself on CPU, with a tiny random Llama that uses
-SmolLM2's tokenizer (so it needs no download). Skipped without a GPU; ran on an H200."""
+"""The fast core (paged_fast_core.py) on CUDA (the paged KV cache, the device sampler; FlashInfer and CUDA graphs in
+bf16) against itself on CPU, with a tiny random Llama that uses SmolLM2's tokenizer (so it needs no download).
+Skipped without a GPU; guided decoding on a GPU: LLMSERVE_TEST_DEVICE=cuda test_guided_decoding_fast.py."""
 
 from __future__ import annotations
 
@@ -45,11 +46,11 @@ def tiny_checkpoint(checkpoint_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoint):
-    from fast_core import FastEngine
+    from paged_fast_core import PagedFastEngine
 
-    gpu = FastEngine(str(tiny_checkpoint), device="cuda", max_num_seqs=8, max_model_len=512)
-    cpu = FastEngine(str(tiny_checkpoint), device="cpu", max_num_seqs=8, max_model_len=512)
-    assert gpu.runner.graphs, "the CUDA graphs were not captured"
+    gpu = PagedFastEngine(str(tiny_checkpoint), device="cuda", max_num_seqs=8, max_model_len=512)
+    cpu = PagedFastEngine(str(tiny_checkpoint), device="cpu", max_num_seqs=8, max_model_len=512)
+    assert gpu.runner.attention_name == "torch_reference"  # fp32: FlashInfer takes fp16/bf16 only
     yield gpu, cpu
     gpu.shutdown()
     cpu.shutdown()
@@ -118,32 +119,50 @@ def test_n_and_min_tokens_on_cuda(engines):
     )
 
 
-def test_a_decode_step_with_every_feature_never_syncs_with_the_host(engines):
-    from sampler import Flags, SlotConfig
+def test_a_sampling_step_with_every_feature_never_syncs_with_the_host():
+    """The paged core's sampling step (sampler rows as an index tensor, as `_launch` passes them)."""
+    from sampler import Flags, SlotConfig, SlotSampler
 
-    runner = engines[0].runner
     config = SlotConfig(
         temperature=1.0, top_k=20, top_p=0.9, greedy=False, key=5, presence=0.5, frequency=0.5, repetition=1.2,
         bias=((3, 1.0),), bad_sequences=((5, 6),), end_ids=frozenset({2}), min_tokens=3, logprobs=5,
     )  # fmt: skip
-    # the engine's loop is idle (no request in flight): borrow slots 0..3 of its runner
-    runner.prefill([[1, 2, 3, 4]] * 2, [[0, 1], [2, 3]], [config] * 4, [-1, -1])
+    sampler = SlotSampler(8, 49152, torch.device("cuda"))
+    rows = torch.tensor([1, 3, 4, 6], device="cuda")
+    sampler.setup(rows, [config] * 4, [[1, 2, 3, 4]] * 4)
+    logits, positions = torch.randn(4, 49152, device="cuda"), torch.full((4,), 4, device="cuda")
+    flags = Flags.of([config], sampler.vocab_size)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            runner.decode(4, 16, Flags.of([config], runner.vocab_size))
-        runner.decode(4, 16, Flags())
+            tokens, _ = sampler.sample(logits, rows, positions, flags)
+            sampler.advance_rows(rows, tokens, flags)
+        sampler.sample(logits, rows, positions, Flags())
     finally:
         torch.cuda.set_sync_debug_mode(0)
-        for slot in range(4):
-            runner.release(slot)
+
+
+def test_cuda_graph_decode_equals_the_eager_flashinfer_step(tiny_checkpoint):
+    from paged_fast_core import PagedFastEngine
+
+    kwargs = {"device": "cuda", "dtype": "bfloat16", "max_num_seqs": 4, "max_model_len": 256}
+    graphs = PagedFastEngine(str(tiny_checkpoint), **kwargs)
+    eager = PagedFastEngine(str(tiny_checkpoint), cuda_graphs=False, **kwargs)
+    try:
+        assert graphs.runner.graphs is not None and eager.runner.graphs is None
+        assert graphs.runner.attention_name == "flashinfer"
+        sampling = {"max_tokens": 24, "min_tokens": 24, "temperature": 0.0}
+        assert [ids(run(graphs, p, **sampling)) for p in PROMPTS] == [ids(run(eager, p, **sampling)) for p in PROMPTS]
+    finally:
+        graphs.shutdown()
+        eager.shutdown()
 
 
 def test_bfloat16_on_cuda_runs_every_feature_and_repeats_a_seed(tiny_checkpoint):
-    from fast_core import FastEngine
+    from paged_fast_core import PagedFastEngine
 
-    engine = FastEngine(str(tiny_checkpoint), device="cuda", dtype="bfloat16", max_num_seqs=4, max_model_len=256)
+    engine = PagedFastEngine(str(tiny_checkpoint), device="cuda", dtype="bfloat16", max_num_seqs=4, max_model_len=256)
     try:
         sampling = {"max_tokens": 12, "min_tokens": 4, "temperature": 0.8, "top_p": 0.9, "seed": 3, "n": 2}
         first = run(engine, PROMPTS[1], **sampling, **EVERYTHING)

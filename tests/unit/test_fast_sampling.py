@@ -1,4 +1,4 @@
-"""The fast engine core's per-request sampling features on CPU with the real SmolLM2 (fp32), against transformers:
+"""The fast engine core's (paged_fast_core.py) per-request sampling features on CPU with the real SmolLM2 (fp32), against transformers:
 log-probabilities, penalties, logit bias, min_tokens, stop ids, bad words, seeds, n sequences, token-id prompts."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ EARLY_EOS = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\nYes"  
 
 @pytest.fixture(scope="module")
 def engine(checkpoint_dir):
-    from fast_core import FastEngine
+    from paged_fast_core import PagedFastEngine
 
-    engine = FastEngine(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
+    engine = PagedFastEngine(str(checkpoint_dir), max_num_seqs=4, max_model_len=256)
     yield engine
     engine.shutdown()
 
@@ -78,9 +78,9 @@ def hf_logprobs(reference, ids: list[int]) -> torch.Tensor:
 
 
 def test_logprobs_and_prompt_logprobs_equal_hf_log_softmax(engine, reference, tokenizer, monkeypatch):
-    import fast_runner
+    import paged_fast_core
 
-    monkeypatch.setattr(fast_runner, "PROMPT_LOGPROB_CHUNK", 4)  # the prompt's logits in several chunks
+    monkeypatch.setattr(paged_fast_core, "PROMPT_LOGPROB_CHUNK", 4)  # the prompt's logits in several chunks
     request = run(
         engine, CHAT, max_tokens=6, min_tokens=6, temperature=0.0, logprobs=True, top_logprobs=5, prompt_logprobs=True
     )
@@ -201,7 +201,7 @@ def test_a_seed_repeats_alone_differs_from_another_and_ignores_the_batch(engine)
         Run(engine, CHAT, max_tokens=20, temperature=0.7, top_k=30),
         Run(engine, "def fibonacci(n):", max_tokens=12, temperature=0.0, presence_penalty=0.5),
     ]
-    seeded = Run(engine, STORY, seed=1234, **sampling)  # the same prefill batch as the others, the same steps
+    seeded = Run(engine, STORY, seed=1234, **sampling)  # in the same steps as the others
     others.append(Run(engine, "The three primary colours are", max_tokens=8, temperature=1.2, logprobs=True))
     assert seeded.wait().ids() == first
     for other in others:
@@ -218,10 +218,8 @@ def test_top_k_top_p_sampling_with_a_seed_repeats_and_stays_in_the_top_k(engine,
         assert token in expected[start + step].topk(3).indices.tolist()
 
 
-def test_n_sequences_share_one_prefill_and_each_finishes(engine):
-    before = engine.runner.stats["prefill_prompts"]
+def test_n_sequences_each_finish_with_their_own_seed_stream(engine):
     request = run(engine, STORY, max_tokens=10, min_tokens=10, temperature=1.0, n=4, seed=3, logprobs=True)
-    assert engine.runner.stats["prefill_prompts"] - before == 1
     assert {u.index for u in request.updates} == {0, 1, 2, 3}
     assert all(request.last(i).finish_reason == "length" and len(request.ids(i)) == 10 for i in range(4))
     assert sum(1 for u in request.updates if u.finish_reason) == 4
@@ -230,9 +228,9 @@ def test_n_sequences_share_one_prefill_and_each_finishes(engine):
     assert engine.num_active == 0
 
 
-def test_n_sequences_wait_for_enough_free_slots(engine):
+def test_n_sequences_wait_for_enough_free_sampler_rows(engine):
     busy = [Run(engine, STORY, max_tokens=20, min_tokens=20, temperature=0.0) for _ in range(3)]
-    request = Run(engine, CHAT, max_tokens=6, min_tokens=6, temperature=1.0, n=4).wait()  # needs all 4 slots
+    request = Run(engine, CHAT, max_tokens=6, min_tokens=6, temperature=1.0, n=4).wait()  # needs all 4 rows
     assert sorted(u.index for u in request.updates if u.finish_reason) == [0, 1, 2, 3]
     assert all(b.wait().last().num_output_tokens == 20 for b in busy)
     assert engine.num_active == 0
@@ -252,7 +250,7 @@ def test_a_prompt_of_token_ids_equals_its_text(engine, tokenizer):
         (CHAT, {"top_logprobs": 21}, "num_top_log_probs"),
         (CHAT, {"n": 0}, "num_return_sequences"),
         (CHAT, {"n": 17}, "num_return_sequences"),
-        (CHAT, {"n": 5}, "num_return_sequences"),  # more than the engine's 4 slots
+        (CHAT, {"n": 5}, "num_return_sequences"),  # more than the engine's 4 sequences (max_num_seqs)
         (CHAT, {"logit_bias": ((10**6, 1.0),)}, "embedding_bias_token_ids"),
         (CHAT, {"logit_bias": ((5, 101.0),)}, "embedding_bias_weights"),
         (CHAT, {"stop_token_ids": (-1,)}, "stop_token_ids"),

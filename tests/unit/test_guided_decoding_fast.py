@@ -1,7 +1,7 @@
-"""Grammar-constrained decoding in the fast core (torch sampler, xgrammar's bitmask kernel) on the real SmolLM2, on
-the CPU (LLMSERVE_TEST_DEVICE=cuda runs it on a GPU): each guide type's output obeys its grammar and ends "stop",
-the mask stays with its sequence in a batch (and leaves its slot clean), and an invalid guide is refused at submit
-by name."""
+"""Grammar-constrained decoding in the fast core (paged_fast_core.py, paged_guided.py: torch sampler, xgrammar's
+bitmask kernel) on the real SmolLM2, on the CPU (LLMSERVE_TEST_DEVICE=cuda runs it on a GPU): each guide type's
+output obeys its grammar and ends "stop", the mask stays with its sequence in a batch (and leaves its sampler row
+clean), and an invalid guide is refused at submit by name."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ DEVICE = os.environ.get("LLMSERVE_TEST_DEVICE", "cpu")
 
 @pytest.fixture(scope="module")
 def engine(checkpoint_dir):
-    from fast_core import FastEngine
+    from paged_fast_core import PagedFastEngine
 
-    core = FastEngine(str(checkpoint_dir), device=DEVICE, max_num_seqs=4, max_model_len=512)
+    core = PagedFastEngine(str(checkpoint_dir), device=DEVICE, max_num_seqs=4, max_model_len=512)
     yield core
     core.shutdown()
 
@@ -73,7 +73,7 @@ def test_the_mask_stays_with_its_sequence_in_a_batch(engine, tokenizer):
     together = Run(engine, plain_prompt, max_tokens=40, temperature=0)
     assert together.tokens() == alone
     jsonschema.validate(json.loads(guided.text()), PERSON)
-    after = Run(engine, plain_prompt, max_tokens=40, temperature=0)  # a slot a guided sequence held is clean again
+    after = Run(engine, plain_prompt, max_tokens=40, temperature=0)  # a row a guided sequence held is clean again
     assert after.tokens() == alone
 
 

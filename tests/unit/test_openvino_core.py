@@ -151,13 +151,6 @@ def test_prefix_caching_when_asked_reuses_a_prompt_and_answers_the_same(openvino
         core.shutdown()
 
 
-def test_the_fast_core_refuses_prefix_caching(checkpoint_dir):
-    from fast_core import FastEngine
-
-    with pytest.raises(ValueError, match="no prefix cache"):
-        FastEngine(str(checkpoint_dir), max_num_seqs=1, max_model_len=64, prefix_caching=True)
-
-
 def test_the_export_is_reused_while_it_matches_and_redone_when_a_file_changes(
     checkpoint_dir, home, openvino_checkpoint, tmp_path
 ):

@@ -58,8 +58,8 @@ def test_penalties_bias_and_min_tokens_arithmetic():
     sampler = sampler_with(config, prompts=[[1, 2]])
     flags = Flags.of([config], VOCAB)
     assert flags.penalties and flags.bias and flags.min_tokens
-    sampler.start(torch.tensor([0]), torch.tensor([3]), flags)  # the first generated token: 3
-    sampler.advance(1, torch.tensor([3]), torch.tensor([1]), flags)  # and 3 again
+    sampler.advance_rows(torch.tensor([0]), torch.tensor([3]), flags)  # the first generated token: 3
+    sampler.advance_rows(torch.tensor([0]), torch.tensor([3]), flags)  # and 3 again
     logits = torch.tensor([[4.0, 4.0, -4.0, 4.0, 1.0, 1.0, 1.0, 9.0]])
     processed = sampler.process(logits, slice(0, 1), flags)[0].tolist()
     # repetition: prompt token 1 (positive) halved, 2 (negative) doubled, generated 3 halved; then 3 (generated
@@ -75,11 +75,11 @@ def test_a_multi_token_bad_word_bans_its_last_token_after_its_prefix_only():
     flags = Flags.of([config], VOCAB)
     logits = torch.zeros(1, VOCAB)
     logits[0, 6] = 5.0  # greedy wants 6
-    sampler.start(torch.tensor([0]), torch.tensor([4]), flags)
+    sampler.advance_rows(torch.tensor([0]), torch.tensor([4]), flags)
     assert sampler.sample(logits, slice(0, 1), torch.tensor([1]), flags)[0].item() == 6  # after 4: allowed
-    sampler.advance(1, torch.tensor([5]), torch.tensor([1]), flags)
+    sampler.advance_rows(torch.tensor([0]), torch.tensor([5]), flags)
     assert sampler.sample(logits, slice(0, 1), torch.tensor([2]), flags)[0].item() != 6  # after 4, 5: banned
-    sampler.advance(1, torch.tensor([1]), torch.tensor([1]), flags)
+    sampler.advance_rows(torch.tensor([0]), torch.tensor([1]), flags)
     assert sampler.sample(logits, slice(0, 1), torch.tensor([3]), flags)[0].item() == 6
 
 
@@ -93,16 +93,16 @@ def test_logprobs_are_the_raw_log_softmax_before_processing():
     assert ids[0].tolist() == [1, 2] and values[0].tolist() == pytest.approx(raw[[1, 2]].tolist())
 
 
-def test_advance_rows_counts_what_start_and_advance_do_for_rows_in_any_order():
-    """The paged core's rows are scattered (a sequence's row is its sampler state only): advancing rows [2, 0]
-    leaves exactly the state that start + advance leave for the same tokens."""
+def test_advance_rows_counts_each_row_in_any_order():
+    """A sequence's row is its sampler state only (its KV is in blocks): rows are scattered, in any order."""
     config = SlotConfig(presence=0.5, bad_sequences=((4, 5, 6),))
     flags = Flags.of([config], VOCAB)
-    by_rows, by_slices = sampler_with(config, config, config), sampler_with(config, config, config)
+    sampler = sampler_with(config, config, config)
     rows = torch.tensor([2, 0])
-    by_rows.advance_rows(rows, torch.tensor([4, 3]), flags)
-    by_rows.advance_rows(rows, torch.tensor([5, 3]), flags)
-    by_slices.start(torch.tensor([0, 2]), torch.tensor([3, 4]), flags)
-    by_slices.advance(3, torch.tensor([3, 0, 5]), torch.tensor([1, 0, 1]), flags)
-    for name in ("generated", "counts", "recent"):
-        assert torch.equal(getattr(by_rows, name), getattr(by_slices, name)), name
+    sampler.advance_rows(rows, torch.tensor([4, 3]), flags)
+    sampler.advance_rows(rows, torch.tensor([5, 3]), flags)
+    assert sampler.generated.tolist() == [2, 0, 2]
+    assert (
+        sampler.counts[0, 3] == 2 and sampler.counts[2, 4] == sampler.counts[2, 5] == 1 and sampler.counts[1].sum() == 0
+    )
+    assert sampler.recent[2, -2:].tolist() == [4, 5] and sampler.recent[0, -2:].tolist() == [3, 3]

@@ -23,7 +23,8 @@ CORES = {
     # ours on CPU: OpenVINO's runtime over the PagedAttention IR, our scheduler (kv_blocks, scheduler) and sampler
     "openvino_paged": "openvino_paged_core:OpenVINOPagedEngine",
     "openvino": "openvino_core:OpenVINOEngine",  # OpenVINO GenAI continuous batching on CPU (paged KV, int8)
-    "fast": "fast_core:FastEngine",  # ours, torch: slot KV cache, CUDA-graph decode (fast_runner.py)
+    # ours, torch: paged KV, prefix cache, chunked prefill with decode, CUDA-graph decode (paged_runner.py)
+    "fast": "paged_fast_core:PagedFastEngine",
 }
 DEFAULT_CORE = "openvino_paged"
 

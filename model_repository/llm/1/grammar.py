@@ -81,6 +81,7 @@ class GuideMatcher:
         else:
             self._matcher = xgr.GrammarMatcher(compiled, terminate_without_stop_token=True)
         self._bitmask = np.zeros(xgr.get_bitmask_shape(1, vocab_size), dtype=np.int32)
+        self.refused: int | None = None  # a token the grammar did not allow (the mask rules it out)
 
     def allowed(self) -> np.ndarray | None:
         """The tokens the grammar allows next, as a boolean mask over the vocabulary; None when it allows all."""
@@ -94,8 +95,12 @@ class GuideMatcher:
         self._matcher.fill_next_token_bitmask(bitmask, row)
 
     def accept(self, token: int) -> bool:
-        """Advance past the sampled token; False if the grammar does not allow it (the state is then unchanged)."""
-        return bool(self._matcher.accept_token(token))
+        """Advance past the sampled token; False if the grammar does not allow it (the state is then unchanged and
+        `refused` names the token)."""
+        accepted = bool(self._matcher.accept_token(token))
+        if not accepted:
+            self.refused = token
+        return accepted
 
     @property
     def terminated(self) -> bool:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from bad_words import split_bad_words
 from cancellation import CancellationPoller
 from core import (
     InvalidRequest,
@@ -58,8 +59,6 @@ BLOCK = 256  # kv_cache_blocks counts blocks of this many tokens, for every core
 DEFAULT_KV_TOKENS = 65536  # without kv_cache_blocks: ~0.9 GB of u8 KV for SmolLM2 at most, allocated as used
 INITIAL_BLOCKS = 64  # the runner's cache tensors to begin with (CPU blocks of 32 tokens); doubled as needed
 STEP_TOKENS = 256  # tokens per step (GenAI's default max_num_batched_tokens): prefill chunks beyond decodes
-BAD_WORD_TOKENS = 8  # the longest multi-token bad word, as the fast core
-BAD_WORD_SEQUENCES = 16
 
 
 @dataclass(eq=False)
@@ -158,7 +157,7 @@ class OpenVINOPagedEngine:
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
         if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
             eos_ids |= frozenset(sampling.stop_token_ids)
-        banned, bad_sequences = self._bad_words(sampling.bad_words)
+        banned, bad_sequences = split_bad_words(sampling.bad_words, self._encode)
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
         compiled = self._compile_guide(sampling)  # here, so that an invalid guide is refused at once
@@ -216,24 +215,8 @@ class OpenVINOPagedEngine:
             self._guides = Guides(self._checkpoint, self.vocab_size)
         return self._guides.compile(*sampling.guide)
 
-    def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
-        """(single-token ids to ban, multi-token sequences to ban by prefix match), each word as written and after
-        a space (as vLLM and the fast core ban them)."""
-        single, multi = set(), []
-        for word in bad_words:
-            for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
-                ids = tuple(self.tokenizer.encode(variant, add_special_tokens=False).ids)
-                if len(ids) == 1:
-                    single.add(ids[0])
-                elif len(ids) > BAD_WORD_TOKENS:
-                    raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
-                elif ids and ids not in multi:
-                    multi.append(ids)
-        if len(multi) > BAD_WORD_SEQUENCES:
-            raise InvalidRequest(
-                f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)"
-            )
-        return single, tuple(multi)
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def shutdown(self) -> None:
         self._stopping.set()

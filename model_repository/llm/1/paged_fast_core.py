@@ -1,9 +1,4 @@
-"""The PAGED successor of the fast engine core: torch, a paged KV cache, chunked prefill scheduled with decode.
-
-Not registered yet: `engine_core: fast` still runs fast_core.py (one KV slot per sequence). This core passes the
-fast core's CPU tests (greedy equal to HF generate, chunked prefill, preemption, prefix-cache hits), but on the
-H200 it measured no faster than the slot core (docs/PERFORMANCE.md, "The paged fast core") and it lacks the slot
-core's guided decoding (grammar.py); it replaces fast_core.py once it beats it and has both.
+"""The fast engine core (`engine_core: fast`): torch, a paged KV cache, chunked prefill scheduled with decode.
 
 ONE loop thread (as openvino_paged_core.py): take submitted requests, give each sequence a sampler row (its
 sampling state on the device: sampler.SlotSampler; the row is NOT its KV), hand it to the Scheduler
@@ -11,16 +6,17 @@ sampling state on the device: sampler.SlotSampler; the row is NOT its KV), hand 
 blocks run out) over a BlockManager (kv_blocks.py: paged blocks, a prefix cache of full blocks with reference
 counts and LRU eviction); run the StepPlan through paged_runner.PagedRunner (FlashInfer's paged kernels on CUDA,
 a torch reference on CPU); sample every sampled row on the device with its own settings (seeds, penalties, bias,
-bad words, min_tokens, stop ids, log-probabilities); `scheduler.update`; then per sequence incremental
-detokenization, stop strings, end ids, length, and the request's sink, while the NEXT step already runs on the
-device (the host lags one step, as the slot core did: a sequence that just ended rides along in the step in flight
-and its token there is dropped). A finished or cancelled sequence gives its blocks and its row back at once.
+bad words, min_tokens, stop ids, log-probabilities, a grammar's bitmask: paged_guided.py); `scheduler.update`;
+then per sequence incremental detokenization, stop strings, end ids, length, and the request's sink, while the NEXT
+step already runs on the device (the host lags one step: a sequence that just ended rides along in the step in
+flight and its token there is dropped). A finished or cancelled sequence gives its blocks and its row back at once.
 
 n sequences (num_return_sequences) are n scheduler sequences with their own seed streams; with the prefix cache
 on, one admitted after another's prompt blocks are cached shares them. Prompt log-probabilities need every
 prompt token computed: such a request skips the prefix-cache lookup (its blocks still join the cache).
 Token ids (Update.token_ids) leave out the token that ended a sequence (end-of-sequence, end_id, stop_token_ids),
 as its text does; they keep the tokens of a stop string the text is trimmed before.
+A guided sequence's matcher accepts each token in `_complete`, before the next mask; its grammar's end ends it "stop".
 """
 
 from __future__ import annotations
@@ -34,17 +30,23 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bad_words import split_bad_words
 from cancellation import CancellationPoller
 from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from kv_blocks import BlockManager
+from paged_guided import PagedGuides
 from paged_runner import PagedRunner
-from sampler import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS, Flags, SlotConfig, SlotSampler, sequence_key
+from sampler import Flags, SlotConfig, SlotSampler, sequence_key
 from scheduler import Scheduler
 from text_stream import TextStream, fast_decoder
+
+if TYPE_CHECKING:  # grammar.py (xgrammar) is imported with the first guided request
+    from grammar import GuideMatcher
 
 log = logging.getLogger("llm.paged_fast_core")
 
@@ -85,6 +87,7 @@ class _Sequence:
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     prompt_parts: list = field(default_factory=list)  # (start, chosen, top) per scored chunk, until complete
     prompt_scores: tuple | None = None  # (prompt_logprobs, prompt_top_logprobs) until the first update
+    guide: GuideMatcher | None = None  # its grammar's state (grammar.py), when the request has a guide
 
 
 def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
@@ -127,6 +130,7 @@ class PagedFastEngine:
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max(max_prefill_tokens, max_num_seqs))
         self.sampler = SlotSampler(max_num_seqs, self.vocab_size, model.device)
         self.device = model.device
+        self._guides = PagedGuides(checkpoint_dir, self.vocab_size, self.sampler)
         self.max_num_seqs = max_num_seqs
         self._free_rows = list(range(max_num_seqs))
         self._sequences: dict[int, _Sequence] = {}  # scheduler seq id -> sequence (those holding a row)
@@ -169,9 +173,10 @@ class PagedFastEngine:
         eos_ids = check_prompt(input_ids, sampling, self.max_model_len, self.default_eos_ids)
         if sampling.min_tokens < sampling.max_tokens:  # else exactly max_tokens: no end at all
             eos_ids |= frozenset(sampling.stop_token_ids)
-        banned, bad_sequences = self._bad_words(sampling.bad_words)
+        banned, bad_sequences = split_bad_words(sampling.bad_words, self._encode)
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
+        compiled = self._guides.compile(sampling)  # here, so that an invalid guide is refused at once
         request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
         for index in range(sampling.n):
             config = SlotConfig(
@@ -188,13 +193,17 @@ class PagedFastEngine:
                 end_ids=eos_ids,
                 min_tokens=sampling.min_tokens,
                 logprobs=sampling.top_logprobs if sampling.logprobs or sampling.top_logprobs else -1,
+                guided=compiled is not None,
             )
             with self._lock:
                 seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
             # every sequence reports the prompt's scores, computed once (sequence 0's prefill)
             prompt_k = sampling.top_logprobs if sampling.prompt_logprobs and index == 0 else -1
             stream = TextStream(self._decoder, sampling.stop)
-            request.sequences.append(_Sequence(request, index, seq_id, config, stream, eos_ids, prompt_k))
+            sequence = _Sequence(request, index, seq_id, config, stream, eos_ids, prompt_k)
+            if compiled is not None:
+                sequence.guide = self._guides.matcher(compiled, eos_ids)
+            request.sequences.append(sequence)
         if sampling.prompt_logprobs and len(input_ids) == 1:  # a one-token prompt scores nothing
             for sequence in request.sequences:
                 sequence.prompt_k, sequence.prompt_scores = -1, ((), () if sampling.top_logprobs else None)
@@ -204,24 +213,8 @@ class PagedFastEngine:
             self._active[request_id] = request
         self._incoming.put(request)
 
-    def _bad_words(self, bad_words: tuple[str, ...]) -> tuple[set[int], tuple[tuple[int, ...], ...]]:
-        """(single-token ids to ban, multi-token sequences to ban by prefix match) of bad words, each as written
-        and after a space (as vLLM bans them)."""
-        single, multi = set(), []
-        for word in bad_words:
-            for variant in dict.fromkeys((word, " " + word.lstrip(" "))):
-                ids = tuple(self.tokenizer(variant, add_special_tokens=False)["input_ids"])
-                if len(ids) == 1:
-                    single.add(ids[0])
-                elif len(ids) > BAD_WORD_TOKENS:
-                    raise InvalidRequest(f"bad_words: {variant!r} is {len(ids)} tokens, more than {BAD_WORD_TOKENS}")
-                elif ids and ids not in multi:
-                    multi.append(ids)
-        if len(multi) > BAD_WORD_SEQUENCES:
-            raise InvalidRequest(
-                f"bad_words: more than {BAD_WORD_SEQUENCES} multi-token words (with their spaced forms)"
-            )
-        return single, tuple(multi)
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -304,6 +297,8 @@ class PagedFastEngine:
             rows = torch.tensor([s.row for s in sampled]).to(self.device, non_blocking=True)
             positions = [item.context_len - 1 for item in plan.scheduled if item.sample]
             positions_ = torch.tensor(positions).to(self.device, non_blocking=True)
+            if flags.guided:
+                self._guides.write_masks(sampled)
             tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
             self.sampler.advance_rows(rows, tokens, flags)
         self.stats["steps"] += 1
@@ -322,6 +317,7 @@ class PagedFastEngine:
         if logprobs is not None:
             logprobs = tuple(None if t is None else t.tolist() for t in logprobs)
         self.stats["gpu_wait_s"] += time.perf_counter() - started
+        self._guides.accept(sampled, tokens_host)  # before the next step's masks (paged_guided.py)
         self.scheduler.update(plan, tokens_host)
         return sampled, tokens_host, logprobs
 
@@ -380,8 +376,12 @@ class PagedFastEngine:
         text = "" if hit_eos else sequence.stream.push((token,))
         if hit_eos:
             self._finish(sequence, "stop", sequence.stream.finish())
+        elif sequence.guide is not None and sequence.guide.refused is not None:  # cannot happen: it was masked
+            self._finish(sequence, "error", text, error=f"the grammar refused token {sequence.guide.refused}")
         elif sequence.stream.stopped:
             self._finish(sequence, "stop", text)
+        elif sequence.guide is not None and sequence.guide.terminated:  # complete, with no end id to wait for
+            self._finish(sequence, "stop", text + sequence.stream.finish())
         elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
         elif text:

@@ -1,6 +1,7 @@
-"""The fast engine core's sampling, per slot, on the device (fast_runner.SlotRunner calls it after each forward).
+"""The fast engine core's sampling, per slot, on the device (paged_fast_core.py calls it after each forward). A slot
+is a sampler row: a running sequence's sampling state (its KV cache is in paged blocks, kv_blocks.py).
 
-Every request's settings live in per-slot device tensors, written once at prefill (`setup`), so one batched step
+Every request's settings live in per-slot device tensors, written once at admission (`setup`), so one batched step
 honours each sequence's own settings without the host:
 - repetition penalty (HF/vLLM: over prompt and generated tokens, positive logits divided, negative multiplied),
   then presence / frequency penalties (OpenAI: over generated tokens, `logit -= presence*(count>0) + frequency*count`),
@@ -25,10 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bad_words import BAD_WORD_SEQUENCES, BAD_WORD_TOKENS
+
 MASK32 = 0xFFFFFFFF
 TOP_K_BOUND = 1024  # top_k up to this: the candidates come from torch.topk rather than sorting the vocabulary
-BAD_WORD_TOKENS = 8  # the longest multi-token bad word (tokens) a request may ban
-BAD_WORD_SEQUENCES = 16  # and how many token sequences of them
 _NO_TOKEN = -2  # the recent-token window before anything was generated (matches no prefix entry)
 
 
@@ -182,8 +183,8 @@ class SlotSampler:
             self.end_mask[host[end_rows].to(self.device), torch.tensor(end_cols, device=self.device)] = True
 
     def sample(self, logits: torch.Tensor, rows: torch.Tensor | slice, positions: torch.Tensor, flags: Flags):
-        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`; `rows` is
-        a slice [0, batch) in decode: views rather than gathers) and, when flags.logprobs >= 0, its log-probability
+        """The next token of each row (`logits[i]` is slot `rows[i]`'s, for the token at `positions[i]`; `rows` may be
+        a slice [0, batch): views rather than gathers) and, when flags.logprobs >= 0, its log-probability
         and the top flags.logprobs (values, ids): vLLM's default, the raw log_softmax of the model's logits (before
         temperature, penalties and bias). All on the device, with no host sync."""
         logprobs = logits.float().log_softmax(dim=-1) if flags.logprobs >= 0 else None
@@ -257,28 +258,9 @@ class SlotSampler:
         uniform = (bits.float() + 0.5) * (1.0 / (1 << 24))
         return -torch.log(-torch.log(uniform))
 
-    def start(self, slots: torch.Tensor, tokens: torch.Tensor, flags: Flags) -> None:
-        """Count the first tokens of the sequences just set up in `slots`."""
-        self.generated[slots] = 1
-        if flags.penalties:
-            self.counts[slots, tokens] = 1
-        if flags.bad_words:
-            self.recent[slots, -1] = tokens
-
-    def advance(self, batch: int, tokens: torch.Tensor, active: torch.Tensor, flags: Flags) -> None:
-        """Count the tokens a decode step sampled for slots [0, batch) (those whose `active` is 0 stay as they are).
-        Slices, not index tensors: in-place on views, a kernel or two each."""
-        self.generated[:batch] += active
-        if flags.penalties:
-            self.counts[:batch].scatter_add_(1, tokens[:, None], active[:, None].to(torch.int32))
-        if flags.bad_words:
-            recent = self.recent[:batch]
-            shifted = torch.cat([recent[:, 1:], tokens[:, None]], dim=1)
-            recent.copy_(torch.where(active.bool()[:, None], shifted, recent))
-
     def advance_rows(self, rows: torch.Tensor, tokens: torch.Tensor, flags: Flags) -> None:
-        """Count the tokens just sampled for the sequences in sampler `rows` (distinct; any order): the paged
-        core's step, where a sequence's row is its sampler state only (its KV is in blocks)."""
+        """Count the tokens just sampled for the sequences in sampler `rows` (distinct; any order): a sequence's
+        row is its sampler state only (its KV is in blocks)."""
         self.generated[rows] += 1
         if flags.penalties:
             self.counts[rows, tokens] += 1

@@ -1,9 +1,10 @@
 """The GPU half of a paged engine core: one scheduler.StepPlan (a ragged batch of prefill chunks and decode
 tokens) through a Llama-family model over a paged KV cache.
 
-Like fast_runner.SlotRunner it reuses the transformers model's own modules (embedding, norms, projections,
-rotary tables, MLP, LM head), so weights load the usual way and the arithmetic is transformers'; what differs is
-the cache and the batch:
+It reuses the transformers model's own modules (embedding, norms, projections, rotary tables, MLP, LM head), so
+weights load the usual way and the arithmetic is transformers'; on CUDA with FlashInfer the same weights run
+through fused layers instead (fused_llama.py: ~10 kernels a layer rather than ~40). What differs from
+transformers is the cache and the batch:
 - the cache of each layer is ONE tensor [num_blocks, 2, block_size, kv_heads, head_dim] (K at [:, 0], V at
   [:, 1]): FlashInfer's "NHD" single-tensor layout, so its kernels read it as it is, with no copy;
 - a step is flat: the T tokens of every scheduled sequence side by side ([T, hidden]), no padding; each token's

@@ -75,7 +75,7 @@ def run_level(url: str, worker: psutil.Process, concurrency: int, args, out: Pat
     requests = max(8 * concurrency, 16)
     cpu_before, started = sum(worker.cpu_times()[:2]), time.monotonic()
     command = [
-        str(ROOT / ".venv" / "bin" / "llmserve"),
+        str(Path(sys.executable).parent / "llmserve"),  # the venv running this script (a worktree has none)
         "bench",
         "--target=openai",
         f"--url={url}/v1",
@@ -90,14 +90,19 @@ def run_level(url: str, worker: psutil.Process, concurrency: int, args, out: Pat
         "--no-warmup",
     ]
     done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:  # failed requests: say which, the level's numbers would mislead
-        raise SystemExit(f"llmserve bench failed at {concurrency} streams:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     cpu_s, wall_s = sum(worker.cpu_times()[:2]) - cpu_before, time.monotonic() - started
-    level = json.loads((out / f"{label}.json").read_text())["levels"][0]
+    report = out / f"{label}.json"
+    level = json.loads(report.read_text())["levels"][0] if report.exists() else None
+    # A stray failed request (a client ReadError, seen once in 512 at 64 streams on this loaded machine) is
+    # reported with the run; more than 1 % would make the level's numbers mislead.
+    if level is None or level["failed"] > requests // 100:
+        raise SystemExit(f"llmserve bench failed at {concurrency} streams:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     tokens = level["output_tokens"]
     return {
         "concurrency": concurrency,
         "requests": requests,
+        "failed": level["failed"],
+        "errors": level.get("errors", []),
         "client_tok_s": level["output_tokens_per_s"],
         "ttft_p50_ms": level.get("ttft_p50_ms"),
         "worker_cpu_s": round(cpu_s, 2),

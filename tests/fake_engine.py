@@ -101,7 +101,8 @@ def _count_array(generated: int) -> np.ndarray:
 
 class FakeEngine:
     """A fake `Engine` (see the module docstring). `token_delay_s` paces the words and `reply_words` sets how long
-    a natural reply is, for tests that need a generation still running when they act (disconnect, stop).
+    a natural reply is, for tests that need a generation still running when they act (disconnect, stop);
+    `engine_step_s` paces them as an independent engine instead, in bursts when the front-end lags (`_pace`).
     `capabilities` are the contract inputs the fake honours (it refuses the others in-band, as the real engines
     do); the model declares them unless `declare_capabilities` is false (a model config without the parameter)."""
 
@@ -112,9 +113,11 @@ class FakeEngine:
         reply_words: int = REPLY_WORDS,
         capabilities: Iterable[str] = ALL_INPUTS,
         declare_capabilities: bool = True,
+        engine_step_s: float | None = None,
     ):
         self.tokenizer_dir = Path(tokenizer_dir)
         self.token_delay_s = token_delay_s
+        self.engine_step_s = engine_step_s
         self.reply_words = reply_words
         self.capabilities = frozenset(capabilities)
         self.declare_capabilities = declare_capabilities
@@ -223,8 +226,9 @@ class FakeEngine:
                 finished = True
                 return
             texts, sent, done = [""] * n, [0] * n, [False] * n
+            started = time.monotonic()
             for generated in range(1, length + 2):  # the words, then the end-of-sequence
-                await asyncio.sleep(self.token_delay_s)  # also lets the server loop serve others between words
+                await self._pace(started, generated)
                 if self._abort_message is not None:
                     raise EngineUnavailable(self._abort_message)
                 for j in range(n):  # the sequences' responses interleave
@@ -257,6 +261,16 @@ class FakeEngine:
             self.active.discard(request.request_id)
             if not finished:
                 self.cancelled.append(request.request_id)
+
+    async def _pace(self, started: float, generated: int) -> None:
+        """Wait for the next word. By default `token_delay_s` (0: one word per turn of the server's loop, which
+        then serves the others). With `engine_step_s`, as an engine in another process: word i is due at
+        started + i x step, and the words already due when the fake gets to run are sent at once, without
+        yielding in between (what a socket holds for a front-end that fell behind)."""
+        if self.engine_step_s is None:
+            await asyncio.sleep(self.token_delay_s)
+        elif (wait := started + (generated - 1) * self.engine_step_s - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
 
     def _delta(self, text: str) -> tuple[list[int], np.ndarray, np.ndarray]:
         """A text delta's token ids and its two output tensors, made once per distinct delta: the fake is the load

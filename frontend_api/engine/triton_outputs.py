@@ -23,13 +23,15 @@ def _top(values: tuple[float, ...], ids: tuple[int, ...], k: int, count: int) ->
 
 def _reader(spec: contract.TensorSpec) -> Callable[[np.ndarray | None], Any]:
     """TensorSpec.read for one output, without a Python call per element (this runs on every response)."""
-    default, is_list = spec.default, spec.is_list
+    default, is_list, strings = spec.default, spec.is_list, spec.numpy_dtype is np.object_
 
     def read(array: np.ndarray | None) -> Any:
-        if array is None or array.size == 0:
+        if array is None:
             return default
         values = array.ravel().tolist()  # numbers become Python numbers; a string tensor holds bytes
-        if array.dtype == np.object_:
+        if not values:
+            return default
+        if strings:
             values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
             if is_list:
                 return tuple(v for v in values if v != "")
@@ -50,6 +52,9 @@ _TEXT, _FINISH, _INPUT_COUNT, _OUTPUT_COUNT, _INDEX, _IDS = (
         contract.OUTPUT_IDS,
     )
 )
+_read_text, _read_finish, _read_input_count, _read_output_count, _read_index, _read_ids = (
+    _READ[name] for name in (_TEXT, _FINISH, _INPUT_COUNT, _OUTPUT_COUNT, _INDEX, _IDS)
+)
 _LOGPROB_OUTPUTS = tuple(
     spec.name
     for spec in (
@@ -68,17 +73,14 @@ def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 
     """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
     the request's num_top_log_probs (the k of the flattened top-k outputs)."""
 
-    def value(name: str) -> Any:
-        return _READ[name](read(name))
-
-    token_ids = value(_IDS)
+    token_ids = _read_ids(read(_IDS))
     chunk = GenerationChunk(
-        text="".join(value(_TEXT)),
-        finish_reason=value(_FINISH) or None,
-        num_input_tokens=value(_INPUT_COUNT),
-        num_output_tokens=value(_OUTPUT_COUNT),
-        index=int(value(_INDEX) or 0),
-        token_ids=token_ids,
+        "".join(_read_text(read(_TEXT))),
+        _read_finish(read(_FINISH)) or None,
+        _read_input_count(read(_INPUT_COUNT)),
+        _read_output_count(read(_OUTPUT_COUNT)),
+        int(_read_index(read(_INDEX)) or 0),
+        token_ids,
     )
     arrays = {name: array for name in _LOGPROB_OUTPUTS if (array := read(name)) is not None}
     if not arrays:  # the common case: no log-probabilities asked

@@ -236,16 +236,17 @@ def main() -> None:
         wall = [r["client_tok_s"] for r in results if r["concurrency"] == concurrency]
         alone = [r["front_end_only_tokens_per_cpu_s"] for r in results if r["concurrency"] == concurrency]
         summary[concurrency] = {
-            "tokens_per_worker_cpu_s_median": statistics.median(per_cpu),
+            "tokens_per_worker_cpu_s_median": round(statistics.median(per_cpu), 1),
             "tokens_per_worker_cpu_s_range": [min(per_cpu), max(per_cpu)],
-            "front_end_only_tokens_per_cpu_s_median": statistics.median(alone),
+            "front_end_only_tokens_per_cpu_s_median": round(statistics.median(alone), 1),
             "front_end_only_tokens_per_cpu_s_range": [min(alone), max(alone)],
-            "client_tok_s_median": statistics.median(wall),
+            "client_tok_s_median": round(statistics.median(wall), 1),
         }
         print(
             f"streams {concurrency:4d}: median {summary[concurrency]['tokens_per_worker_cpu_s_median']} tokens "
             f"per worker CPU-second (range {min(per_cpu)}-{max(per_cpu)}); front-end only (worker minus the fake) "
-            f"{statistics.median(alone)} (range {min(alone)}-{max(alone)}); client {statistics.median(wall)} tok/s"
+            f"{summary[concurrency]['front_end_only_tokens_per_cpu_s_median']} (range {min(alone)}-{max(alone)}); "
+            f"client {summary[concurrency]['client_tok_s_median']} tok/s"
         )
     report = {"engine_step_ms": args.engine_step_ms, "fake_alone": fake, "runs": results, "summary": summary}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))

@@ -27,9 +27,8 @@ from frontend_api.engine.protocol import (
     GenerationChunk,
     GenerationRequest,
 )
-from frontend_api.engine.triton_outputs import parse_outputs, parse_result
-
-__all__ = ["parse_outputs", "parse_result"]  # the fake engine and the unit tests read responses with them
+from frontend_api.engine.triton_outputs import parse_outputs as parse_outputs  # re-exported: the fake engine's
+from frontend_api.engine.triton_outputs import parse_result
 
 logger = logging.getLogger(__name__)
 

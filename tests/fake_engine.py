@@ -30,12 +30,14 @@ so those are plain containers updated atomically, read with `wait_until`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 import engine_contract as contract
@@ -83,11 +85,24 @@ def fake_top(token_id: int, k: int, vocab_size: int) -> list[tuple[int, float]]:
 
 
 ALL_INPUTS = frozenset(spec.name for spec in contract.INPUTS)
+_DELTAS_KEPT = 4096  # distinct text deltas whose tensors are kept (the words' are a few dozen)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # shared between responses: nobody may change it
+    return array
+
+
+@functools.cache
+def _count_array(generated: int) -> np.ndarray:
+    """The num_output_tokens tensor of a count (the same few hundred counts for every request)."""
+    return _frozen(contract.NUM_OUTPUT_TOKENS.array(generated))
 
 
 class FakeEngine:
     """A fake `Engine` (see the module docstring). `token_delay_s` paces the words and `reply_words` sets how long
-    a natural reply is, for tests that need a generation still running when they act (disconnect, stop).
+    a natural reply is, for tests that need a generation still running when they act (disconnect, stop);
+    `engine_step_s` paces them as an independent engine instead, in bursts when the front-end lags (`_pace`).
     `capabilities` are the contract inputs the fake honours (it refuses the others in-band, as the real engines
     do); the model declares them unless `declare_capabilities` is false (a model config without the parameter)."""
 
@@ -98,9 +113,11 @@ class FakeEngine:
         reply_words: int = REPLY_WORDS,
         capabilities: Iterable[str] = ALL_INPUTS,
         declare_capabilities: bool = True,
+        engine_step_s: float | None = None,
     ):
         self.tokenizer_dir = Path(tokenizer_dir)
         self.token_delay_s = token_delay_s
+        self.engine_step_s = engine_step_s
         self.reply_words = reply_words
         self.capabilities = frozenset(capabilities)
         self.declare_capabilities = declare_capabilities
@@ -112,6 +129,7 @@ class FakeEngine:
         self.closed = False
         self._abort_message: str | None = None
         self.scripted: list[str] = []  # the next replies' texts, in order (instead of the words)
+        self._deltas: dict[str, tuple[list[int], np.ndarray, np.ndarray]] = {}  # see _delta
 
     @property
     def model(self) -> EngineModel:
@@ -155,15 +173,18 @@ class FakeEngine:
         words = [reply_words(prompt if j == 0 else f"{prompt}#{j}", length) for j in range(n)]
         cum = [0.0] * n
 
+        prompt_count = _frozen(contract.NUM_INPUT_TOKENS.array(len(prompt_ids)))
+        sequence_index = [_frozen(contract.SEQUENCE_INDEX.array(j)) for j in range(n)]
+
         def chunk(j: int, text: str, generated: int, finish: str | None = None, first: bool = False) -> GenerationChunk:
             """Sequence j's response as the engine's output tensors, read back by the Triton client's parser."""
-            ids = self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+            ids, text_array, ids_array = self._delta(text)
             arrays = {
-                contract.TEXT_OUTPUT.name: contract.TEXT_OUTPUT.array([text]),
-                contract.NUM_INPUT_TOKENS.name: contract.NUM_INPUT_TOKENS.array(len(prompt_ids)),
-                contract.NUM_OUTPUT_TOKENS.name: contract.NUM_OUTPUT_TOKENS.array(generated),
-                contract.SEQUENCE_INDEX.name: contract.SEQUENCE_INDEX.array(j),
-                contract.OUTPUT_IDS.name: contract.OUTPUT_IDS.array(ids),
+                contract.TEXT_OUTPUT.name: text_array,
+                contract.NUM_INPUT_TOKENS.name: prompt_count,
+                contract.NUM_OUTPUT_TOKENS.name: _count_array(generated),
+                contract.SEQUENCE_INDEX.name: sequence_index[j],
+                contract.OUTPUT_IDS.name: ids_array,
             }
             if finish:
                 arrays[contract.FINISH_REASON.name] = contract.FINISH_REASON.array(finish)
@@ -205,8 +226,9 @@ class FakeEngine:
                 finished = True
                 return
             texts, sent, done = [""] * n, [0] * n, [False] * n
+            started = time.monotonic()
             for generated in range(1, length + 2):  # the words, then the end-of-sequence
-                await asyncio.sleep(self.token_delay_s)  # also lets the server loop serve others between words
+                await self._pace(started, generated)
                 if self._abort_message is not None:
                     raise EngineUnavailable(self._abort_message)
                 for j in range(n):  # the sequences' responses interleave
@@ -239,6 +261,27 @@ class FakeEngine:
             self.active.discard(request.request_id)
             if not finished:
                 self.cancelled.append(request.request_id)
+
+    async def _pace(self, started: float, generated: int) -> None:
+        """Wait for the next word. By default `token_delay_s` (0: one word per turn of the server's loop, which
+        then serves the others). With `engine_step_s`, as an engine in another process: word i is due at
+        started + i x step, and the words already due when the fake gets to run are sent at once, without
+        yielding in between (what a socket holds for a front-end that fell behind)."""
+        if self.engine_step_s is None:
+            await asyncio.sleep(self.token_delay_s)
+        elif (wait := started + (generated - 1) * self.engine_step_s - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    def _delta(self, text: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """A text delta's token ids and its two output tensors, made once per distinct delta: the fake is the load
+        source of bench/frontend_fake_sse.py, its own cost is not the front-end's (the tensors are read-only)."""
+        if (known := self._deltas.get(text)) is None:
+            if len(self._deltas) >= _DELTAS_KEPT:
+                self._deltas.clear()
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+            known = ids, _frozen(contract.TEXT_OUTPUT.array([text])), _frozen(contract.OUTPUT_IDS.array(ids))
+            self._deltas[text] = known
+        return known
 
     def _reject_what_the_engine_cannot_honour(self, request: GenerationRequest) -> dict[str, Any]:
         """The real engine's checks over the request as the contract carries it (see the module docstring): an

@@ -11,13 +11,12 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import InferInput, InferResult
+from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 import engine_contract as contract
@@ -27,8 +26,9 @@ from frontend_api.engine.protocol import (
     EngineUnavailable,
     GenerationChunk,
     GenerationRequest,
-    TopLogprobs,
 )
+from frontend_api.engine.triton_outputs import parse_outputs as parse_outputs  # re-exported: the fake engine's
+from frontend_api.engine.triton_outputs import parse_result
 
 logger = logging.getLogger(__name__)
 
@@ -148,56 +148,6 @@ def _default_list(spec: contract.TensorSpec) -> Any:
 def build_inputs(request: GenerationRequest) -> list[InferInput]:
     """Tensors with a leading batch dim of 1 (the models have max_batch_size > 0)."""
     return [_tensor(spec, value) for spec, value in input_values(request)]
-
-
-def _top(values: tuple[float, ...], ids: tuple[int, ...], k: int, count: int) -> tuple[TopLogprobs, ...]:
-    """Flattened [token][rank] top-k outputs -> per token ((id, logprob), ...); () when absent or misshapen."""
-    if k <= 0 or not values or len(values) != len(ids) or len(values) != k * count:
-        return ()
-    pairs = [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
-    return tuple(tuple(pairs[t * k : (t + 1) * k]) for t in range(count))
-
-
-def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 0) -> GenerationChunk:
-    """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
-    the request's num_top_log_probs (the k of the flattened top-k outputs)."""
-
-    def value(spec: contract.TensorSpec) -> Any:
-        return spec.read(read(spec.name))
-
-    token_ids = tuple(int(t) for t in value(contract.OUTPUT_IDS))
-    logprobs = tuple(float(v) for v in value(contract.OUTPUT_LOG_PROBS))
-    prompt_logprobs = tuple(float(v) for v in value(contract.PROMPT_LOG_PROBS))
-    prompt_top = _top(
-        value(contract.PROMPT_TOP_LOG_PROBS),
-        value(contract.PROMPT_TOP_LOG_PROB_IDS),
-        top_logprobs,
-        len(prompt_logprobs),
-    )
-    cum = value(contract.CUM_LOG_PROBS)
-    return GenerationChunk(
-        text="".join(value(contract.TEXT_OUTPUT)),
-        finish_reason=value(contract.FINISH_REASON) or None,
-        num_input_tokens=value(contract.NUM_INPUT_TOKENS),
-        num_output_tokens=value(contract.NUM_OUTPUT_TOKENS),
-        index=int(value(contract.SEQUENCE_INDEX) or 0),
-        token_ids=token_ids,
-        logprobs=logprobs if len(logprobs) == len(token_ids) else (),
-        top_logprobs=_top(
-            value(contract.TOP_LOG_PROBS), value(contract.TOP_LOG_PROB_IDS), top_logprobs, len(token_ids)
-        ),
-        cum_logprob=None if cum is None else float(cum),
-        prompt_logprobs=prompt_logprobs or None,
-        prompt_top_logprobs=prompt_top or None,
-    )
-
-
-def parse_result(result: InferResult, top_logprobs: int = 0) -> tuple[GenerationChunk, bool]:
-    """(chunk, is_final) of one stream response: final is Triton's flag, after the last sequence's response."""
-    chunk = parse_outputs(result.as_numpy, top_logprobs)
-    parameters = result.get_response().parameters
-    final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
-    return chunk, bool(final)
 
 
 def infer_error(message: str) -> EngineError:

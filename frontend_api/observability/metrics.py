@@ -8,6 +8,8 @@ the served ids, key names are the names of API keys (never the keys) or "anonymo
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -120,3 +122,29 @@ class Metrics:
 
     def failed_open(self, key_name: str) -> None:
         self.rate_limit_fail_open.labels(key_name=key_name).inc()
+
+
+class HistogramTally:
+    """Observations of one labelled histogram counted locally and added to it at once (`flush`, at the end of a
+    generation): per token this is a bisect, not a shared (with several workers: file-backed) value update.
+    prometheus_client has no bulk observe, so `flush` adds to the child's buckets and sum as `observe` does."""
+
+    def __init__(self, child: Any):
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float, times: int = 1) -> None:
+        """`times` observations of `amount` (Histogram.observe puts it in the first bucket with amount <= bound)."""
+        self._counts[bisect_left(self._bounds, amount)] += times
+        self._sum += amount * times
+
+    def flush(self) -> None:
+        for bucket, count in enumerate(self._counts):
+            if count:
+                self._child._buckets[bucket].inc(count)
+        if any(self._counts):
+            self._child._sum.inc(self._sum)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0

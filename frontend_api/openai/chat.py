@@ -6,22 +6,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 import engine_contract as contract
 from frontend_api.engine.protocol import Engine, EngineError, GenerationChunk
 from frontend_api.errors import OpenAIError
-from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
+from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally, coalesce
 from frontend_api.openai.protocol import BaseGenerationRequest, ChatCompletionRequest
 from frontend_api.openai.response_objects import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
-    ChatCompletionChunkChoice,
     ChoiceLogprobs,
-    DeltaFunctionCall,
-    DeltaMessage,
-    DeltaToolCall,
     FunctionCall,
     ToolCall,
     Usage,
@@ -36,6 +33,7 @@ from frontend_api.openai.serving import (
     sse_event,
 )
 from frontend_api.openai.session_turns import SessionTurn, open_turn, reply_reserve
+from frontend_api.openai.stream_events import ChunkTemplate, chat_choice, tool_call_delta
 from frontend_api.openai.tokenization import Tokenizers
 from frontend_api.openai.tool_calls import ToolOutputs, guide_of, offered_tools, parser_of
 from frontend_api.openai.tool_parsers import ParsedDelta
@@ -78,11 +76,12 @@ class ChatRun:
     def session_id(self) -> str | None:
         return self.turn.session_id if self.turn else None
 
-    async def events(self) -> AsyncGenerator[GenerationChunk, None]:
+    async def events(self, coalesced: bool = False) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's chunks; `coalesced`: those that arrived together merged per choice (an SSE stream's)."""
         ended = "cancelled"
         try:
             async with aclosing(self.chunks):
-                async for chunk in self.chunks:
+                async for chunk in _coalesced(self.chunks) if coalesced else self.chunks:
                     self.tallies.add(chunk)
                     self.parsed = self.outputs.feed(chunk.index, chunk.text)
                     yield chunk
@@ -233,52 +232,45 @@ class OpenAIServingChat(OpenAIServing):
         )
 
     async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncGenerator[str, None]:
-        def event(choices: list[ChatCompletionChunkChoice], usage: Usage | None = None) -> str:
-            return sse_event(
-                ChatCompletionChunk(
-                    id=run.prepared.id,
-                    created=run.prepared.created,
-                    model=request.model,
-                    choices=choices,
-                    usage=usage,
-                    session_id=run.session_id,
-                )
-            )
+        envelope = ChatCompletionChunk(
+            id=run.prepared.id,
+            created=run.prepared.created,
+            model=request.model,
+            choices=[],
+            session_id=run.session_id,
+        )
+        template = ChunkTemplate(envelope)
 
-        def deltas(index: int, parsed: ParsedDelta, logprobs: ChoiceLogprobs | None = None) -> list[str]:
+        def deltas(index: int, parsed: ParsedDelta, logprobs: dict[str, Any] | None = None) -> list[str]:
             """The events of what a choice's text read as: content, then each tool-call piece."""
-            pieces = [DeltaMessage(content=parsed.content)] if parsed.content or logprobs is not None else []
+            pieces: list[dict[str, Any]] = []
+            if parsed.content or logprobs is not None:
+                pieces.append({} if parsed.content is None else {"content": parsed.content})
             for call in parsed.tool_calls:
                 if call.name is not None:
-                    function = DeltaFunctionCall(name=call.name, arguments="")
-                    piece = DeltaToolCall(
-                        index=call.index, id=run.outputs.call_id(index, call.index), type="function", function=function
-                    )
+                    piece = tool_call_delta(call.index, "", run.outputs.call_id(index, call.index), call.name)
                 else:
-                    piece = DeltaToolCall(index=call.index, function=DeltaFunctionCall(arguments=call.arguments))
-                pieces.append(DeltaMessage(tool_calls=[piece]))
+                    piece = tool_call_delta(call.index, call.arguments or "")
+                pieces.append({"tool_calls": [piece]})
             return [
-                event([ChatCompletionChunkChoice(index=index, delta=delta, logprobs=logprobs if i == 0 else None)])
+                template.event(chat_choice(index, delta, logprobs if i == 0 else None))
                 for i, delta in enumerate(pieces)
             ]
 
         def finish(index: int, reason: str) -> list[str]:
-            ending = ChatCompletionChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)
-            return [*deltas(index, run.outputs.finish(index)), event([ending])]
+            return [*deltas(index, run.outputs.finish(index)), template.event(chat_choice(index, {}, None, reason))]
 
         finished: set[int] = set()
         model = run.prepared.model
-        async with aclosing(run.events()) as events:
+        async with aclosing(run.events(coalesced=True)) as events:
             try:
                 for index in range(request.choices_per_prompt):
-                    yield event(
-                        [ChatCompletionChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))]
-                    )
+                    yield template.event(chat_choice(index, {"role": "assistant", "content": ""}))
                 async for chunk in events:
                     logprobs = None
                     if request.logprobs and chunk.token_ids:
                         content = await self.token_logprobs(model, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
-                        logprobs = ChoiceLogprobs(content=content)
+                        logprobs = ChoiceLogprobs(content=content).model_dump()
                     for line in deltas(chunk.index, run.parsed, logprobs):
                         yield line
                     # A choice's end as it comes; in a session, once the turn is stored (after the last chunk).
@@ -291,10 +283,16 @@ class OpenAIServingChat(OpenAIServing):
                         for line in finish(index, reason):
                             yield line
                 if request.include_usage:
-                    yield event([], run.usage)
+                    yield sse_event(envelope.model_copy(update={"usage": run.usage}))
             except EngineError as exc:
                 yield sse_event(engine_error_body(exc))
             yield SSE_DONE
+
+
+async def _coalesced(chunks: EngineStream) -> AsyncGenerator[GenerationChunk, None]:
+    while batch := await chunks.batch():
+        for chunk in coalesce(batch):
+            yield chunk
 
 
 # The guided-decoding inputs (engine_contract, merged from the grammar branch); a refusal names the tool choice.

@@ -12,7 +12,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from frontend_api.engine.protocol import EngineError, GenerationChunk, TopLogprobs
-from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally
+from frontend_api.openai.engine_stream import EngineStream, EventStream, Tallies, Tally, coalesce
 from frontend_api.openai.protocol import CompletionRequest
 from frontend_api.openai.response_objects import (
     Completion,
@@ -31,6 +31,7 @@ from frontend_api.openai.serving import (
     new_id,
     sse_event,
 )
+from frontend_api.openai.stream_events import ChunkTemplate, completion_choice
 
 NAMES = ("max_tokens", "prompt")
 
@@ -67,10 +68,12 @@ class Streams:
 
 async def merge(streams: list[EngineStream]) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
     """(stream number, chunk) of several engine streams as their chunks come (the prompts' choices interleave).
+    One stream (one prompt) is read in batches, each coalesced: the tokens that arrived together are one chunk.
     Closing it cancels the reads still pending; the streams themselves are closed by their owner."""
-    if len(streams) == 1:  # one prompt: no tasks needed
-        async for chunk in streams[0]:
-            yield 0, chunk
+    if len(streams) == 1:
+        while batch := await streams[0].batch():
+            for chunk in coalesce(batch):
+                yield 0, chunk
         return
     pending = {asyncio.ensure_future(anext(stream)): number for number, stream in enumerate(streams)}
     try:
@@ -181,13 +184,10 @@ class OpenAIServingCompletion(OpenAIServing):
         n = request.choices_per_prompt
         runs = streams.runs
         first = runs[0].prepared
+        template = ChunkTemplate(self._completion(request, response_id, first, []))
         offsets: dict[int, int] = {}  # choice index -> characters sent so far (logprobs' text_offset)
         finished: set[int] = set()
         results: list[tuple[Prepared, Tallies]] = []
-
-        def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            return sse_event(self._completion(request, response_id, first, choices, usage))
-
         try:
             try:
                 for run in runs:
@@ -201,22 +201,25 @@ class OpenAIServingCompletion(OpenAIServing):
                         index = number * n + chunk.index
                         opening = tally.chunks == 1
                         text = (run.text if opening and request.echo else "") + chunk.text
-                        part = Tally()
-                        part.add(chunk)
-                        logprobs = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
+                        logprobs = None
+                        if request.logprobs is not None:
+                            part = Tally()
+                            part.add(chunk)
+                            found = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
+                            logprobs = found.model_dump() if found is not None else None
                         offsets[index] = offsets.get(index, 0) + len(text)
-                        if text or (logprobs is not None and logprobs.tokens):
-                            yield event([CompletionChoice(index=index, text=text, logprobs=logprobs)])
+                        if text or (logprobs is not None and logprobs["tokens"]):
+                            yield template.event(completion_choice(index, text, logprobs))
                         if chunk.finish_reason in FINISH_REASONS and index not in finished:
                             finished.add(index)
-                            yield event([CompletionChoice(index=index, text="", finish_reason=chunk.finish_reason)])
+                            yield template.event(completion_choice(index, "", None, chunk.finish_reason))
                 reasons, usage = await self.finish_all(results)
                 for number, run_reasons in enumerate(reasons):
                     for sequence, reason in enumerate(run_reasons):
                         if (index := number * n + sequence) not in finished:
-                            yield event([CompletionChoice(index=index, text="", finish_reason=reason)])
+                            yield template.event(completion_choice(index, "", None, reason))
                 if request.include_usage:
-                    yield event([], usage)
+                    yield sse_event(self._completion(request, response_id, first, [], usage))
             except EngineError as exc:
                 yield sse_event(engine_error_body(exc))
             yield SSE_DONE

@@ -1,8 +1,15 @@
 """What the engine produced for one generation: its chunks as a closeable stream (EngineStream), tallied per
-sequence (Tally, Tallies), and a streaming response body that closes what it must (EventStream)."""
+sequence (Tally, Tallies), and a streaming response body that closes what it must (EventStream).
+
+An event stream takes the engine's chunks in batches (`EngineStream.batch`): the next chunk and those that
+arrived while the previous event was being sent, merged per sequence (`coalesce`) into one SSE event each, as
+OpenAI allows (a delta of several tokens). It never waits for a chunk that has not arrived."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,15 +82,22 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
 
 
 class EngineStream:
-    """The engine's chunks (`receive_first()` waits for the first one). Always closed (`async with aclosing(...)`,
-    or by the EventStream of a response): closing it closes the engine generator, which cancels the request in
-    the engine, and finishes the admission (frees the generation's slots and charges its completion tokens)."""
+    """The engine's chunks (`receive_first()` waits for the first one), read one by one (`async for`) or in
+    batches (`batch()`), not both. Always closed (`async with aclosing(...)`, or by the EventStream of a
+    response): closing it closes the engine generator, which cancels the request in the engine, and finishes the
+    admission (frees the generation's slots and charges its completion tokens)."""
 
     def __init__(self, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None):
         self._first: GenerationChunk | None = None
         self._rest = rest
         self._admission = admission
         self._counts: dict[int, int] = {}  # each sequence's count so far (the engine reports it on every response)
+        # batch(): a task reads the engine's chunks as they come into `_ready`, so that what arrives while the
+        # consumer is busy is there, whole, for its next batch.
+        self._reader: asyncio.Task[None] | None = None
+        self._ready: deque[GenerationChunk] = deque()
+        self._end: BaseException | None = None  # StopAsyncIteration, or the engine's error, after `_ready`
+        self._wakeup: asyncio.Future[None] | None = None
 
     async def receive_first(self) -> None:
         try:
@@ -110,13 +124,95 @@ class EngineStream:
             return chunk
         return self._seen(await anext(self._rest))
 
+    async def batch(self) -> list[GenerationChunk]:
+        """The next chunks: at least one (waiting for it), and every other one already received; [] at the end.
+        Raises the engine's error once the chunks before it are taken."""
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return [chunk]
+        while not self._ready:
+            if self._end is not None:
+                if isinstance(self._end, StopAsyncIteration):
+                    return []
+                raise self._end
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+        chunks = list(self._ready)
+        self._ready.clear()
+        return chunks
+
+    async def _read(self) -> None:
+        try:
+            async for chunk in self._rest:
+                self._ready.append(self._seen(chunk))
+                self._wake()
+            self._end = StopAsyncIteration()
+        except Exception as exc:  # the engine's error: raised by batch() after the chunks before it
+            self._end = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
     async def aclose(self) -> None:
         self._first = None
         try:
+            if self._reader is not None and not self._reader.done():
+                # Cancelling the reader ends the engine generator inside it (the request is cancelled there).
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
             await _close(self._rest)
         finally:
             if self._admission is not None:
                 await self._admission.finish(self.num_output_tokens)
+
+
+def _shape(chunk: GenerationChunk) -> tuple[bool, bool]:
+    """Whether a chunk's log-probabilities and top log-probabilities are aligned with its tokens."""
+    count = len(chunk.token_ids)
+    return len(chunk.logprobs) == count, len(chunk.top_logprobs) == count
+
+
+def _joinable(first: GenerationChunk, then: GenerationChunk) -> bool:
+    """Whether `then` can be sent in one event with `first`: nothing after a finish, prompt log-probabilities
+    only on a sequence's first chunk, and per-token lists that stay aligned with the tokens when concatenated."""
+    if first.finish_reason is not None or then.prompt_logprobs is not None:
+        return False
+    return not first.token_ids or not then.token_ids or _shape(first) == _shape(then)
+
+
+def _join(first: GenerationChunk, then: GenerationChunk) -> GenerationChunk:
+    return dataclasses.replace(
+        first,
+        text=first.text + then.text,
+        finish_reason=then.finish_reason,
+        num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None else first.num_input_tokens,
+        num_output_tokens=then.num_output_tokens if then.num_output_tokens is not None else first.num_output_tokens,
+        token_ids=first.token_ids + then.token_ids,
+        logprobs=first.logprobs + then.logprobs,
+        top_logprobs=first.top_logprobs + then.top_logprobs,
+        cum_logprob=then.cum_logprob if then.cum_logprob is not None else first.cum_logprob,
+    )
+
+
+def coalesce(chunks: list[GenerationChunk]) -> list[GenerationChunk]:
+    """A batch's chunks merged per sequence where they can be (`_joinable`): one chunk of the joined delta, its
+    token lists concatenated, the last one's counts and finish reason. The sequences keep their first chunk's order."""
+    if len(chunks) < 2:
+        return chunks
+    merged: list[GenerationChunk] = []
+    latest: dict[int, int] = {}  # sequence -> position of its latest chunk in `merged`
+    for chunk in chunks:
+        position = latest.get(chunk.index)
+        if position is not None and _joinable(merged[position], chunk):
+            merged[position] = _join(merged[position], chunk)
+        else:
+            latest[chunk.index] = len(merged)
+            merged.append(chunk)
+    return merged
 
 
 class Closeable(Protocol):

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from frontend_api.engine.protocol import GenerationChunk
 from frontend_api.observability.context import RequestContext, current_request
+from frontend_api.observability.metrics import HistogramTally
 from frontend_api.openai.response_objects import GenerationStats
 
 FINISHED = ("stop", "length")
@@ -42,7 +43,8 @@ class GenerationTimer:
         self.failed = False
         if self.metrics:
             self.metrics.in_flight.labels(model).inc()
-            self.inter_token_latency = self.metrics.inter_token_latency.labels(model)  # looked up once, used per token
+            # Per token only counted here; added to the histogram when the generation is recorded.
+            self.inter_token_latency = HistogramTally(self.metrics.inter_token_latency.labels(model))
 
     async def watch(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
         """`chunks`, observed. Closing the result closes `chunks` and records the generation."""
@@ -83,9 +85,7 @@ class GenerationTimer:
         elif self.metrics:
             # A chunk carrying n tokens after a gap g counts as n tokens g/n apart.
             assert self.last_token_at is not None  # set with the first token
-            gap = (now - self.last_token_at) / new
-            for _ in range(new):
-                self.inter_token_latency.observe(gap)
+            self.inter_token_latency.observe((now - self.last_token_at) / new, new)
         self.last_token_at = now
 
     @property
@@ -124,6 +124,7 @@ class GenerationTimer:
         if not self.metrics:
             return
         self.metrics.in_flight.labels(self.model).dec()
+        self.inter_token_latency.flush()
         self.metrics.generations.labels(self.model, self.key_name, outcome).inc()
         if self.chunks:  # the engine accepted the request (a rejected one processed no prompt)
             self.metrics.prompt_tokens.labels(self.model, self.key_name).inc(self.prompt_tokens)

@@ -75,7 +75,7 @@ def serve(engine: FakeEngine, settings: Settings, timeout_s: float = 30) -> Live
 @pytest.fixture
 def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., LiveApp]]:
     """start_app(token_delay_s=0.0, reply_words=REPLY_WORDS, capabilities=ALL_INPUTS, declare_capabilities=True,
-    **settings): the app with a fresh FakeEngine (those four are its arguments), settings given as Settings fields
+    engine_step_s=None, **settings): the app with a fresh FakeEngine (those five are its arguments), settings given as Settings fields
     over test defaults (SQLite in tmp_path); every app started is stopped after the test."""
     started: list[LiveApp] = []
     # create_app() configures the root logger for a server process; the tests that run after these must find it
@@ -88,6 +88,7 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
         reply_words: int = REPLY_WORDS,
         capabilities=ALL_INPUTS,
         declare_capabilities: bool = True,
+        engine_step_s: float | None = None,
         **fields,
     ) -> LiveApp:
         folder = tmp_path / f"app-{len(started)}"
@@ -101,7 +102,9 @@ def start_app(checkpoint_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Li
             "ws_auth_timeout_s": 1,
         }
         settings = Settings(**(defaults | fields))
-        engine = FakeEngine(checkpoint_dir, token_delay_s, reply_words, capabilities, declare_capabilities)
+        engine = FakeEngine(
+            checkpoint_dir, token_delay_s, reply_words, capabilities, declare_capabilities, engine_step_s
+        )
         started.append(serve(engine, settings))
         return started[-1]
 

@@ -91,8 +91,10 @@ def test_a_streamed_chat_interleaves_n_choices_each_with_its_finish_and_usage_co
     assert dict(logprob_tokens) == dict(texts)
     assert dict(roles) == {0: ["assistant"], 1: ["assistant"], 2: ["assistant"]}
     assert dict(reasons) == {0: ["length"], 1: ["length"], 2: ["length"]}
+    # The choices' deltas interleave as the engine sends them: choice 1 starts before choice 0 is over (tokens
+    # that arrived together while the consumer was busy are one event per choice, so not always 0, 1, 0, 1).
     content_order = [i for i in order[3:] if i in (0, 1)]
-    assert content_order[:4] == [0, 1, 0, 1], "the choices' deltas interleave as the engine sends them"
+    assert content_order.index(1) < len(content_order) - 1 - content_order[::-1].index(0), content_order
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3 * 4
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 

@@ -76,3 +76,27 @@ def test_the_file_is_what_the_script_writes(script, tmp_path):
     out = tmp_path / "inputs.json"
     script.main(["--out", str(out)])
     assert out.read_text() == INPUTS_JSON.read_text(), "rerun bench/nvidia_tools/perf_analyzer_inputs.py"
+
+
+def test_token_metrics_come_from_the_profile_export():
+    """perf_analyzer counts responses; bench/nvidia_tools/compare.py turns its per-response timestamps into tokens:
+    a request's tokens are its last response's num_output_tokens, however many responses carried them."""
+    spec = importlib.util.spec_from_file_location("compare", FOLDER / "compare.py")
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    ms = 1_000_000  # ns
+    requests = [  # sent at 0 and 100 ms; first response 50 ms later; 4 responses carrying 128 tokens
+        {
+            "timestamp": start,
+            "response_timestamps": [start + 50 * ms, start + 100 * ms, start + 150 * ms, start + 177 * ms],
+            "response_outputs": [{"num_output_tokens": n} for n in (1, 40, 90, 128)],
+        }
+        for start in (0, 100 * ms)
+    ]
+    export = {"experiments": [{"experiment": {"mode": "concurrency", "value": 2}, "requests": requests}]}
+    metrics = compare.parse_perf_analyzer_export(export, output_tokens=128)
+    assert metrics["output_tokens"] == 256 and metrics["seconds"] == 0.277
+    assert metrics["output_tokens_per_s"] == round(256 / 0.277, 1)
+    assert metrics["ttft_p50_ms"] == 50.0 and metrics["itl_p50_ms"] == 1.0  # (177 - 50) ms / 127 tokens
+    assert metrics["responses_per_request"] == 4.0 and metrics["failed"] == 0

@@ -1,9 +1,9 @@
 """Trim aiperf's `pip install --target DIR` (for the GPU machine's Python 3.12) to what `aiperf profile` needs there.
 
 bench/gpu_bundle.sh's nvtools part calls it. Removed: (1) the parts of aiperf that a profile run never imports
-(its plots, dashboard, Kubernetes operator, search planner and public datasets: run without them against
-`llmserve serve` on CPU) and whatever only they require; (2) what the GPU image already has in a version all of
-aiperf's requirers accept (bench/gpu_image.txt). A package the image has without a version read stays when a
+(its plots, dashboard, Kubernetes operator, search planner, public datasets, pandas and zstandard: a profile of
+the nvtools stage ran without them against `llmserve serve` on CPU) and whatever only they require; (2) what the
+GPU image already has in a version all of aiperf's requirers accept (bench/gpu_image.txt). A package the image has without a version read stays when a
 requirer pins an upper bound (aiperf pins psutil~=7.0, rich~=14.1, ...): the image's may be another minor.
 aiperf then runs as `PYTHONPATH=DIR python3 -m aiperf` under the image's python, apart from our venv, whose
 packages clash with aiperf's pins.
@@ -35,6 +35,9 @@ NOT_IMPORTED_BY_PROFILE = {
     "optuna",
     "textual",
     "datasets",
+    "pandas",  # its exports and plots; a profile's JSON and CSV are written without it
+    "seaborn",
+    "zstandard",
 }
 UPPER_BOUNDS = ("<", "~=", "==")
 

@@ -108,7 +108,7 @@ fi
 if want nvtools; then
 echo ">> nvtools.tar.xz: perf_analyzer 2.60 and aiperf 0.13 (cp312), aiperf trimmed to what the image lacks"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_38_x86_64 -d "$stage/pa-wheel" \
-  perf-analyzer==2.60.0  # its wheel is tagged for glibc 2.38: pip here (2.36) needs the platform named
+  perf-analyzer==2.60.0 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)  # tagged glibc 2.38
 mkdir -p "$stage/nvtools/bin"
 "$PY" - "$stage/pa-wheel" "$stage/nvtools/bin" <<'PY'
 import sys, zipfile, pathlib
@@ -120,8 +120,8 @@ PY
 "$PY" -m pip install -q --target "$stage/nvtools/aiperf" --no-compile --only-binary=:all: --python-version 3.12 \
   --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
-  --platform manylinux1_x86_64 --platform any aiperf==0.13.0 \
-  2> >(grep -v "is ignored: it is neither a file nor a directory\|requires numpy<2\|but you have numpy" >&2)
+  --platform manylinux1_x86_64 --platform any --no-warn-conflicts aiperf==0.13.0 \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$PY" bench/nvidia_tools/bundle_prune.py "$stage/nvtools/aiperf"
 tar cJf "$DIR/nvtools.tar.xz" -C "$stage" nvtools
 fi

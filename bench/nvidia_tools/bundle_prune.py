@@ -39,6 +39,9 @@ NOT_IMPORTED_BY_PROFILE = {
     "seaborn",
     "zstandard",
 }
+# The image's own copy serves, whatever the pin: aiperf draws images with pillow (~=12.3) only for image endpoints,
+# a text profile just imports it (20 MB unpacked).
+FROM_IMAGE_ANYWAY = {"pillow"}
 UPPER_BOUNDS = ("<", "~=", "==")
 
 
@@ -65,6 +68,8 @@ def needed(dists: dict, from_image: set[str]) -> set[str]:
 def image_has(name: str, requirers: list[Requirement], image: dict) -> bool:
     if name not in image:
         return False
+    if name in FROM_IMAGE_ANYWAY:
+        return True
     version = image[name]
     if version is None:  # only the name was read: trust it where no requirer bounds the version from above
         return not any(op in str(r.specifier) for r in requirers for op in UPPER_BOUNDS)
@@ -100,6 +105,7 @@ def prune(target: Path) -> tuple[list[str], list[str]]:
             continue
         remove(target, info)
     shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts name this machine's python: `-m aiperf`
+    shutil.rmtree(target / "share", ignore_errors=True)  # data files: Jupyter extensions, man pages
     for folder in sorted((p for p in target.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         if folder.name == "__pycache__" or not any(folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)  # left empty (or byte code only) by the removals

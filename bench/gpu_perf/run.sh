@@ -43,10 +43,13 @@ if [[ $STAGES == *nvtools* ]]; then  # NVIDIA's tools and ours on one served sta
     exit 1
   # aiperf runs under the image's python with its own packages first (its pins clash with ours: bench/gpu_setup.sh)
   python bench/nvidia_tools/compare.py --serve gpu --model gpu --checkpoint /tmp/ckpt --tokenizer /tmp/smol \
-    --levels 1,64,256 --requests-per-level 32,512,2048 --rounds 2 --processes 8 --run-timeout 240 \
+    --levels 1,64,256 --requests-per-level 16,512,2048 --rounds 1 --processes 8 --run-timeout 240 \
     --perf-analyzer "$NVTOOLS_DIR/bin/perf_analyzer" --aiperf "env PYTHONPATH=$NVTOOLS_DIR/aiperf $IMAGE_PY -m aiperf" \
-    --out "$OUT/nvtools" ${NVTOOLS_ARGS:-} 2>&1 | tee "$OUT/nvtools.log"
-  python bench/nvidia_tools/summarize.py "$OUT/nvtools" | tee -a "$OUT/nvtools.log"
+    --out /tmp/nvtools ${NVTOOLS_ARGS:-} 2>&1 | tee "$OUT/nvtools.log"
+  python bench/nvidia_tools/summarize.py /tmp/nvtools | tee -a "$OUT/nvtools.log"
+  # $OUT brings back few files, two folders deep at most: the table's JSON, and the tools' own outputs packed
+  cp /tmp/nvtools/results.json "$OUT/nvtools-results.json"
+  tar cJf "$OUT/nvtools-raw.tar.xz" -C /tmp/nvtools raw serve.log
 fi
 if [[ $STAGES == *sampling* ]]; then
   PYTHONPATH=$PYTHONPATH:$MODEL_CODE:$PWD/bench/gpu_perf python bench/gpu_perf/sampling_costs.py \

@@ -13,7 +13,6 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,11p' "${BASH_SOURCE[0]
 _gpu_setup() {
   local bundle=${1:-.device/gpu} env=${GPU_ENV:-/tmp/gpuenv} site=${GPU_SITE:-/tmp/gpusite}
   local f e n
-  # A warm machine keeps the venv made by an earlier call: then a call may carry only the part it adds (nvtools).
   for f in site smol; do
     [ -f "$bundle/$f.tar.xz" ] || [ -f "$env/.ready" ] ||
       { echo "gpu_setup: no $bundle/$f.tar.xz (build it with bench/gpu_bundle.sh and carry it)" >&2; return 1; }

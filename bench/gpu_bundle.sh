@@ -14,8 +14,8 @@
 #                       0.13 for cp312 with only what the image lacks and a profile run imports
 #                       (bench/nvidia_tools/bundle_prune.py). Built only when PARTS names it.
 # PARTS="site smol flashinfer" builds only those (default: site triton smol flashinfer); the in-process benchmarks
-# need no Triton, and all four together pass the 64 MiB of one device call. The nvtools stage needs
-# PARTS="site triton smol nvtools".
+# need no Triton, and all four together pass the 64 MiB of one device call. The nvtools stage needs all five
+# (PARTS="site triton smol flashinfer nvtools"), carried in two calls (docs/PERFORMANCE.md).
 # On the machine, bench/gpu_setup.sh unpacks them into a venv. Usage, from the repository root after `make install`:
 #   bash bench/gpu_bundle.sh [DIR]        (DIR defaults to .device/gpu, ignored by git; carry it)
 # GPU_EXTRA="py-spy ..." adds packages one benchmark needs beyond the project (bench/frontend_profile/device.sh).

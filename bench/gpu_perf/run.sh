@@ -8,7 +8,7 @@
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours (our core: paged_profile.py)
 #   nvtools    bench/nvidia_tools/compare.py: `llmserve serve` (fast core), then perf_analyzer (Triton gRPC), aiperf
 #              (OpenAI SSE) and `llmserve bench` on both, interleaved (NVTOOLS_ARGS); bundle parts site, triton,
-#              smol, nvtools
+#              smol, flashinfer (the fast core's attention), nvtools: two calls (docs/PERFORMANCE.md)
 #   sampling   bench/gpu_perf/sampling_costs.py: each sampling feature's cost in process (SAMPLING_ARGS; with
 #              BASELINE=DIR also greedy on an earlier core's modules in DIR, interleaved)
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:

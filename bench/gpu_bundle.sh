@@ -9,13 +9,18 @@
 #   DIR/smol.tar.xz     SmolLM2's config and tokenizer (the benchmarks build random weights of its vocabulary)
 #   DIR/flashinfer.tar.xz  flashinfer-python 0.7.4 + apache-tvm-ffi (cp312), unpacked (the wheel's 101 MB of .cu
 #                       sources pack to ~26 MB); the paged fast core's attention. Skip with NO_FLASHINFER=1.
-# PARTS="site smol flashinfer" builds only those (default: all four); the in-process benchmarks need no Triton,
-# and all four together pass the 64 MiB of one device call.
+#   DIR/nvtools.tar.xz  NVIDIA's benchmark tools for the nvtools stage (bench/nvidia_tools): perf_analyzer, the
+#                       binary of the perf-analyzer 2.60 wheel (glibc >= 2.38: the GPU image has 2.39), and aiperf
+#                       0.13 for cp312 with only what the image lacks and a profile run imports
+#                       (bench/nvidia_tools/bundle_prune.py). Built only when PARTS names it.
+# PARTS="site smol flashinfer" builds only those (default: site triton smol flashinfer); the in-process benchmarks
+# need no Triton, and all four together pass the 64 MiB of one device call. The nvtools stage needs all five
+# (PARTS="site triton smol flashinfer nvtools"), carried in two calls (docs/PERFORMANCE.md).
 # On the machine, bench/gpu_setup.sh unpacks them into a venv. Usage, from the repository root after `make install`:
 #   bash bench/gpu_bundle.sh [DIR]        (DIR defaults to .device/gpu, ignored by git; carry it)
 # GPU_EXTRA="py-spy ..." adds packages one benchmark needs beyond the project (bench/frontend_profile/device.sh).
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,18p' "$0" | cut -c3-; exit 0;; esac
 cd "$(dirname "$0")/.."
 DIR=${1:-.device/gpu}
 PY=${PY:-.venv/bin/python}
@@ -99,5 +104,25 @@ GenerationConfig.from_model_config(config).save_pretrained(out)
 PY
 fi
 tar cJf "$DIR/smol.tar.xz" -C "$stage" smol
+fi
+if want nvtools; then
+echo ">> nvtools.tar.xz: perf_analyzer 2.60 and aiperf 0.13 (cp312), aiperf trimmed to what the image lacks"
+"$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_38_x86_64 -d "$stage/pa-wheel" \
+  perf-analyzer==2.60.0 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)  # tagged glibc 2.38
+mkdir -p "$stage/nvtools/bin"
+"$PY" - "$stage/pa-wheel" "$stage/nvtools/bin" <<'PY'
+import sys, zipfile, pathlib
+wheel = next(pathlib.Path(sys.argv[1]).glob("perf_analyzer-*.whl"))
+out = pathlib.Path(sys.argv[2]) / "perf_analyzer"
+out.write_bytes(zipfile.ZipFile(wheel).read("perf_analyzer/bin/perf_analyzer"))  # the wheel's python is a wrapper
+out.chmod(0o755)
+PY
+"$PY" -m pip install -q --target "$stage/nvtools/aiperf" --no-compile --only-binary=:all: --python-version 3.12 \
+  --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+  --platform manylinux1_x86_64 --platform any --no-warn-conflicts aiperf==0.13.0 \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"$PY" bench/nvidia_tools/bundle_prune.py "$stage/nvtools/aiperf"
+tar cJf "$DIR/nvtools.tar.xz" -C "$stage" nvtools
 fi
 du -b "$DIR"/*.tar.xz | awk '{printf "%-28s %6.1f MiB\n", $2, $1 / 1048576; t += $1} END {printf "%-28s %6.1f MiB (one device call carries 64)\n", "total", t / 1048576}'

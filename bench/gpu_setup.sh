@@ -19,7 +19,8 @@ _gpu_setup() {
   done
   # Optional parts (one device call carries 64 MiB, not all four): Triton for the served stages, FlashInfer for
   # the paged fast core's attention. On a warm machine (it keeps /tmp about 30 s after a call) a later call may
-  # carry the parts an earlier one could not: they are added to the venv made then.
+  # carry the parts an earlier one could not: they are added to the venv made then. (nvtools, NVIDIA's benchmark
+  # tools, is unpacked apart: below.)
   local optional=""
   for f in triton flashinfer; do [ -f "$bundle/$f.tar.xz" ] && optional="$optional $f"; done
   export IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
@@ -73,6 +74,18 @@ _gpu_setup() {
     for f in $optional; do touch "$env/.part-$f"; done
     if [ -f "$bundle/fi_aot.tar.xz" ]; then touch "$env/.part-fi_aot"; fi
     echo "gpu_setup: venv $env ready in $((SECONDS - started)) s"
+  fi
+  # NVIDIA's benchmark tools (the nvtools stage), apart from the venv: aiperf pins versions of packages ours
+  # need newer (psutil, rich, prometheus-client, ...), so it runs under the image's python with its own first:
+  #   PYTHONPATH=$NVTOOLS_DIR/aiperf $IMAGE_PY -m aiperf ...;  $NVTOOLS_DIR/bin/perf_analyzer
+  if [ -f "$bundle/nvtools.tar.xz" ]; then
+    if [ ! -f /tmp/nvtools/.ready ]; then
+      rm -rf /tmp/nvtools && tar xJf "$bundle/nvtools.tar.xz" -C /tmp && touch /tmp/nvtools/.ready || return 1
+    fi
+    export NVTOOLS_DIR=/tmp/nvtools
+    "$NVTOOLS_DIR/bin/perf_analyzer" --version || return 1  # fails here on a glibc older than 2.38
+    PYTHONPATH=$NVTOOLS_DIR/aiperf HF_HUB_OFFLINE=1 "$IMAGE_PY" -c 'import aiperf.cli; print("gpu_setup: aiperf imports")' ||
+      return 1
   fi
   export PATH="$env/bin:$PATH" VIRTUAL_ENV="$env" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false LLMSERVE_HOME=${LLMSERVE_HOME:-/tmp/llmhome}

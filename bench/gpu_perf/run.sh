@@ -6,13 +6,16 @@
 #              prefix-cache TTFT (PAGED_ARGS); needs only the site, smol and flashinfer parts of the bundle
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours (our core: paged_profile.py)
+#   nvtools    bench/nvidia_tools/compare.py: `llmserve serve` (fast core), then perf_analyzer (Triton gRPC), aiperf
+#              (OpenAI SSE) and `llmserve bench` on both, interleaved (NVTOOLS_ARGS); bundle parts site, triton,
+#              smol, flashinfer (the fast core's attention), nvtools: two calls (docs/PERFORMANCE.md)
 #   sampling   bench/gpu_perf/sampling_costs.py: each sampling feature's cost in process (SAMPLING_ARGS; with
 #              BASELINE=DIR also greedy on an earlier core's modules in DIR, interleaved)
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:
 #   STAGES=triton TRITON_ARGS="--levels 64,256 --openai-levels 64,256 --requests-per-level 2048" bash bench/gpu_perf/run.sh
 # Results land in $OUT (the device tool brings them back); copy them to docs/perf/<run>/.
 set -uo pipefail
-case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | cut -c3-; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0;; esac
 cd "$(dirname "$0")/../.."
 source bench/gpu_setup.sh "${GPU_BUNDLE:-.device/gpu}" || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -33,6 +36,20 @@ if [[ $STAGES == *triton* ]]; then
     exit 1
   python bench/gpu_perf/triton_bench.py --bench-out /tmp/bench ${TRITON_ARGS:-} 2>&1 | grep -v "it/s]" | tee "$OUT/triton.log"
   cp /tmp/bench/*.json "$OUT/"
+fi
+if [[ $STAGES == *nvtools* ]]; then  # NVIDIA's tools and ours on one served stack (docs/PERFORMANCE.md)
+  [[ -n ${NVTOOLS_DIR:-} ]] || { echo "nvtools: no nvtools.tar.xz in the bundle (PARTS=nvtools bench/gpu_bundle.sh)" >&2; exit 1; }
+  [[ -d /tmp/ckpt ]] || PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/inprocess.py --checkpoint-only --shape 1b --ckpt /tmp/ckpt --tokenizer /tmp/smol ||
+    exit 1
+  # aiperf runs under the image's python with its own packages first (its pins clash with ours: bench/gpu_setup.sh)
+  python bench/nvidia_tools/compare.py --serve gpu --model gpu --checkpoint /tmp/ckpt --tokenizer /tmp/smol \
+    --levels 1,64,256 --requests-per-level 16,512,2048 --rounds 1 --processes 8 --run-timeout 240 \
+    --perf-analyzer "$NVTOOLS_DIR/bin/perf_analyzer" --aiperf "env PYTHONPATH=$NVTOOLS_DIR/aiperf $IMAGE_PY -m aiperf" \
+    --out /tmp/nvtools ${NVTOOLS_ARGS:-} 2>&1 | tee "$OUT/nvtools.log"
+  python bench/nvidia_tools/summarize.py /tmp/nvtools | tee -a "$OUT/nvtools.log"
+  # $OUT brings back few files, two folders deep at most: the table's JSON, and the tools' own outputs packed
+  cp /tmp/nvtools/results.json "$OUT/nvtools-results.json"
+  tar cJf "$OUT/nvtools-raw.tar.xz" -C /tmp/nvtools raw serve.log
 fi
 if [[ $STAGES == *sampling* ]]; then
   PYTHONPATH=$PYTHONPATH:$MODEL_CODE:$PWD/bench/gpu_perf python bench/gpu_perf/sampling_costs.py \

@@ -239,7 +239,8 @@ class PagedRunner:
             context_lens.append(context_len)
         num_tokens = len(ids)
         # array.array: ~2x cheaper than torch.tensor(list), which checks every element's type
-        flat = torch.frombuffer(array("q", ids + positions + blocks + offsets + sample_rows), dtype=torch.long)
+        values = array("q", ids + positions + blocks + offsets + sample_rows)
+        flat = torch.frombuffer(values, dtype=torch.long) if values else torch.empty(0, dtype=torch.long)
         flat = flat.to(self.device, non_blocking=True)
         input_ids, flat_positions, write_blocks, write_offsets, rows = flat.split(
             [num_tokens, num_tokens, num_tokens, num_tokens, len(sample_rows)]

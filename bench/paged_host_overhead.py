@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import os
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+FREEZE_GC = False  # --gc-freeze
 PHASES = ("plan_s", "launch_s", "gpu_wait_s", "deliver_s", "update_s")
 TEXT = (
     "The quick brown fox jumps over the lazy dog. In the beginning there was a small village by the river, "
@@ -115,6 +117,8 @@ def make_engine(module, checkpoint: Path, level: int, text_ids, torch):
         engine.stats["update_s"] += clock() - started
 
     engine.scheduler.update = timed_update
+    if FREEZE_GC:  # the model, torch and transformers: ~400k objects every full collection would scan
+        gc.freeze()
     return engine
 
 
@@ -211,11 +215,15 @@ def main() -> None:
                         help="the engine modules to measure (another checkout's for an A/B run)")  # fmt: skip
     parser.add_argument("--tokenizer-dir", type=Path, default=None, help="SmolLM2's (default: the converted one)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/paged-host-overhead"))
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once each engine is built (an experiment: the engine does not do it)")  # fmt: skip
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="the engine's phase clock")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
     args = parser.parse_args()
 
+    global FREEZE_GC
+    FREEZE_GC = args.gc_freeze
     sys.path.insert(0, str(args.engine_dir.resolve()))
     import torch
 

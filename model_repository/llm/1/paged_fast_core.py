@@ -31,6 +31,7 @@ import queue
 import random
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -312,7 +313,8 @@ class PagedFastEngine:
         tokens = logprobs = None
         if sampled:
             rows_positions += positions  # one host-to-device copy for both
-            rows, positions_ = torch.tensor(rows_positions).to(self.device, non_blocking=True).split(len(sampled))
+            host = torch.frombuffer(array("q", rows_positions), dtype=torch.long)  # cheaper than torch.tensor(list)
+            rows, positions_ = host.to(self.device, non_blocking=True).split(len(sampled))
             tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
             self.sampler.advance_rows(rows, tokens, flags)
         self.stats["steps"] += 1

@@ -19,8 +19,6 @@ an older sequence or itself; it is shrunk to the room left, or waits.
 
 Pure Python, no torch: the core drives it as  plan = scheduler.plan(); logits = runner.step(plan);
 tokens = sample(logits); scheduler.update(plan, tokens); scheduler.finish(...) for the sequences that ended.
-A plan is valid until the next `plan()`: a decode entry (ScheduledSequence) is the sequence's own, rewritten at its
-next decode step (this is the hot path of a large batch: ~1 us a sequence a step).
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ class SequenceState:
     num_preemptions: int = 0
     is_running: bool = False  # holds blocks (a flag, not `in running`: the planner asks for every sequence)
     use_prefix_cache: bool = True  # False: every token is computed (the core scores the prompt's tokens)
-    decode_item: ScheduledSequence | None = None  # its decode steps' plan entry, reused (see Scheduler.plan)
 
     @property
     def output(self) -> list[int]:
@@ -193,14 +190,8 @@ class Scheduler:
                 self._preempt(self._newest_unscheduled(scheduled), plan)
                 table = append_slot(sequence.seq_id) if sequence.is_running else None
             if table is not None:
-                # One entry per sequence, rewritten for each of its decode steps: no new objects per sequence and
-                # step (the garbage collector's work grows with them). The live table, not a copy: a table only
-                # grows, so it keeps covering this step's tokens.
-                item = sequence.decode_item
-                if item is None:
-                    item = sequence.decode_item = ScheduledSequence(sequence.seq_id, [0], start, table, True)
-                item.token_ids[0], item.start, item.block_table = sequence.tokens[start], start, table
-                plan.scheduled.append(item)
+                # the live table, not a copy: a table only grows, so it keeps covering this step's tokens
+                plan.scheduled.append(ScheduledSequence(sequence.seq_id, sequence.tokens[start:], start, table, True))
                 scheduled.add(sequence.seq_id)
                 budget -= 1
 

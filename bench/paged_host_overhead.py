@@ -21,6 +21,7 @@ request intake included). With --clock cpu (the default) the engine's phase cloc
 
   PYTHONPATH=$PWD .venv/bin/python bench/paged_host_overhead.py --levels 256 1024 --out X.json
   ... --engine-dir /tmp/before/model_repository/llm/1   (another checkout's engine modules: A/B runs)
+  ... --summarize DIR   (medians per --label and level of the JSON files there, into DIR/summary.json)
 """
 
 from __future__ import annotations
@@ -203,6 +204,23 @@ def profile(module, checkpoint, level, args, text_ids, torch, Sampling, top: int
     return out.getvalue()
 
 
+def summarize(directory: Path) -> dict:
+    """The medians per label and level over every run's JSON in `directory` (interleaved A/B rounds)."""
+    runs: dict = {}
+    for path in sorted(directory.glob("*.json")):
+        result = json.loads(path.read_text())
+        if "levels" not in result:
+            continue
+        for level, data in result["levels"].items():
+            runs.setdefault(result["label"], {}).setdefault(level, []).extend(data["runs"])
+    table = {label: {level: median_of(r) | {"runs": len(r)} for level, r in levels.items()} for label, levels in
+             runs.items()}  # fmt: skip
+    for label, levels in table.items():
+        for level, med in levels.items():
+            print(f"{label:>10} {level:>5}: " + "  ".join(f"{k} {v}" for k, v in med.items()))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", type=int, nargs="+", default=[256, 1024], help="sequences decoding at once")
@@ -220,7 +238,11 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="the engine's phase clock")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
+    parser.add_argument("--summarize", type=Path, default=None, help="only print the medians of a folder's JSON")
     args = parser.parse_args()
+    if args.summarize:
+        (args.summarize / "summary.json").write_text(json.dumps(summarize(args.summarize), indent=1))
+        return
 
     global FREEZE_GC
     FREEZE_GC = args.gc_freeze

@@ -61,3 +61,35 @@ def test_earliest_of_several_stop_strings_wins(stream_of, tokenizer):
     ids = tokenizer("one two three four", add_special_tokens=False)["input_ids"]
     pieces = feed_one_by_one(stream_of(stop=["four", "two"]), ids)
     assert "".join(pieces) == "one "
+
+
+@pytest.mark.parametrize("stop", [(), ("the", "!\n", "ä")])
+def test_plain_token_fast_path_streams_what_the_windowed_decode_does(tokenizer, stop):
+    """TextStream's fast path (plain tokens of a ByteLevel tokenizer appended as they are) against the same stream
+    with the fast path off, on random tokens: text, multi-byte fragments, special tokens, and ends (finish)."""
+    import random
+
+    from text_stream import TextStream, fast_decoder, plain_pieces
+
+    decoder = fast_decoder(tokenizer)
+    assert plain_pieces(decoder) is not None, "SmolLM2's Rust tokenizer should have plain pieces"
+    assert plain_pieces(tokenizer) is None  # the transformers wrapper: always the windowed decode
+    text_ids = tokenizer("Hello, the wörld! 日本語 🎉 and\n\n  the end ä", add_special_tokens=False)["input_ids"]
+    rng = random.Random(16)
+    fast_hits = 0
+    for _ in range(60):
+        fast, slow = TextStream(decoder, stop), TextStream(decoder, stop)
+        slow._pieces = None
+        for _ in range(rng.randint(1, 40)):
+            pick = rng.random()  # mostly text, some arbitrary ids (byte fragments), some special tokens
+            token = rng.choice(text_ids) if pick < 0.7 else rng.randrange(17) if pick < 0.8 else rng.randrange(49152)
+            fast_hits += fast._read_offset == len(fast._tokens) and bool(fast._pieces.get(token))
+            assert fast.push([token]) == slow.push([token])
+            assert (fast.stopped, fast._prefix_offset, fast._read_offset) == (
+                slow.stopped,
+                slow._prefix_offset,
+                slow._read_offset,
+            )
+        assert fast.finish() == slow.finish()
+        assert fast.full_text() == slow.full_text()
+    assert fast_hits > 100  # the fast path was taken (most tokens)

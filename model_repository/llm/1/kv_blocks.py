@@ -163,6 +163,17 @@ class BlockManager:
         table.num_tokens += num_new_tokens
         return table.blocks
 
+    def append_slot(self, seq_id: SeqId) -> list[int] | None:
+        """`append_slots(seq_id, 1)` for a decode step, or None (nothing changed) when its token needs a new block
+        and none is free (`can_append` and `append_slots` in one, without their arithmetic)."""
+        table = self._tables[seq_id]
+        if table.num_tokens >= len(table.blocks) * self.block_size:
+            if not self._free and not self._evictable:
+                return None
+            table.blocks.append(self._pop_free())
+        table.num_tokens += 1
+        return table.blocks
+
     def cache_full_blocks(self, seq_id: SeqId, token_ids: Sequence[int], num_computed: int) -> None:
         """Register the sequence's blocks that are full now that the K/V of its first `num_computed` tokens are
         written. A block whose content is already cached elsewhere (two equal prompts prefilled side by side)

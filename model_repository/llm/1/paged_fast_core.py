@@ -27,6 +27,7 @@ import queue
 import random
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -287,23 +288,33 @@ class PagedFastEngine:
         flags = self._flags
         scheduled = [self._sequences[item.seq_id] for item in plan.scheduled]
         scoring = any(s.prompt_k >= 0 for s in scheduled)
+        # One pass: the sampled sequences, their sampler rows and positions, the step's token counts.
+        sampled, rows_positions, positions = [], [], []
+        num_tokens = num_single = 0
+        for item, sequence in zip(plan.scheduled, scheduled, strict=True):
+            num_new = len(item.token_ids)
+            num_tokens += num_new
+            num_single += num_new == 1
+            if item.sample:
+                sampled.append(sequence)
+                rows_positions.append(sequence.row)
+                positions.append(item.start + num_new - 1)
         planned = time.perf_counter()
         logits = self.runner.step(plan, keep_hidden=scoring)
         if scoring:
             self._score_prompts(plan, scheduled)
-        sampled = [s for item, s in zip(plan.scheduled, scheduled, strict=True) if item.sample]
         tokens = logprobs = None
         if sampled:
-            rows = torch.tensor([s.row for s in sampled]).to(self.device, non_blocking=True)
-            positions = [item.context_len - 1 for item in plan.scheduled if item.sample]
-            positions_ = torch.tensor(positions).to(self.device, non_blocking=True)
+            rows_positions += positions  # one host-to-device copy for both
+            host = torch.frombuffer(array("q", rows_positions), dtype=torch.long)  # cheaper than torch.tensor(list)
+            rows, positions_ = host.to(self.device, non_blocking=True).split(len(sampled))
             if flags.guided:
                 self._guides.write_masks(sampled)
             tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
             self.sampler.advance_rows(rows, tokens, flags)
         self.stats["steps"] += 1
-        self.stats["tokens"] += plan.num_tokens
-        self.stats["prefill_tokens"] += plan.num_tokens - sum(1 for s in plan.scheduled if len(s.token_ids) == 1)
+        self.stats["tokens"] += num_tokens
+        self.stats["prefill_tokens"] += num_tokens - num_single
         self.stats["preemptions"] += len(plan.preempted)
         self.stats["plan_s"] += planned - started
         self.stats["launch_s"] += time.perf_counter() - planned
@@ -384,18 +395,25 @@ class PagedFastEngine:
             self._finish(sequence, "stop", text + sequence.stream.finish())
         elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
+        elif text and len(sequence.ids) == 1 and sequence.prompt_scores is None and not sequence.logprobs:
+            request = sequence.request  # the common case: what _update gives, without its copies
+            sequence.ids.clear()
+            request.sink(Update(text, None, None, len(request.prompt), sequence.generated, sequence.index, (token,)))
         elif text:
             sequence.request.sink(self._update(sequence, text))
 
     def _update(self, sequence: _Sequence, text: str, reason: str | None = None, error: str | None = None) -> Update:
         """The sequence's delta since its last update (and its prompt's scores on its first)."""
         prompt_scores, sequence.prompt_scores = sequence.prompt_scores, None
+        ids = tuple(sequence.ids)
+        sequence.ids.clear()  # not a new list: fewer objects for the garbage collector
+        if not sequence.logprobs and not sequence.top_logprobs and prompt_scores is None:  # most updates
+            return Update(text, reason, error, len(sequence.request.prompt), sequence.generated, sequence.index, ids)
         update = Update(
             text, reason, error, len(sequence.request.prompt), sequence.generated, sequence.index,
-            tuple(sequence.ids), tuple(sequence.logprobs), tuple(sequence.top_logprobs),
-            *(prompt_scores or (None, None)),
+            ids, tuple(sequence.logprobs), tuple(sequence.top_logprobs), *(prompt_scores or (None, None)),
         )  # fmt: skip
-        sequence.ids, sequence.logprobs, sequence.top_logprobs = [], [], []
+        sequence.logprobs, sequence.top_logprobs = [], []
         return update
 
     def _poll_cancellations(self) -> None:

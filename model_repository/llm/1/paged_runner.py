@@ -18,6 +18,7 @@ transformers is the cache and the batch:
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -207,7 +208,8 @@ class PagedRunner:
             self.graphs = DecodeGraphs(self, cuda_graph_batch, scratch_block=num_blocks)
 
     def flatten(self, plan: StepPlan) -> StepTensors:
-        """The plan as flat token arrays (device) and CSR block tables (host)."""
+        """The plan as flat token arrays (device) and CSR block tables (host). One pass over the sequences (a
+        decode token without the per-position loops) and ONE host-to-device copy of the flat arrays."""
         ids: list[int] = []
         positions: list[int] = []
         blocks: list[int] = []  # where each token's K/V go: block ...
@@ -217,34 +219,49 @@ class PagedRunner:
         kv_indices: list[int] = []
         last_page_len: list[int] = []
         context_lens: list[int] = []
-        size = self.block_size
+        size, max_model_len = self.block_size, self.max_model_len
+        num_rows = num_pages = 0
         for item in plan.scheduled:
-            context_len = item.context_len
-            if context_len > self.max_model_len:
-                raise ValueError(f"sequence {item.seq_id!r} reaches {context_len} tokens, past {self.max_model_len}")
-            span = range(item.start, context_len)
-            ids.extend(item.token_ids)
-            positions.extend(span)
-            blocks.extend(item.block_table[p // size] for p in span)
-            offsets.extend(p % size for p in span)
-            qo_indptr.append(qo_indptr[-1] + len(item.token_ids))
+            start, token_ids, table = item.start, item.token_ids, item.block_table
+            num_new = len(token_ids)
+            context_len = start + num_new
+            if context_len > max_model_len:
+                raise ValueError(f"sequence {item.seq_id!r} reaches {context_len} tokens, past {max_model_len}")
+            if num_new == 1:
+                ids.append(token_ids[0])
+                positions.append(start)
+                blocks.append(table[start // size])
+                offsets.append(start % size)
+            else:
+                span = range(start, context_len)
+                ids.extend(token_ids)
+                positions.extend(span)
+                blocks.extend([table[p // size] for p in span])
+                offsets.extend([p % size for p in span])
+            num_rows += num_new
+            qo_indptr.append(num_rows)
             if item.sample:
-                sample_rows.append(qo_indptr[-1] - 1)
+                sample_rows.append(num_rows - 1)
             used = -(-context_len // size)
-            kv_indices.extend(item.block_table[:used])
-            kv_indptr.append(kv_indptr[-1] + used)
+            kv_indices.extend(table if len(table) == used else table[:used])
+            num_pages += used
+            kv_indptr.append(num_pages)
             last_page_len.append(context_len - (used - 1) * size)
             context_lens.append(context_len)
-
-        def device(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
-
+        num_tokens = len(ids)
+        # array.array: ~2x cheaper than torch.tensor(list), which checks every element's type
+        values = array("q", ids + positions + blocks + offsets + sample_rows)
+        flat = torch.frombuffer(values, dtype=torch.long) if values else torch.empty(0, dtype=torch.long)
+        flat = flat.to(self.device, non_blocking=True)
+        input_ids, flat_positions, write_blocks, write_offsets, rows = flat.split(
+            [num_tokens, num_tokens, num_tokens, num_tokens, len(sample_rows)]
+        )
         return StepTensors(
-            device(ids),
-            device(positions),
-            device(blocks),
-            device(offsets),
-            device(sample_rows),
+            input_ids,
+            flat_positions,
+            write_blocks,
+            write_offsets,
+            rows,
             qo_indptr,
             kv_indptr,
             kv_indices,

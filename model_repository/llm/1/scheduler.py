@@ -49,14 +49,14 @@ class SequenceState:
         return len(self.tokens) - self.num_computed
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSequence:
     """One sequence's share of a step: its new tokens and where they go."""
 
     seq_id: Hashable
     token_ids: list[int]  # fed this step (a prefill chunk, or the one token of a decode)
     start: int  # position of token_ids[0] = tokens already in the cache
-    block_table: list[int]  # covers start + len(token_ids) tokens
+    block_table: list[int]  # covers start + len(token_ids) tokens (may grow later: read it at the step)
     sample: bool  # the last token is the sequence's last known one: sample the next from its logits
 
     @property
@@ -132,16 +132,21 @@ class Scheduler:
     def update(self, plan: StepPlan, sampled_tokens: Sequence[int]) -> None:
         """After the step ran: its tokens' K/V are written (full blocks join the prefix cache) and each sampled
         sequence gets its new token (aligned with `plan.sampled`)."""
-        if len(sampled_tokens) != len(plan.sampled):
+        if len(sampled_tokens) != sum(1 for item in plan.scheduled if item.sample):
             raise ValueError(f"{len(plan.sampled)} sampled sequences, {len(sampled_tokens)} tokens")
         new_tokens = iter(sampled_tokens)
+        sequences, block_size = self._sequences, self.blocks.block_size
         for item in plan.scheduled:
             token = next(new_tokens) if item.sample else None
-            sequence = self._sequences.get(item.seq_id)
+            sequence = sequences.get(item.seq_id)
             if sequence is None:  # finished since the plan (its token is dropped)
                 continue
-            sequence.num_computed = item.context_len
-            self.blocks.cache_full_blocks(item.seq_id, sequence.tokens, sequence.num_computed)
+            num_new = len(item.token_ids)
+            sequence.num_computed = item.start + num_new
+            # Blocks are registered up to the computed tokens after every update, so one token completes a block
+            # only when it is a block's last: the per-token decode step skips the call otherwise.
+            if num_new > 1 or sequence.num_computed % block_size == 0:
+                self.blocks.cache_full_blocks(item.seq_id, sequence.tokens, sequence.num_computed)
             if token is not None:
                 sequence.tokens.append(token)
 
@@ -169,18 +174,30 @@ class Scheduler:
             scheduled.add(sequence.seq_id)
             budget -= n
 
-        # 1. one decode token per generating sequence, preempting the newest to make room
+        # 1. one decode token per generating sequence, preempting the newest to make room (the hot loop: one
+        # sequence of a large batch costs ~1 us here, so it does the work of schedule() inline)
+        prefilling: list[SequenceState] = []  # running sequences part-way through their prompt, in order
+        append_slot = self.blocks.append_slot
         for sequence in list(self.running):
-            if sequence.num_uncomputed != 1 or not sequence.is_running:
+            if not sequence.is_running:  # preempted by an earlier one of this loop
                 continue
-            while sequence.is_running and not self.blocks.can_append(sequence.seq_id, 1):
+            start = sequence.num_computed
+            if len(sequence.tokens) - start != 1:
+                prefilling.append(sequence)
+                continue
+            table = append_slot(sequence.seq_id)
+            while table is None and sequence.is_running:  # no block free for its next token
                 self._preempt(self._newest_unscheduled(scheduled), plan)
-            if sequence.is_running:
-                schedule(sequence, 1)
+                table = append_slot(sequence.seq_id) if sequence.is_running else None
+            if table is not None:
+                # the live table, not a copy: a table only grows, so it keeps covering this step's tokens
+                plan.scheduled.append(ScheduledSequence(sequence.seq_id, sequence.tokens[start:], start, table, True))
+                scheduled.add(sequence.seq_id)
+                budget -= 1
 
         # 2. the next chunk of prompts part-way through; room only from sequences admitted after them
-        for sequence in list(self.running):
-            if sequence.seq_id in scheduled or not sequence.is_running or budget == 0:
+        for sequence in prefilling:
+            if not sequence.is_running or budget == 0:
                 continue
             n = min(sequence.num_uncomputed, budget)
             while self.blocks.append_room(sequence.seq_id) < n:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 REPLACEMENT_CHAR = "\ufffd"
+_PIECES: dict[int, tuple[object, dict[int, str]]] = {}  # id(tokenizer) -> (tokenizer, its plain pieces)
 
 
 def fast_decoder(tokenizer):
@@ -26,6 +27,34 @@ def fast_decoder(tokenizer):
     if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return tokenizer
     return backend
+
+
+def plain_pieces(tokenizer) -> dict[int, str] | None:
+    """A cache (token id -> its text) of the tokenizer's "plain" tokens, for TextStream's fast path; None when the
+    tokenizer is not a Rust `tokenizers.Tokenizer` with a bare ByteLevel decoder.
+
+    Why: a ByteLevel decoder maps every token to bytes and decodes their concatenation (lossily), so a token whose
+    bytes are complete UTF-8 on their own (it decodes alone with no U+FFFD) adds exactly its own text after any
+    earlier tokens. TextStream then appends it without decoding a window twice (2 decodes per token otherwise).
+    Filled lazily; "" marks a token that is not plain (added tokens, partial characters)."""
+    try:
+        from tokenizers import Tokenizer, decoders
+    except ImportError:
+        return None
+    if not isinstance(tokenizer, Tokenizer) or type(tokenizer.decoder) is not decoders.ByteLevel:
+        return None
+    entry = _PIECES.get(id(tokenizer))
+    if entry is None or entry[0] is not tokenizer:
+        entry = _PIECES[id(tokenizer)] = (tokenizer, dict.fromkeys(tokenizer.get_added_tokens_decoder(), ""))
+    return entry[1]
+
+
+def _plain_piece(tokenizer, token: int) -> str:
+    try:
+        text = tokenizer.decode([token], skip_special_tokens=False)
+    except Exception:  # e.g. an id past the vocabulary: the slow path decides what happens
+        return ""
+    return "" if REPLACEMENT_CHAR in text else text
 
 
 class TextStream:
@@ -41,6 +70,7 @@ class TextStream:
         self._text = ""  # everything decoded so far (complete characters only)
         self._emitted = 0  # how much of _text has been returned to the caller
         self.stopped = False  # a stop string was found; no more text will be returned
+        self._pieces = plain_pieces(tokenizer)
 
     @property
     def num_tokens(self) -> int:
@@ -50,6 +80,21 @@ class TextStream:
         """Add generated tokens; return the text that is now safe to send (possibly empty)."""
         if self.stopped:
             return ""
+        if self._pieces is not None and len(token_ids) == 1 and self._read_offset == len(self._tokens):
+            # Fast path: nothing held back and a plain token (see plain_pieces): its text is what the windowed
+            # decode below would add, and the offsets move as they would there.
+            token = token_ids[0]
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = _plain_piece(self._tokenizer, token)
+            if piece:
+                self._tokens.append(token)
+                self._text += piece
+                self._prefix_offset, self._read_offset = self._read_offset, len(self._tokens)
+                if not self._stop:  # nothing held back: everything decoded is released
+                    self._emitted = len(self._text)
+                    return piece
+                return self._release(final=False)
         self._tokens.extend(token_ids)
         prefix_text = self._decode(self._prefix_offset, self._read_offset)
         new_text = self._decode(self._prefix_offset, len(self._tokens))

@@ -11,6 +11,9 @@ replays. Padding rows (batch below the bucket) read and write one spare KV block
 
 from __future__ import annotations
 
+from array import array
+from itertools import accumulate
+
 import torch
 
 from paged_runner import FLASHINFER_WORKSPACE_BYTES
@@ -56,10 +59,14 @@ class DecodeGraphs:
 
     def _plan(self, batch: int, indptr: list[int], indices: list[int], last_page_len: list[int]) -> None:
         r = self.runner
+
+        def host(values: list[int]) -> torch.Tensor:  # plan reads them on the host
+            return torch.frombuffer(array("i", values), dtype=torch.int32)
+
         self.wrappers[batch].plan(
-            torch.tensor(indptr, dtype=torch.int32),
-            torch.tensor(indices, dtype=torch.int32),
-            torch.tensor(last_page_len, dtype=torch.int32),
+            host(indptr),
+            host(indices),
+            host(last_page_len),
             r.num_heads,
             r.num_kv_heads,
             r.head_dim,
@@ -98,30 +105,28 @@ class DecodeGraphs:
         buffer: valid until the next replay)."""
         n = len(plan.scheduled)
         batch = next(b for b in self.buckets if b >= n)
-        size, scratch = self.runner.block_size, self.scratch
-        ids, positions, blocks, offsets = [], [], [], []
-        indptr, indices, last_page_len = [0], [], []
-        for item in plan.scheduled:
-            position = item.start
-            table = item.block_table
-            used = position // size + 1
-            ids.append(item.token_ids[0])
-            positions.append(position)
-            blocks.append(table[used - 1])
-            offsets.append(position - (used - 1) * size)
-            indices.extend(table[:used])
-            indptr.append(indptr[-1] + used)
-            last_page_len.append(position - (used - 1) * size + 1)
-        pad = batch - n
-        if pad:
-            ids += [0] * pad
-            positions += [0] * pad
+        size, scratch, pad = self.runner.block_size, self.scratch, batch - n
+        # One pass per input, no per-token appends: this runs every decode step for every sequence.
+        scheduled = plan.scheduled
+        positions = [item.start for item in scheduled]
+        used = [position // size + 1 for position in positions]  # blocks attended over
+        offsets = [position % size for position in positions]
+        ids = [item.token_ids[0] for item in scheduled]
+        blocks = [item.block_table[u - 1] for item, u in zip(scheduled, used, strict=True)]
+        indices = [block for item, u in zip(scheduled, used, strict=True) for block in item.block_table[:u]]
+        indptr = list(accumulate(used, initial=0))
+        last_page_len = [offset + 1 for offset in offsets]
+        if pad:  # padding rows: one token in the spare block
+            zeros = [0] * pad
+            ids, positions, offsets = ids + zeros, positions + zeros, offsets + zeros
             blocks += [scratch] * pad
-            offsets += [0] * pad
             indices += [scratch] * pad
             indptr += range(indptr[-1] + 1, indptr[-1] + 1 + pad)
             last_page_len += [1] * pad
-        self.host[:, :batch] = torch.tensor([ids, positions, blocks, offsets], dtype=torch.long)
+        flat = array("q", ids)
+        for row in (positions, blocks, offsets):
+            flat.extend(row)
+        self.host[:, :batch] = torch.frombuffer(flat, dtype=torch.long).view(4, batch)  # cheaper than torch.tensor
         self.inputs[:, :batch].copy_(self.host[:, :batch], non_blocking=True)
         self._plan(batch, indptr, indices, last_page_len)
         self.graphs[batch].replay()

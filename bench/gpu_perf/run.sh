@@ -41,10 +41,12 @@ if [[ $STAGES == *nvtools* ]]; then  # NVIDIA's tools and ours on one served sta
   [[ -n ${NVTOOLS_DIR:-} ]] || { echo "nvtools: no nvtools.tar.xz in the bundle (PARTS=nvtools bench/gpu_bundle.sh)" >&2; exit 1; }
   [[ -d /tmp/ckpt ]] || PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/inprocess.py --checkpoint-only --shape 1b --ckpt /tmp/ckpt --tokenizer /tmp/smol ||
     exit 1
-  # aiperf runs under the image's python with its own packages first (its pins clash with ours: bench/gpu_setup.sh)
+  # aiperf runs under the image's python with its own packages first (its pins clash with ours: bench/gpu_setup.sh),
+  # and without HF_HUB_OFFLINE: offline, aiperf 0.13 resolves --tokenizer as a hub id in the cache and refuses a local
+  # directory (seen on the H200, 2026-12-03); online it reads a local directory as it is, with no network.
   python bench/nvidia_tools/compare.py --serve gpu --model gpu --checkpoint /tmp/ckpt --tokenizer /tmp/smol \
     --levels 1,64,256 --requests-per-level 16,512,2048 --rounds 1 --processes 8 --run-timeout 240 \
-    --perf-analyzer "$NVTOOLS_DIR/bin/perf_analyzer" --aiperf "env PYTHONPATH=$NVTOOLS_DIR/aiperf $IMAGE_PY -m aiperf" \
+    --perf-analyzer "$NVTOOLS_DIR/bin/perf_analyzer" --aiperf "env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE PYTHONPATH=$NVTOOLS_DIR/aiperf $IMAGE_PY -m aiperf" \
     --out /tmp/nvtools ${NVTOOLS_ARGS:-} 2>&1 | tee "$OUT/nvtools.log"
   python bench/nvidia_tools/summarize.py /tmp/nvtools | tee -a "$OUT/nvtools.log"
   # $OUT brings back few files, two folders deep at most: the table's JSON, and the tools' own outputs packed

@@ -78,9 +78,9 @@ def hf_logprobs(reference, ids: list[int]) -> torch.Tensor:
 
 
 def test_logprobs_and_prompt_logprobs_equal_hf_log_softmax(engine, reference, tokenizer, monkeypatch):
-    import paged_fast_core
+    import prompt_scores
 
-    monkeypatch.setattr(paged_fast_core, "PROMPT_LOGPROB_CHUNK", 4)  # the prompt's logits in several chunks
+    monkeypatch.setattr(prompt_scores, "PROMPT_LOGPROB_CHUNK", 4)  # the prompt's logits in several chunks
     request = run(
         engine, CHAT, max_tokens=6, min_tokens=6, temperature=0.0, logprobs=True, top_logprobs=5, prompt_logprobs=True
     )

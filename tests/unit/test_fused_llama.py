@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from fused_llama import can_fuse
 from test_paged_runner import hf_greedy, paged_greedy, tiny_llama  # noqa: F401 (a fixture)
 
+from fused_llama import can_fuse
 from kv_blocks import BlockManager
 from paged_runner import PagedRunner
 from scheduler import Scheduler

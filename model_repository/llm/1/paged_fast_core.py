@@ -42,6 +42,7 @@ from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, ch
 from kv_blocks import BlockManager
 from paged_guided import PagedGuides
 from paged_runner import PagedRunner
+from prompt_scores import score_prompts
 from sampler import Flags, SlotConfig, SlotSampler, sequence_key
 from scheduler import Scheduler
 from text_stream import TextStream, fast_decoder
@@ -55,7 +56,6 @@ CANCEL_POLL_INTERVAL_S = 0.05
 DEFAULT_SLOT_LEN = 2048  # without kv_cache_blocks: KV for max_num_seqs x this many tokens (as the slot core had)
 BLOCK = 256  # the kv_cache_blocks setting counts blocks of this many tokens, for every core
 BLOCK_SIZE = 16  # tokens per paged block (FlashInfer's page size)
-PROMPT_LOGPROB_CHUNK = 512  # prompt positions whose logits are held at once (return_prompt_log_probs)
 
 
 @dataclass(eq=False)
@@ -302,7 +302,7 @@ class PagedFastEngine:
         planned = time.perf_counter()
         logits = self.runner.step(plan, keep_hidden=scoring)
         if scoring:
-            self._score_prompts(plan, scheduled)
+            score_prompts(self.runner, plan, scheduled, self.device)
         tokens = logprobs = None
         if sampled:
             rows_positions += positions  # one host-to-device copy for both
@@ -338,38 +338,6 @@ class PagedFastEngine:
         for row, (sequence, token) in enumerate(zip(sampled, tokens, strict=True)):
             self._on_token(sequence, token, logprobs, row)
         self.stats["deliver_s"] += time.perf_counter() - started
-
-    def _score_prompts(self, plan, scheduled: list[_Sequence]) -> None:
-        """Log-probabilities of the prompt tokens in this step's chunks (row j of a chunk from `start` is the
-        distribution of prompt token start + j + 1): the raw log_softmax, as for generated tokens."""
-        hidden, indptr = self.runner.hidden, self.runner.qo_indptr
-        assert hidden is not None
-        for i, (item, sequence) in enumerate(zip(plan.scheduled, scheduled, strict=True)):
-            prompt, k = sequence.request.prompt, sequence.prompt_k
-            if k < 0 or item.start >= len(prompt) - 1:
-                continue
-            if item.start == 0:  # a recompute after preemption starts over
-                sequence.prompt_parts = []
-            rows = min(len(item.token_ids), len(prompt) - 1 - item.start)
-            for offset in range(0, rows, PROMPT_LOGPROB_CHUNK):
-                end = min(offset + PROMPT_LOGPROB_CHUNK, rows)
-                logprobs = self.runner.logits_of(hidden[indptr[i] + offset : indptr[i] + end]).log_softmax(-1)
-                first = item.start + offset + 1
-                targets = torch.tensor(prompt[first : item.start + end + 1], device=self.device)
-                chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-                top = None
-                if k:
-                    values, ids = logprobs.topk(k, dim=-1)
-                    top = [
-                        tuple(zip(i_, v_, strict=True)) for i_, v_ in zip(ids.tolist(), values.tolist(), strict=True)
-                    ]
-                sequence.prompt_parts.append((chosen, top))
-            if item.start + rows == len(prompt) - 1:  # complete: every sequence of the request reports it
-                chosen_all = tuple(v for part in sequence.prompt_parts for v in part[0])
-                top_all = tuple(t for part in sequence.prompt_parts for t in part[1]) if k else None
-                for other in sequence.request.sequences:
-                    other.prompt_scores = (chosen_all, top_all)
-                sequence.prompt_k, sequence.prompt_parts = -1, []
 
     def _on_token(self, sequence: _Sequence, token: int, logprobs, row: int) -> None:
         """Take one generated token; `logprobs` (chosen, top values, top ids), when computed, has it at `row`."""

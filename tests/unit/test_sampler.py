@@ -3,10 +3,12 @@ top-k shortcut, and each logits processor's arithmetic."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
-from sampler import Flags, SlotConfig, SlotSampler, mix32, sequence_key
+from sampler import FlagCounts, Flags, SlotConfig, SlotSampler, mix32, sequence_key
 
 VOCAB = 8
 
@@ -106,3 +108,32 @@ def test_advance_rows_counts_each_row_in_any_order():
         sampler.counts[0, 3] == 2 and sampler.counts[2, 4] == sampler.counts[2, 5] == 1 and sampler.counts[1].sum() == 0
     )
     assert sampler.recent[2, -2:].tolist() == [4, 5] and sampler.recent[0, -2:].tolist() == [3, 3]
+
+
+def test_flag_counts_give_the_flags_of_every_live_config():
+    """FlagCounts (one config per distinct flag key) agrees with Flags.of over all the running configs, through
+    random admissions and finishes."""
+    rng = random.Random(5)
+    choices = [
+        SlotConfig(),
+        SlotConfig(greedy=False, temperature=0.7),
+        SlotConfig(greedy=False, top_k=40),
+        SlotConfig(greedy=False, top_k=100_000, top_p=0.9),
+        SlotConfig(repetition=1.2),
+        SlotConfig(bias=((3, 1.0),)),
+        SlotConfig(bad_sequences=((5, 6),)),
+        SlotConfig(min_tokens=4, end_ids=frozenset({2})),
+        SlotConfig(logprobs=3),
+        SlotConfig(logprobs=0),
+        SlotConfig(guided=True),
+    ]
+    counts, live = FlagCounts(), []
+    for _ in range(500):
+        if live and rng.random() < 0.45:
+            config = live.pop(rng.randrange(len(live)))
+            counts.remove(config)
+        else:
+            config = rng.choice(choices)
+            live.append(config)
+            counts.add(config)
+        assert counts.flags(1000) == Flags.of(live, 1000)

@@ -43,7 +43,7 @@ from kv_blocks import BlockManager
 from paged_guided import PagedGuides
 from paged_runner import PagedRunner
 from prompt_scores import score_prompts
-from sampler import Flags, SlotConfig, SlotSampler, sequence_key
+from sampler import FlagCounts, Flags, SlotConfig, SlotSampler, sequence_key
 from scheduler import Scheduler
 from text_stream import TextStream, fast_decoder
 
@@ -140,6 +140,7 @@ class PagedFastEngine:
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._active: dict[str, _Request] = {}
         self._flags: Flags | None = None  # what the scheduled sequences need of a step (None: to recompute)
+        self._flag_counts = FlagCounts()  # the configs of the sequences holding a row, for _flags
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
@@ -269,6 +270,7 @@ class PagedFastEngine:
             for sequence in request.sequences:
                 sequence.row = heapq.heappop(self._free_rows)
                 self._sequences[sequence.seq_id] = sequence
+                self._flag_counts.add(sequence.config)
                 use_cache = sequence.prompt_k < 0
                 self.scheduler.add(sequence.seq_id, request.prompt, request.sampling.max_tokens, use_cache)
                 admitted.append(sequence)
@@ -284,7 +286,7 @@ class PagedFastEngine:
         if not plan.scheduled:
             return None
         if self._flags is None:
-            self._flags = Flags.of((s.config for s in self._sequences.values()), self.vocab_size)
+            self._flags = self._flag_counts.flags(self.vocab_size)
         flags = self._flags
         scheduled = [self._sequences[item.seq_id] for item in plan.scheduled]
         scoring = any(s.prompt_k >= 0 for s in scheduled)
@@ -407,6 +409,7 @@ class PagedFastEngine:
         if on_loop and self._sequences.pop(sequence.seq_id, None) is not None:
             self.scheduler.finish(sequence.seq_id)
             heapq.heappush(self._free_rows, sequence.row)
+            self._flag_counts.remove(sequence.config)
             self._flags = None
         try:
             request.sink(self._update(sequence, text, reason, error))

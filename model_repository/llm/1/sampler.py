@@ -106,6 +106,44 @@ class Flags:
         )
 
 
+def flag_key(config: SlotConfig) -> tuple:
+    """What of a config decides Flags.of: configs with equal keys ask the same of a step."""
+    return (
+        config.greedy,
+        config.top_k,
+        config.top_p,
+        config.penalised,
+        bool(config.bias),
+        bool(config.bad_sequences),
+        config.min_tokens > 0 and bool(config.end_ids),
+        config.logprobs,
+        config.guided,
+    )
+
+
+class FlagCounts:
+    """The running sequences' configs counted by flag_key, so a step's Flags come from one config per distinct
+    key (a handful) rather than from every sequence after each admission or finish (2.3 ms at 1,024 sequences)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple, int] = {}
+        self._examples: dict[tuple, SlotConfig] = {}
+
+    def add(self, config: SlotConfig) -> None:
+        key = flag_key(config)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._examples.setdefault(key, config)
+
+    def remove(self, config: SlotConfig) -> None:
+        key = flag_key(config)
+        self._counts[key] -= 1
+        if not self._counts[key]:
+            del self._counts[key], self._examples[key]
+
+    def flags(self, vocab_size: int) -> Flags:
+        return Flags.of(self._examples.values(), vocab_size)
+
+
 class SlotSampler:
     def __init__(self, num_slots: int, vocab_size: int, device: torch.device):
         self.vocab_size, self.device = vocab_size, device

@@ -205,10 +205,7 @@ def test_same_tokens_as_the_torch_sampler():
         slots = torch.arange(len(configs))
         ts.setup(slots, slot_configs, [prompt] * len(configs))
         flags = torch_sampler.Flags.of(slot_configs, vocab)
-        ts.start(slots, torch.tensor([generated[0]] * len(configs)), flags)
-        for token in generated[1:]:
-            ts.advance(
-                len(configs), torch.tensor([token] * len(configs)), torch.ones(len(configs), dtype=torch.long), flags
-            )
+        for token in generated:  # the paged core's counting, token by token
+            ts.advance_rows(slots, torch.tensor([token] * len(configs)), flags)
         theirs, _ = ts.sample(torch.from_numpy(logits), slice(0, len(configs)), torch.tensor(positions), flags)
         assert ours == theirs.tolist(), trial

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from inprocess import build_checkpoint
+from paged_profile import timed
 from transformers import AutoModelForCausalLM
 
 from paged_runner import PagedRunner
@@ -67,16 +68,6 @@ def correctness(runner: PagedRunner, prompts: list[list[int]], truth: torch.Tens
     }
 
 
-def wall_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats * 1e3
-
-
 def replay_ms(runner: PagedRunner, batch: int, repeats: int) -> float:
     """The GPU time of one decode graph replay (CUDA events; the inputs stay those of the last step)."""
     graphs = runner.graphs
@@ -96,12 +87,12 @@ def speed(runner: PagedRunner, rng: random.Random) -> dict:
     row = {}
     for batch in (1, 64, 256):
         plan = decode([rng.randrange(100, 49000) for _ in range(batch)], PROMPT_LEN)
-        row[f"decode_b{batch}_step_ms"] = wall_ms(lambda plan=plan: runner.step(plan), 50)
+        row[f"decode_b{batch}_step_ms"] = timed(lambda plan=plan: runner.step(plan), 50)
         row[f"decode_b{batch}_replay_ms"] = replay_ms(runner, batch, 50)
     for tokens in (128, 1152):
         blocks = list(range(-(-tokens // BLOCK_SIZE)))
         plan = StepPlan([ScheduledSequence("x", [rng.randrange(100, 49000) for _ in range(tokens)], 0, blocks, True)])
-        row[f"prefill_{tokens}_ms"] = wall_ms(lambda plan=plan: runner.step(plan), 20)
+        row[f"prefill_{tokens}_ms"] = timed(lambda plan=plan: runner.step(plan), 20)
     return row
 
 

@@ -365,10 +365,6 @@ class PagedFastEngine:
             self._finish(sequence, "stop", text + sequence.stream.finish())
         elif sequence.generated >= sequence.request.sampling.max_tokens:
             self._finish(sequence, "length", text + sequence.stream.finish())
-        elif text and len(sequence.ids) == 1 and sequence.prompt_scores is None and not sequence.logprobs:
-            request = sequence.request  # the common case: what _update gives, without its copies
-            sequence.ids.clear()
-            request.sink(Update(text, None, None, len(request.prompt), sequence.generated, sequence.index, (token,)))
         elif text:
             sequence.request.sink(self._update(sequence, text))
 

@@ -65,3 +65,11 @@ if [[ $STAGES == *profile* ]]; then
   PYTHONPATH=$PYTHONPATH:$MODEL_CODE python bench/gpu_perf/extra.py --label our-venv 2>&1 |
     grep -v -i warn | tee -a "$OUT/extra.log"
 fi
+# FlashInfer modules this run compiled (nvcc, minutes each), saved for the next run's bundle when it carried none:
+# copy $OUT/fi_aot.tar.xz to .device/gpu/ and bench/gpu_setup.sh unpacks it into FlashInfer's AOT directory.
+if [[ ! -f ${GPU_BUNDLE:-.device/gpu}/fi_aot.tar.xz ]]; then
+  jit=$(find "${FLASHINFER_WORKSPACE_BASE:-$HOME}/.cache/flashinfer" -type d -name cached_ops 2>/dev/null | head -1)
+  if [[ -n $jit ]] && compgen -G "$jit/*/*.so" > /dev/null; then
+    (cd "$jit" && tar cJf "$OUT/fi_aot.tar.xz" ./*/*.so) && echo "saved $(cd "$jit" && ls -d ./*/ | wc -l) FlashInfer modules to \$OUT/fi_aot.tar.xz"
+  fi
+fi

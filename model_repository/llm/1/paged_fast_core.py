@@ -10,9 +10,8 @@ bad words, min_tokens, stop ids, log-probabilities, a grammar's bitmask: paged_g
 then per sequence incremental detokenization, stop strings, end ids, length, and the request's sink, while the NEXT
 step already runs on the device (the host lags one step: a sequence that just ended rides along in the step in
 flight and its token there is dropped). A finished or cancelled sequence gives its blocks and its row back at once.
-With async_scheduling (paged_overlap.py) step N+1 is planned and queued before the host waits for step N: its
-decode inputs are N's sampled tokens, taken on the device; without it (or with a guided sequence running) the
-loop waits for N, then plans N+1.
+With async_scheduling (paged_overlap.py) step N+1 is planned and queued before the host waits for step N, its
+decode inputs taken on the device from N's tokens; without it (or while a sequence is guided) N+1 waits for N.
 
 n sequences (num_return_sequences) are n scheduler sequences with their own seed streams; with the prefix cache
 on, one admitted after another's prompt blocks are cached shares them. Prompt log-probabilities need every
@@ -330,10 +329,7 @@ class PagedFastEngine:
                 self._guides.write_masks(sampled)
             tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
             self.sampler.advance_rows(rows, tokens, flags)
-        step = StepInFlight.launched(plan, sampled, tokens, logprobs)
-        if self.async_scheduling:  # placeholders now, so the next plan can come before these tokens
-            self.scheduler.advance(plan)
-            step.advanced = True
+        step = StepInFlight.launched(plan, sampled, tokens, logprobs, self.scheduler if self.async_scheduling else None)
         self.stats["steps"] += 1
         self.stats["overlapped_steps"] += previous is not None
         self.stats["tokens"] += num_tokens
@@ -348,11 +344,7 @@ class PagedFastEngine:
         started = time.perf_counter()
         tokens, logprobs = step.wait()
         self.stats["gpu_wait_s"] += time.perf_counter() - started
-        self._guides.accept(step.sampled, tokens)  # before the next step's masks (paged_guided.py)
-        if step.advanced:
-            self.scheduler.commit(step.plan, tokens)
-        else:
-            self.scheduler.update(step.plan, tokens)
+        step.complete(tokens, self.scheduler, self._guides)
         return step.sampled, tokens, logprobs
 
     def _deliver(self, sampled: list[_Sequence], tokens: list[int], logprobs) -> None:

@@ -23,11 +23,15 @@ running, the core uses the synchronous order (`overlappable`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from sampler import Flags
-from scheduler import StepPlan
+from scheduler import Scheduler, StepPlan
+
+if TYPE_CHECKING:
+    from paged_guided import PagedGuides
 
 
 def overlappable(flags: Flags) -> bool:
@@ -60,16 +64,19 @@ class StepInFlight:
     advanced: bool = False  # scheduler.advance'd (placeholders): complete with commit, not update
 
     @classmethod
-    def launched(cls, plan: StepPlan, sampled: list, tokens: torch.Tensor | None, logprobs) -> StepInFlight:
-        """Start the copies to the host now, before anything else is queued behind them."""
+    def launched(cls, plan: StepPlan, sampled: list, tokens, logprobs, scheduler: Scheduler | None) -> StepInFlight:
+        """Start the copies to the host now, before anything else is queued behind them; with `scheduler`
+        (overlapped), advance it: placeholders, so that the next plan can come before these tokens."""
+        if scheduler is not None:
+            scheduler.advance(plan)
         if tokens is None or not tokens.is_cuda:
-            return cls(plan, sampled, tokens, tokens, logprobs, None)
+            return cls(plan, sampled, tokens, tokens, logprobs, None, scheduler is not None)
         host = tokens.to("cpu", non_blocking=True)  # pinned memory (torch pins a non-blocking copy to the host)
         if logprobs is not None:
             logprobs = tuple(None if t is None else t.to("cpu", non_blocking=True) for t in logprobs)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(plan, sampled, tokens, host, logprobs, ready)
+        return cls(plan, sampled, tokens, host, logprobs, ready, scheduler is not None)
 
     def wait(self) -> tuple[list[int], tuple | None]:
         """The step's tokens and log-probabilities as lists, once the device has them."""
@@ -80,3 +87,12 @@ class StepInFlight:
         if logprobs is not None:
             logprobs = tuple(None if t is None else t.tolist() for t in logprobs)
         return tokens, logprobs
+
+    def complete(self, tokens: list[int], scheduler: Scheduler, guides: PagedGuides) -> None:
+        """The step's tokens (from `wait`) to the grammars (before the next masks) and the scheduler's sequences
+        (in place of the placeholders, when advanced)."""
+        guides.accept(self.sampled, tokens)
+        if self.advanced:
+            scheduler.commit(self.plan, tokens)
+        else:
+            scheduler.update(self.plan, tokens)

@@ -47,7 +47,7 @@ def feed_previous_tokens(input_ids: torch.Tensor, previous: torch.Tensor, limit:
     index = (-1 - input_ids).clamp_min(0)
     if limit is not None:
         index = index.clamp_max(limit - 1)
-    return torch.where(input_ids < 0, previous[index], input_ids)
+    return torch.where(input_ids < 0, previous.index_select(0, index), input_ids)  # index_select: graph-safe
 
 
 @dataclass(eq=False)

@@ -8,20 +8,26 @@ Only the device work is replaced, by FAKES that return at once:
 - FakeSampler stands in for sampler.SlotSampler: `sample` returns token i of a fixed English text at position i
   (deterministic, plain text as a real model would write it), setup/advance do nothing.
 The checkpoint is a tiny random Llama with SmolLM2's tokenizer (the detokenizer is real).
+--device-ms D models the device's time: each step is "done" D ms after the device is free and the step was queued
+(steps in order, as a CUDA stream runs them), and waiting for a step's tokens (paged_overlap.StepInFlight.wait)
+sleeps until then: the wall tok/s then shows what overlapped scheduling hides (--async-scheduling on/off/both;
+both: the two modes interleaved, a fresh engine each, the order swapped every round).
 
 Per level (sequences decoding at once): --waves waves of `level` requests submitted together (128-token prompts,
 128 output tokens, min_tokens = max_tokens so nothing ends early), repeated --repeats times on one engine
 (the first wave of each engine is a warm-up and not counted). Reported: the engine's `stats` per generated token
 (= per sequence per step in decode), in µs: plan (scheduler.plan), launch (flatten, copies), gpu_wait (here the
 token copy back), deliver (detokenize, Update, sink), and `update` (scheduler.update, which the engine counts in no
-phase: timed here by a wrapper); `host`, their sum; `loop`, all the loop thread's CPU time per token (admission,
-request intake included). With --clock cpu (the default) the engine's phase clock is the loop thread's CPU time
-(time.thread_time): this machine is shared, and wall time there counts the other processes' turns too.
+phase: timed here by a wrapper; overlapped, scheduler.commit: its advance is in launch); `host`, their sum; `loop`,
+all the loop thread's CPU time per token (admission, request intake included). With --clock cpu (the default) the
+engine's phase clock is the loop thread's CPU time (time.thread_time): this machine is shared, and wall time there
+counts the other processes' turns too.
 --profile adds one cProfile'd wave per level (the loop thread; top functions by own time).
 
   PYTHONPATH=$PWD .venv/bin/python bench/paged_host_overhead.py --levels 256 1024 --out X.json
   ... --engine-dir /tmp/before/model_repository/llm/1   (another checkout's engine modules: A/B runs)
   ... --summarize DIR   (medians per --label and level of the JSON files there, into DIR/summary.json)
+  ... --levels 256 --device-ms 2 --async-scheduling both --rounds 2   (the overlap A/B)
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FREEZE_GC = False  # --gc-freeze
+REAL_WAIT = None  # paged_overlap.StepInFlight.wait, put back for each engine (--device-ms patches it)
 PHASES = ("plan_s", "launch_s", "gpu_wait_s", "deliver_s", "update_s")
 TEXT = (
     "The quick brown fox jumps over the lazy dog. In the beginning there was a small village by the river, "
@@ -84,15 +91,33 @@ class FakeSampler:
 
 
 class FakeDeviceStep:
-    """FAKE PagedRunner.step: the real flatten (host), then a placeholder instead of the model's logits."""
+    """FAKE PagedRunner.step: the real flatten (host), then a placeholder instead of the model's logits; with
+    `device_s`, the step's modelled completion time joins `done_at` (in launch order, as a stream runs)."""
 
-    def __init__(self, runner, torch):
-        self.runner, self.torch = runner, torch
+    def __init__(self, runner, torch, device_s: float = 0.0):
+        self.runner, self.torch, self.device_s = runner, torch, device_s
+        self.done_at: list[float] = []
+        self.busy_until = 0.0
 
-    def __call__(self, plan, keep_hidden: bool = False):
+    def __call__(self, plan, keep_hidden: bool = False, previous=None):
         step = self.runner.flatten(plan)
         self.runner.qo_indptr = step.qo_indptr
+        if self.device_s:
+            self.busy_until = max(self.busy_until, time.perf_counter()) + self.device_s
+            self.done_at.append(self.busy_until)
         return self.torch.empty(len(step.sample_rows), 1)
+
+
+def fake_waits(overlap_module, device: FakeDeviceStep) -> None:
+    """StepInFlight.wait sleeps until its step's modelled completion (one wait per step, in launch order)."""
+    real_wait = overlap_module.StepInFlight.wait
+
+    def wait(self):
+        if device.done_at:
+            time.sleep(max(device.done_at.pop(0) - time.perf_counter(), 0.0))
+        return real_wait(self)
+
+    overlap_module.StepInFlight.wait = wait
 
 
 class ThreadCpuClock:
@@ -104,11 +129,21 @@ class ThreadCpuClock:
         return getattr(time, name)
 
 
-def make_engine(module, checkpoint: Path, level: int, text_ids, torch):
+def make_engine(module, checkpoint: Path, level: int, text_ids, torch, async_scheduling=True, device_ms=0.0):
     engine = module.PagedFastEngine(
-        str(checkpoint), max_num_seqs=level, kv_cache_blocks=level + 8, max_model_len=512, cuda_graphs=False
+        str(checkpoint),
+        max_num_seqs=level,
+        kv_cache_blocks=level + 8,
+        max_model_len=512,
+        cuda_graphs=False,
+        async_scheduling=async_scheduling,
     )  # 256 tokens a sequence: one 256-token kv_cache block each
-    engine.runner.step = FakeDeviceStep(engine.runner, torch)
+    engine.runner.step = FakeDeviceStep(engine.runner, torch, device_ms / 1000)
+    import paged_overlap
+
+    paged_overlap.StepInFlight.wait = REAL_WAIT
+    if device_ms:
+        fake_waits(paged_overlap, engine.runner.step)
     engine.stats["update_s"] = 0.0
     update, clock = engine.scheduler.update, module.time.perf_counter
 
@@ -118,6 +153,14 @@ def make_engine(module, checkpoint: Path, level: int, text_ids, torch):
         engine.stats["update_s"] += clock() - started
 
     engine.scheduler.update = timed_update
+    commit = engine.scheduler.commit  # the overlapped loop's update (its advance is in launch)
+
+    def timed_commit(plan, tokens) -> None:
+        started = clock()
+        commit(plan, tokens)
+        engine.stats["update_s"] += clock() - started
+
+    engine.scheduler.commit = timed_commit
     if FREEZE_GC:  # the model, torch and transformers: ~400k objects every full collection would scan
         gc.freeze()
     return engine
@@ -150,8 +193,8 @@ def run_wave(engine, level: int, wave: int, prompt_tokens: int, output_tokens: i
     return time.perf_counter() - started
 
 
-def measure(module, checkpoint, level, args, text_ids, torch, Sampling) -> dict:
-    engine = make_engine(module, checkpoint, level, text_ids, torch)
+def measure(module, checkpoint, level, args, text_ids, torch, Sampling, async_scheduling=True) -> dict:
+    engine = make_engine(module, checkpoint, level, text_ids, torch, async_scheduling, args.device_ms)
     try:
         run_wave(engine, level, 0, args.prompt_tokens, args.output_tokens, engine.vocab_size, Sampling)  # warm-up
         runs = []
@@ -165,6 +208,7 @@ def measure(module, checkpoint, level, args, text_ids, torch, Sampling) -> dict:
             us["host"] = round(sum(us[k.removesuffix("_s")] for k in PHASES), 3)
             us["loop"] = round(cpu / tokens * 1e6, 3)
             runs.append({"wall_s": round(wall, 3), "steps": delta["steps"], "tok_s": round(tokens / wall, 1),
+                         "overlapped_steps": engine.stats["overlapped_steps"] - before["overlapped_steps"],
                          "us_per_seq_step": us})  # fmt: skip
         return {"runs": runs, "median_us_per_seq_step": median_of(runs)}
     finally:
@@ -221,6 +265,26 @@ def summarize(directory: Path) -> dict:
     return table
 
 
+def ab_rounds(module, checkpoint, args, text_ids, torch, Sampling) -> dict:
+    """Both loops per level, --rounds times, the order swapped each round: the medians of each mode's waves."""
+    table: dict = {}
+    for level in args.levels:
+        runs: dict = {"async": [], "sync": []}
+        for round_ in range(args.rounds):
+            for mode in ("async", "sync") if round_ % 2 == 0 else ("sync", "async"):
+                result = measure(module, checkpoint, level, args, text_ids, torch, Sampling, mode == "async")
+                runs[mode].extend(result["runs"])
+        table[str(level)] = {mode: {"tok_s_median": statistics.median(r["tok_s"] for r in rs),
+                                    "median_us_per_seq_step": median_of(rs), "runs": rs}
+                             for mode, rs in runs.items()}  # fmt: skip
+        for mode, row in table[str(level)].items():
+            med = row["median_us_per_seq_step"]
+            print(f"level {level:5d} {mode:>5}: {row['tok_s_median']:>10,.0f} tok/s wall (device {args.device_ms} ms a"
+                  " step)  µs per sequence per step  " + "  ".join(f"{k} {v:.2f}" for k, v in med.items()),
+                  flush=True)  # fmt: skip
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", type=int, nargs="+", default=[256, 1024], help="sequences decoding at once")
@@ -236,6 +300,10 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() once each engine is built (an experiment: the engine does not do it)")  # fmt: skip
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="the engine's phase clock")
+    parser.add_argument("--async-scheduling", choices=("on", "off", "both"), default="on",
+                        help="the engine's overlapped loop; both: the two interleaved")  # fmt: skip
+    parser.add_argument("--device-ms", type=float, default=0.0, help="modelled device time per step (see above)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --async-scheduling both: A/B rounds")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
     parser.add_argument("--summarize", type=Path, default=None, help="only print the medians of a folder's JSON")
@@ -271,8 +339,14 @@ def main() -> None:
 
     results: dict = {"label": args.label, "engine_dir": str(args.engine_dir), "args": {k: str(v) for k, v in
                      vars(args).items()}, "levels": {}}  # fmt: skip
-    for level in args.levels:
-        result = measure(module, checkpoint, level, args, text_ids, torch, Sampling)
+    import paged_overlap
+
+    global REAL_WAIT
+    REAL_WAIT = paged_overlap.StepInFlight.wait
+    if args.async_scheduling == "both":
+        results["ab"] = ab_rounds(module, checkpoint, args, text_ids, torch, Sampling)
+    for level in args.levels if args.async_scheduling != "both" else ():
+        result = measure(module, checkpoint, level, args, text_ids, torch, Sampling, args.async_scheduling == "on")
         if args.profile:
             result["profile"] = profile(module, checkpoint, level, args, text_ids, torch, Sampling, args.top)
         results["levels"][str(level)] = result

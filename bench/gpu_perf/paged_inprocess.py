@@ -7,9 +7,14 @@
    (median and spread), with the core's loop counters;
 3. the prefix-cache case: a --prefix-token shared prefix + 128 new prompt tokens, TTFT cold (a new prefix) vs
    warm (the same prefix again), one request at a time.
+--async-scheduling on|off|both: the core's overlapped loop (paged_overlap.py) or the synchronous one; both: each
+level's repeats run both, interleaved on one engine (the order swapped each repeat), summarised per mode
+(`levels_by_mode`), and the `overlap` stage checks the two loops give the same greedy tokens (fp32 torch reference:
+must be equal; bf16 FlashInfer with graphs: reported).
 Writes $OUT/paged-inprocess.json; bench/gpu_perf/plot_paged.py draws it.
 
   STAGES=paged bash bench/gpu_perf/run.sh       (PAGED_ARGS="--levels 1,64,256,1024")
+  STAGES=paged PAGED_ARGS="--levels 1,256 --stages overlap,sweep --async-scheduling both" bash bench/gpu_perf/run.sh
 """
 
 from __future__ import annotations
@@ -90,30 +95,62 @@ def graphs_equal_eager(checkpoint: Path, tokens: int) -> str:
     return f"{sum(a == b for a, b in zip(*texts, strict=True))}/{len(prompts)}"
 
 
-def sweep(engine: FastEngine, levels: list[int], tokens: int, repeats: int, per_stream: int, out: Path) -> list:
+def sweep(engine: FastEngine, levels: list[int], tokens: int, repeats: int, per_stream: int, out: Path,
+          modes: list[bool]) -> list:  # fmt: skip
+    """Each level `repeats` times per mode of `modes` (async_scheduling on/off), the modes interleaved."""
     drive(engine, 64, 128, tokens, 16)  # warm-up: FlashInfer's JIT, allocator, first shapes
     rows = results.setdefault("levels", [])  # saved level by level: a run cut short keeps what it measured
+    by_mode = results.setdefault("levels_by_mode", {"async": [], "sync": []}) if len(modes) > 1 else None
     for concurrency in levels:
-        runs = []
-        for _ in range(repeats):
-            before = dict(engine.stats)
-            row = drive(engine, concurrency, per_stream * concurrency, tokens, tokens, timeout=900)
-            row["loop"] = {k: round(engine.stats[k] - before[k], 4) for k in before}
-            print("paged", json.dumps(row), flush=True)
-            runs.append(row)
-        rates = [r["output_tokens_per_s"] for r in runs]
-        summary = {
-            "concurrency": concurrency,
-            "output_tokens_per_s_median": statistics.median(rates),
-            "output_tokens_per_s_min": min(rates),
-            "output_tokens_per_s_max": max(rates),
-            **{k: statistics.median(r[k] for r in runs) for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")},
-            "runs": runs,
-        }  # fmt: skip
-        print("paged level", json.dumps({k: v for k, v in summary.items() if k != "runs"}), flush=True)
-        rows.append(summary)
+        runs: dict[bool, list] = {mode: [] for mode in modes}
+        for repeat in range(repeats):
+            for mode in modes if repeat % 2 == 0 else modes[::-1]:
+                engine.async_scheduling = mode  # the loop is idle between drives: safe to switch
+                before = dict(engine.stats)
+                row = drive(engine, concurrency, per_stream * concurrency, tokens, tokens, timeout=900)
+                row["loop"] = {k: round(engine.stats[k] - before[k], 4) for k in before}
+                row["async_scheduling"] = mode
+                print("paged", json.dumps(row), flush=True)
+                runs[mode].append(row)
+        summaries = {mode: summarize_level(concurrency, mode_runs) for mode, mode_runs in runs.items()}
+        for mode, summary in summaries.items():
+            print("paged level", json.dumps({k: v for k, v in summary.items() if k != "runs"}), flush=True)
+            if by_mode is not None:
+                by_mode["async" if mode else "sync"].append(summary)
+        rows.append(summaries[modes[0]])
         save(out)
     return rows
+
+
+def summarize_level(concurrency: int, runs: list) -> dict:
+    rates = [r["output_tokens_per_s"] for r in runs]
+    return {
+        "concurrency": concurrency,
+        "async_scheduling": runs[0]["async_scheduling"],
+        "output_tokens_per_s_median": statistics.median(rates),
+        "output_tokens_per_s_min": min(rates),
+        "output_tokens_per_s_max": max(rates),
+        **{k: statistics.median(r[k] for r in runs) for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")},
+        "runs": runs,
+    }  # fmt: skip
+
+
+def overlap_equals_sync(checkpoint: Path, dtype: str, attention: str, tokens: int) -> dict:
+    """Greedy token ids of 16 streams from the overlapped and the synchronous loop on one engine: how many agree
+    (fp32 torch reference: all must; bf16 FlashInfer with CUDA graphs: near-ties may flip if the batches differ)."""
+    engine = FastEngine(str(checkpoint), device=DEVICE, dtype=dtype, max_num_seqs=16, attention=attention)
+    prompts = [f"{p} {i}" for i in range(4) for p in PROMPTS[:4]]
+    sampling = Sampling(max_tokens=tokens, min_tokens=tokens // 2, temperature=0.0)
+    outputs, overlapped = [], []
+    for mode in (True, False):
+        engine.async_scheduling = mode
+        before = engine.stats["overlapped_steps"]
+        outputs.append(token_ids(engine, prompts, sampling))
+        overlapped.append(engine.stats["overlapped_steps"] - before)
+    engine.shutdown()
+    same = sum(a == b for a, b in zip(*outputs, strict=True))
+    return {"equal": f"{same}/{len(prompts)}", "dtype": dtype, "attention": attention,
+            "overlapped_steps_async_sync": overlapped, "cuda_graphs": attention == "flashinfer"}  # fmt: skip
 
 
 def ttft(engine: FastEngine, prompt: list[int], new_tokens: int = 8) -> float:
@@ -171,6 +208,8 @@ def main() -> None:
     parser.add_argument("--max-prefill-tokens", type=int, default=8192, help="the step's token budget")
     parser.add_argument("--stages", default="greedy,sweep,prefix")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--async-scheduling", choices=("on", "off", "both"), default="on",
+                        help="the overlapped loop (paged_overlap.py), the synchronous one, or both interleaved")  # fmt: skip
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tokenizer", default="/tmp/smol")
     parser.add_argument("--ckpt", default="/tmp/ckpt")
@@ -183,16 +222,22 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     results.update(device=torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", torch=torch.__version__, shape=args.shape,
                    tokens=args.tokens, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   max_prefill_tokens=args.max_prefill_tokens)  # fmt: skip
+                   max_prefill_tokens=args.max_prefill_tokens, async_scheduling=args.async_scheduling)  # fmt: skip
     ckpt = build_checkpoint(args.shape, Path(args.ckpt), Path(args.tokenizer), DEVICE)
     if "greedy" in args.stages:
         stage("greedy_fp32_torch_reference", greedy, ckpt, "float32", "torch_reference", args.greedy_tokens)
         stage("greedy_bf16_flashinfer", greedy, ckpt, "bfloat16", "flashinfer", args.greedy_tokens)
         stage("graphs_equal_eager", graphs_equal_eager, ckpt, args.greedy_tokens)
         save(out)
+    if "overlap" in args.stages:
+        stage("overlap_equals_sync_fp32", overlap_equals_sync, ckpt, "float32", "torch_reference", args.greedy_tokens)
+        if DEVICE == "cuda":
+            stage("overlap_equals_sync_bf16", overlap_equals_sync, ckpt, "bfloat16", "flashinfer", args.greedy_tokens)
+        save(out)
     started = time.perf_counter()
     options = {"device": DEVICE, "dtype": "bfloat16" if DEVICE == "cuda" else "float32", "max_num_seqs": max(levels),
-               "max_prefill_tokens": args.max_prefill_tokens, "cuda_graphs": not args.eager}  # fmt: skip
+               "max_prefill_tokens": args.max_prefill_tokens, "cuda_graphs": not args.eager,
+               "async_scheduling": args.async_scheduling != "off"}  # fmt: skip
     try:
         engine = FastEngine(str(ckpt), **options)
     except Exception as exc:  # e.g. the graphs' capture: measure the eager step rather than nothing
@@ -206,11 +251,12 @@ def main() -> None:
         stage("prefix_cache", prefix_case, engine, args.prefix_tokens, 128, args.repeats)
         save(out)
     if "sweep" in args.stages:
-        stage("sweep_error", sweep, engine, levels, args.tokens, args.repeats, args.per_stream, out)
+        modes = {"on": [True], "off": [False], "both": [True, False]}[args.async_scheduling]
+        stage("sweep_error", sweep, engine, levels, args.tokens, args.repeats, args.per_stream, out, modes)
         results["block_stats"] = dict(engine.blocks.stats)
         save(out)
     engine.shutdown()
-    print(json.dumps({k: v for k, v in results.items() if k != "levels"}, indent=1))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("levels", "levels_by_mode")}, indent=1))
 
 
 if __name__ == "__main__":

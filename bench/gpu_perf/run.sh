@@ -3,7 +3,8 @@
 # bench/gpu_bundle.sh carried (.device/gpu). Stages (STAGES, comma-separated; default inprocess,triton):
 #   inprocess  bench/gpu_perf/inprocess.py: greedy check, HF static generate, our core in process
 #   paged      bench/gpu_perf/paged_inprocess.py: the paged fast core (FlashInfer): greedy checks, sweep x3,
-#              prefix-cache TTFT (PAGED_ARGS); needs only the site, smol and flashinfer parts of the bundle
+#              prefix-cache TTFT (PAGED_ARGS); needs only the site, smol and flashinfer parts of the bundle;
+#              PAGED_ARGS="--async-scheduling both --stages overlap,sweep": overlapped vs synchronous loop, interleaved
 #   triton     bench/gpu_perf/triton_bench.py: `llmserve serve` + `llmserve bench` (Triton gRPC and OpenAI SSE)
 #   hfstatic   HF generate under the image's own transformers;  profile: under ours (our core: paged_profile.py)
 #   nvtools    bench/nvidia_tools/compare.py: `llmserve serve` (fast core), then perf_analyzer (Triton gRPC), aiperf
@@ -15,7 +16,7 @@
 #   STAGES=triton TRITON_ARGS="--levels 64,256 --openai-levels 64,256 --requests-per-level 2048" bash bench/gpu_perf/run.sh
 # Results land in $OUT (the device tool brings them back); copy them to docs/perf/<run>/.
 set -uo pipefail
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,13p' "$0" | cut -c3-; exit 0;; esac
 cd "$(dirname "$0")/../.."
 source bench/gpu_setup.sh "${GPU_BUNDLE:-.device/gpu}" || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -91,7 +91,8 @@ def test_decode_is_never_starved_by_a_burst_of_long_prompts():
     for i in range(10):
         scheduler.add(f"long{i}", [50 + i] * 300, max_tokens=2)
     for _ in range(30):
-        generating = [s.seq_id for s in scheduler.running if s.num_uncomputed == 1]
+        # generating: a decode token to feed and below its max_tokens (at it, a sequence waits for its finish)
+        generating = [s.seq_id for s in scheduler.running if s.num_uncomputed == 1 and len(s.output) < s.max_tokens]
         plan = step(scheduler)
         decoded = [s.seq_id for s in plan.scheduled if len(s.token_ids) == 1 and s.sample]
         assert set(generating) <= set(decoded)  # every generating sequence got its token

@@ -10,6 +10,8 @@ bad words, min_tokens, stop ids, log-probabilities, a grammar's bitmask: paged_g
 then per sequence incremental detokenization, stop strings, end ids, length, and the request's sink, while the NEXT
 step already runs on the device (the host lags one step: a sequence that just ended rides along in the step in
 flight and its token there is dropped). A finished or cancelled sequence gives its blocks and its row back at once.
+With async_scheduling (paged_overlap.py) step N+1 is planned and queued before the host waits for step N, its
+decode inputs taken on the device from N's tokens; without it (or while a sequence is guided) N+1 waits for N.
 
 n sequences (num_return_sequences) are n scheduler sequences with their own seed streams; with the prefix cache
 on, one admitted after another's prompt blocks are cached shares them. Prompt log-probabilities need every
@@ -41,6 +43,7 @@ from cancellation import CancellationPoller
 from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
 from kv_blocks import BlockManager
 from paged_guided import PagedGuides
+from paged_overlap import StepInFlight, overlappable
 from paged_runner import PagedRunner
 from prompt_scores import score_prompts
 from sampler import FlagCounts, Flags, SlotConfig, SlotSampler, sequence_key
@@ -116,7 +119,9 @@ class PagedFastEngine:
         cuda_graphs: bool = True,  # pure-decode steps replay CUDA graphs (CUDA with flashinfer: paged_graphs.py)
         prefix_caching: bool = True,
         attention: str = "auto",  # paged_runner: flashinfer on CUDA (bf16/fp16), torch_reference otherwise
+        async_scheduling: bool = True,  # plan and queue step N+1 before waiting for step N (paged_overlap.py)
     ):
+        self.async_scheduling = async_scheduling
         self.tokenizer, self._decoder, model, self.default_eos_ids = load_checkpoint(checkpoint_dir, device, dtype)
         config = model.config
         self.vocab_size = config.vocab_size
@@ -146,8 +151,8 @@ class PagedFastEngine:
         self._failure: BaseException | None = None
         self._cancellations = CancellationPoller()
         # Where the loop's time goes (read by the benchmarks): counts, and seconds spent in each phase.
-        self.stats = {"steps": 0, "tokens": 0, "preemptions": 0, "prefill_tokens": 0, "plan_s": 0.0,
-                      "launch_s": 0.0, "gpu_wait_s": 0.0, "deliver_s": 0.0}  # fmt: skip
+        self.stats = {"steps": 0, "tokens": 0, "preemptions": 0, "prefill_tokens": 0, "overlapped_steps": 0,
+                      "plan_s": 0.0, "launch_s": 0.0, "gpu_wait_s": 0.0, "deliver_s": 0.0}  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="llm-fast-core", daemon=True)
         self._thread.start()
 
@@ -236,15 +241,20 @@ class PagedFastEngine:
                 self._finish_request(request, "error", error=f"the generation loop failed: {exc}")
 
     def _loop(self) -> None:
-        pending = None  # the step in flight: its tokens are delivered while the next step runs on the device
+        pending: StepInFlight | None = None  # the step in flight: delivered while the next one runs on the device
         while not self._stopping.is_set():
             self._take_incoming(block=pending is None and not self.scheduler.has_work and not self._waiting)
             self._poll_cancellations()
-            done = self._complete(pending) if pending is not None else None
             self._admit()
-            pending = self._launch() if self.scheduler.has_work else None
+            done = None
+            if pending is not None and not (self.async_scheduling and overlappable(self._step_flags())):
+                done, pending = self._complete(pending), None  # the next plan waits for its tokens
+            launched = self._launch(pending) if self.scheduler.has_work else None
+            if pending is not None:  # overlapped: the next step is queued behind it already
+                done = self._complete(pending)
             if done is not None:
                 self._deliver(*done)
+            pending = launched
 
     def _take_incoming(self, block: bool) -> None:
         try:
@@ -275,19 +285,24 @@ class PagedFastEngine:
                 self.scheduler.add(sequence.seq_id, request.prompt, request.sampling.max_tokens, use_cache)
                 admitted.append(sequence)
         if admitted:
-            rows = torch.tensor([s.row for s in admitted], device=self.device)
+            rows = torch.tensor([s.row for s in admitted])  # on the host: setup must not wait for the step in flight
             self.sampler.setup(rows, [s.config for s in admitted], [s.request.prompt for s in admitted])
             self._flags = None
 
-    def _launch(self):
-        """Plan a step and queue it on the device (forward, sampling); the host does not wait for it here."""
+    def _step_flags(self) -> Flags:
+        if self._flags is None:
+            self._flags = self._flag_counts.flags(self.vocab_size)
+        return self._flags
+
+    def _launch(self, previous: StepInFlight | None) -> StepInFlight | None:
+        """Plan a step and queue it on the device (forward, sampling, its tokens' copy to the host); the host does
+        not wait for it here. `previous`: the step still in flight (overlapped), whose tokens the plan's
+        placeholders stand for."""
         started = time.perf_counter()
         plan = self.scheduler.plan()
         if not plan.scheduled:
             return None
-        if self._flags is None:
-            self._flags = self._flag_counts.flags(self.vocab_size)
-        flags = self._flags
+        flags = self._step_flags()
         scheduled = [self._sequences[item.seq_id] for item in plan.scheduled]
         scoring = any(s.prompt_k >= 0 for s in scheduled)
         # One pass: the sampled sequences, their sampler rows and positions, the step's token counts.
@@ -302,7 +317,7 @@ class PagedFastEngine:
                 rows_positions.append(sequence.row)
                 positions.append(item.start + num_new - 1)
         planned = time.perf_counter()
-        logits = self.runner.step(plan, keep_hidden=scoring)
+        logits = self.runner.step(plan, keep_hidden=scoring, previous=previous.tokens if previous else None)
         if scoring:
             score_prompts(self.runner, plan, scheduled, self.device)
         tokens = logprobs = None
@@ -314,25 +329,23 @@ class PagedFastEngine:
                 self._guides.write_masks(sampled)
             tokens, logprobs = self.sampler.sample(logits, rows, positions_, flags)
             self.sampler.advance_rows(rows, tokens, flags)
+        step = StepInFlight.launched(plan, sampled, tokens, logprobs, self.scheduler if self.async_scheduling else None)
         self.stats["steps"] += 1
+        self.stats["overlapped_steps"] += previous is not None
         self.stats["tokens"] += num_tokens
         self.stats["prefill_tokens"] += num_tokens - num_single
         self.stats["preemptions"] += len(plan.preempted)
         self.stats["plan_s"] += planned - started
         self.stats["launch_s"] += time.perf_counter() - planned
-        return plan, sampled, tokens, logprobs
+        return step
 
-    def _complete(self, pending):
-        """Wait for the step in flight; its tokens join the scheduler's sequences (the next plan needs them)."""
-        plan, sampled, tokens, logprobs = pending
+    def _complete(self, step: StepInFlight):
+        """Wait for a launched step; its tokens join the scheduler's sequences (in place of its placeholders)."""
         started = time.perf_counter()
-        tokens_host = tokens.tolist() if tokens is not None else []
-        if logprobs is not None:
-            logprobs = tuple(None if t is None else t.tolist() for t in logprobs)
+        tokens, logprobs = step.wait()
         self.stats["gpu_wait_s"] += time.perf_counter() - started
-        self._guides.accept(sampled, tokens_host)  # before the next step's masks (paged_guided.py)
-        self.scheduler.update(plan, tokens_host)
-        return sampled, tokens_host, logprobs
+        step.complete(tokens, self.scheduler, self._guides)
+        return step.sampled, tokens, logprobs
 
     def _deliver(self, sampled: list[_Sequence], tokens: list[int], logprobs) -> None:
         """Hand a completed step's tokens to their sequences (a sequence that ended meanwhile drops its token)."""

@@ -7,6 +7,9 @@ than the prefill kernel on one query per sequence), the final norm and the LM he
 Per step the host writes the batch into fixed device buffers (one copy from pinned memory), plans FlashInfer's
 decode (its index pointers are copied into the wrapper's fixed buffers; the plan itself runs on the host), and
 replays. Padding rows (batch below the bucket) read and write one spare KV block the BlockManager never hands out.
+Overlapped scheduling (paged_overlap.py): an input id -(1 + j) is the previous step's sampled token j, taken from
+a fixed buffer inside the graph (the host copies the previous step's tokens there, device to device). The pinned
+staging rows alternate between two buffers: with a step in flight, the one before it had its copy done.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from itertools import accumulate
 
 import torch
 
+from paged_overlap import feed_previous_tokens
 from paged_runner import FLASHINFER_WORKSPACE_BYTES
 from scheduler import StepPlan
 
@@ -38,8 +42,10 @@ class DecodeGraphs:
         device = runner.device
         self.scale = runner.layers[0].self_attn.scaling
         # One staging row per input: ids, positions, write blocks, write offsets (pinned: an async copy).
-        self.host = torch.zeros(4, max_batch, dtype=torch.long, pin_memory=True)
+        self.host = [torch.zeros(4, max_batch, dtype=torch.long, pin_memory=True) for _ in range(2)]
+        self._host_turn = 0
         self.inputs = torch.zeros(4, max_batch, dtype=torch.long, device=device)
+        self.previous = torch.zeros(max_batch, dtype=torch.long, device=device)  # the last step's sampled tokens
         vocab = runner.model.config.vocab_size
         self.logits = torch.zeros(max_batch, vocab, dtype=torch.float32, device=device)
         self.workspace = torch.zeros(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
@@ -79,6 +85,7 @@ class DecodeGraphs:
     def _forward(self, batch: int) -> None:
         wrapper = self.wrappers[batch]
         ids, positions, blocks, offsets = (row[:batch] for row in self.inputs)
+        ids = feed_previous_tokens(ids, self.previous, self.max_batch)
         x = self.runner.forward(ids, positions, blocks, offsets, lambda q, kv_cache, scale: wrapper.run(q, kv_cache))
         self.logits[:batch] = self.runner.logits_of(x)
 
@@ -100,9 +107,10 @@ class DecodeGraphs:
         torch.cuda.synchronize()
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> torch.Tensor:
+    def run(self, plan: StepPlan, previous: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 logits [B, vocab] of a pure-decode plan of B <= max_batch sequences (a view of the fixed
-        buffer: valid until the next replay)."""
+        buffer: valid until the next replay); `previous`: the previous step's sampled tokens, which placeholder
+        ids stand for."""
         n = len(plan.scheduled)
         batch = next(b for b in self.buckets if b >= n)
         size, scratch, pad = self.runner.block_size, self.scratch, batch - n
@@ -126,8 +134,11 @@ class DecodeGraphs:
         flat = array("q", ids)
         for row in (positions, blocks, offsets):
             flat.extend(row)
-        self.host[:, :batch] = torch.frombuffer(flat, dtype=torch.long).view(4, batch)  # cheaper than torch.tensor
-        self.inputs[:, :batch].copy_(self.host[:, :batch], non_blocking=True)
+        host, self._host_turn = self.host[self._host_turn], 1 - self._host_turn
+        host[:, :batch] = torch.frombuffer(flat, dtype=torch.long).view(4, batch)  # cheaper than torch.tensor
+        self.inputs[:, :batch].copy_(host[:, :batch], non_blocking=True)
+        if previous is not None:
+            self.previous[: len(previous)].copy_(previous, non_blocking=True)
         self._plan(batch, indptr, indices, last_page_len)
         self.graphs[batch].replay()
         return self.logits[:n]

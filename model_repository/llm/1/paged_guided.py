@@ -3,8 +3,9 @@ row of the sampler's token bitmask written before a step samples it, and the ste
 has it.
 
 A mask is only right once the matcher has accepted every token before it, so the host must not run ahead of the
-grammar: paged_fast_core's loop waits for the step in flight (`_complete`) before it plans and launches the next,
-and this module accepts that step's tokens there, before `_launch` writes the next masks. The text, stop strings
+grammar: while a guided sequence runs, paged_fast_core's loop waits for the step in flight (`_complete`) before it
+plans and launches the next (its overlapped order is off: paged_overlap.overlappable), and this module accepts
+that step's tokens there, before `_launch` writes the next masks. The text, stop strings
 and finish reasons still follow a step later (`_deliver`), as for any sequence.
 
 grammar.py (xgrammar, and the tokenizer it loads) is imported with the first guided request.

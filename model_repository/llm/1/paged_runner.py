@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from paged_overlap import feed_previous_tokens
 from scheduler import StepPlan
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # its module layout; others (sliding windows, biases) untested
@@ -270,20 +271,23 @@ class PagedRunner:
         )
 
     @torch.inference_mode()
-    def step(self, plan: StepPlan, keep_hidden: bool = False) -> torch.Tensor:
+    def step(self, plan: StepPlan, keep_hidden: bool = False, previous: torch.Tensor | None = None) -> torch.Tensor:
         """Run the plan: write its tokens' K/V into their blocks; the float32 logits [S, vocab] of the sampled
         rows, in `plan.sampled` order. With `keep_hidden`, every token's final hidden state stays in
-        `self.hidden` ([T, hidden], sequence i's at rows qo_indptr[i]:qo_indptr[i + 1]) for `logits_of`."""
+        `self.hidden` ([T, hidden], sequence i's at rows qo_indptr[i]:qo_indptr[i + 1]) for `logits_of`.
+        `previous`: the tokens the previous step sampled (on the device), which the plan's placeholder ids
+        -(1 + j) stand for (overlapped scheduling: paged_overlap.py)."""
         if not plan.scheduled:
             return torch.empty(0, self.model.config.vocab_size, device=self.device)
         graphs = self.graphs
         if graphs is not None and not keep_hidden and plan.is_pure_decode and len(plan.scheduled) <= graphs.max_batch:
             self.hidden, self.qo_indptr = None, list(range(len(plan.scheduled) + 1))
-            return graphs.run(plan)
+            return graphs.run(plan, previous)
         step = self.flatten(plan)
         self.qo_indptr = step.qo_indptr
         self.attention.begin_step(step)
-        x = self.forward(step.input_ids, step.positions, step.write_blocks, step.write_offsets, self.attention.attend)
+        input_ids = step.input_ids if previous is None else feed_previous_tokens(step.input_ids, previous)
+        x = self.forward(input_ids, step.positions, step.write_blocks, step.write_offsets, self.attention.attend)
         self.hidden = x if keep_hidden else None
         return self.logits_of(x[step.sample_rows])
 

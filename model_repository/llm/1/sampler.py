@@ -172,7 +172,10 @@ class SlotSampler:
         self.ranks = torch.arange(vocab_size, **i64)[None]
 
     def setup(self, slots: torch.Tensor, configs: list[SlotConfig], prompts: list[list[int]]) -> None:
-        """Write the settings of the sequences starting in `slots` (`prompts[i]` is slot i's prompt)."""
+        """Write the settings of the sequences starting in `slots` (`prompts[i]` is slot i's prompt). Pass `slots` on
+        the host: read there, a device tensor would wait for every step queued (a step may be in flight)."""
+        host = slots.cpu()
+        slots = slots.to(self.device, non_blocking=True)
 
         def put(tensor: torch.Tensor, values: list) -> None:
             tensor[slots] = torch.tensor(values, dtype=tensor.dtype).to(self.device, non_blocking=True)
@@ -210,7 +213,6 @@ class SlotSampler:
                 prompt_cols += prompt
             end_rows += [row] * len(config.end_ids)
             end_cols += sorted(config.end_ids)
-        host = slots.cpu()
         if rows:  # duplicates add up
             index = (host[rows].to(self.device), torch.tensor(cols, device=self.device))
             self.bias.index_put_(index, torch.tensor(values, device=self.device), accumulate=True)

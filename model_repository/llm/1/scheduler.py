@@ -19,6 +19,12 @@ an older sequence or itself; it is shrunk to the room left, or waits.
 
 Pure Python, no torch: the core drives it as  plan = scheduler.plan(); logits = runner.step(plan);
 tokens = sample(logits); scheduler.update(plan, tokens); scheduler.finish(...) for the sequences that ended.
+Overlapped (paged_overlap.py): `advance(plan)` once the step is launched, its tokens still on the device: each
+sampled sequence gets a placeholder token, -(1 + j) for the j-th sampled row, which the next step's runner takes on
+the device from this step's sampled tokens; then the next plan; then `commit(plan, tokens)` puts the real tokens in
+and registers the full blocks (a block joins the prefix cache only once every token in it is known).
+A sequence whose output reached its max_tokens (a placeholder counts) is not scheduled again: it only waits for
+the core to finish it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class SequenceState:
     num_preemptions: int = 0
     is_running: bool = False  # holds blocks (a flag, not `in running`: the planner asks for every sequence)
     use_prefix_cache: bool = True  # False: every token is computed (the core scores the prompt's tokens)
+    max_tokens: int = 1 << 62  # output tokens it may have: never scheduled past them
 
     @property
     def output(self) -> list[int]:
@@ -107,7 +114,8 @@ class Scheduler:
         capacity = self.blocks.num_blocks * self.blocks.block_size
         if len(prompt) + max_tokens > capacity:
             raise ValueError(f"prompt + max_tokens ({len(prompt) + max_tokens}) exceeds the KV cache ({capacity})")
-        sequence = SequenceState(seq_id, list(prompt), len(prompt), use_prefix_cache=use_prefix_cache)
+        sequence = SequenceState(seq_id, list(prompt), len(prompt), use_prefix_cache=use_prefix_cache,
+                                 max_tokens=max_tokens)  # fmt: skip
         self._sequences[seq_id] = sequence
         self.waiting.append(sequence)
         return sequence
@@ -150,6 +158,38 @@ class Scheduler:
             if token is not None:
                 sequence.tokens.append(token)
 
+    def advance(self, plan: StepPlan) -> None:
+        """After the step is launched, before its tokens are known: its tokens count as computed and each sampled
+        sequence gets the placeholder -(1 + j), j its index among the step's sampled rows (`commit` replaces it).
+        Nothing joins the prefix cache here: the step's inputs may hold the previous step's placeholders."""
+        sequences, j = self._sequences, 0
+        for item in plan.scheduled:
+            sequence = sequences.get(item.seq_id)
+            if sequence is not None:
+                sequence.num_computed = item.start + len(item.token_ids)
+                if item.sample:
+                    sequence.tokens.append(-1 - j)
+            j += item.sample
+
+    def commit(self, plan: StepPlan, sampled_tokens: Sequence[int]) -> None:
+        """After an advanced step ran: its placeholders become `sampled_tokens` (aligned with `plan.sampled`) and the
+        blocks its tokens filled join the prefix cache. A sequence finished meanwhile is gone; one preempted since
+        holds no blocks (its recompute reads the real token: it is not admitted again before this)."""
+        if len(sampled_tokens) != sum(1 for item in plan.scheduled if item.sample):
+            raise ValueError(f"{len(plan.sampled)} sampled sequences, {len(sampled_tokens)} tokens")
+        new_tokens = iter(sampled_tokens)
+        sequences, block_size = self._sequences, self.blocks.block_size
+        for item in plan.scheduled:
+            token = next(new_tokens) if item.sample else None
+            sequence = sequences.get(item.seq_id)
+            if sequence is None:
+                continue
+            computed = item.start + len(item.token_ids)
+            if token is not None:
+                sequence.tokens[computed] = token
+            if sequence.is_running and (len(item.token_ids) > 1 or computed % block_size == 0):
+                self.blocks.cache_full_blocks(item.seq_id, sequence.tokens, computed)
+
     # ------------------------------------------------------------------ planning
     def plan(self) -> StepPlan:
         plan = StepPlan()
@@ -184,6 +224,8 @@ class Scheduler:
             start = sequence.num_computed
             if len(sequence.tokens) - start != 1:
                 prefilling.append(sequence)
+                continue
+            if len(sequence.tokens) - sequence.num_prompt_tokens >= sequence.max_tokens:  # done: the core ends it
                 continue
             table = append_slot(sequence.seq_id)
             while table is None and sequence.is_running:  # no block free for its next token

@@ -157,8 +157,6 @@ class EngineProcess:
 
     def _exit_reason(self) -> str:
         code = self._process.returncode
-        if code is None:
-            return "stopped answering"
         if code < 0:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
@@ -179,8 +177,13 @@ class EngineProcess:
             elif message == (wire.STOPPED,):
                 break
         if not self._stopping.is_set():
-            self._process.poll()
-            self._failure = f"the engine process {self._exit_reason()}; the model must be reloaded"
+            try:  # its end of the socket closes as it dies: the exit status follows at once
+                self._process.wait(STOP_TIMEOUT_S)
+                reason = self._exit_reason()
+            except subprocess.TimeoutExpired:  # it closed the socket yet runs: it cannot be trusted
+                self._process.kill()
+                reason = "closed its connection"
+            self._failure = f"the engine process {reason}; the model must be reloaded"
             log.error("%s", self._failure)
             self._end_all(self._failure)
 

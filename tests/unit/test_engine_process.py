@@ -118,6 +118,39 @@ def test_a_cancelled_request_ends_cancelled_and_frees_the_core(engine):
     assert engine.num_active == 0
 
 
+class LatePolls:
+    """is_cancelled as Triton's: a round trip (1 ms here), and calling it once the request's final response is sent
+    is a crash there (a freed response factory); here it is counted."""
+
+    def __init__(self):
+        self.late = 0
+
+    def poller_for(self, request_done: threading.Event):
+        def is_cancelled() -> bool:
+            if request_done.is_set():
+                self.late += 1
+            time.sleep(0.001)
+            return False
+
+        return is_cancelled
+
+
+def test_is_cancelled_is_never_called_once_a_request_has_had_its_last_update(engine):
+    polls = LatePolls()
+    requests = []
+    for number in range(48):
+        done = threading.Event()
+        updates: list[Update] = []
+        sink = lambda u, done=done, updates=updates: (updates.append(u), u.finish_reason and done.set())  # noqa: E731
+        engine.submit(f"late-{number}", PROMPT, Sampling(max_tokens=3, min_tokens=3), sink, polls.poller_for(done))
+        requests.append(done)
+    for done in requests:
+        assert done.wait(120)
+    time.sleep(0.2)  # polls that are due after the last end (the poller wakes every 50 ms)
+    assert polls.late == 0
+    assert engine.num_active == 0
+
+
 def test_killing_the_child_ends_requests_in_flight_and_refuses_later_ones(checkpoint):
     engine = EngineProcess(DEFAULT_CORE, checkpoint_dir=checkpoint, **OPTIONS)
     try:

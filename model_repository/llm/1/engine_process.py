@@ -56,6 +56,7 @@ class _Pending:
     n: int
     ended: set[int] = field(default_factory=set)  # sequence indices that had their last update
     cancel_sent: bool = False
+    finished: bool = False  # its last update is about to reach the sink: is_cancelled must not be called again
 
 
 def python_interpreter() -> str:
@@ -87,6 +88,10 @@ class EngineProcess:
             )
         self._conn = Connection(ours.detach())
         self._send_lock = threading.Lock()
+        # Triton's is_cancelled() on a request whose final response was sent crashes the server (SIGSEGV in
+        # TRITONBACKEND_ResponseFactoryIsCancelled, seen at 16 streams): a request is marked finished under this
+        # lock before its last update goes to its sink, and polled under it only while not finished.
+        self._finish_lock = threading.Lock()
         self._active: dict[int, _Pending] = {}
         self._keys = itertools.count()
         self._failure: str | None = None
@@ -111,7 +116,7 @@ class EngineProcess:
         try:
             self._send((wire.SUBMIT, key, request_id, prompt, sampling))
         except OSError as exc:  # the child is gone (the receiver ends what was in flight)
-            self._active.pop(key, None)
+            self._finished([self._active.pop(key)])
             raise EngineProcessError(f"the engine process is gone ({exc})") from exc
 
     def shutdown(self) -> None:
@@ -190,7 +195,7 @@ class EngineProcess:
     def _deliver(self, batch: list) -> None:
         """One batch of the child's updates to their sinks, each sequence's deltas joined."""
         active = self._active
-        items = []
+        items, finished = [], []
         for item in batch:
             key = item[0]
             pending = active.pop(key, None) if item[1] else active.get(key)
@@ -199,17 +204,27 @@ class EngineProcess:
             update = Update(*item[2:])
             if update.finish_reason is not None:
                 pending.ended.add(update.index)
+            if item[1]:
+                finished.append(pending)
             items.append((pending.sink, update))
+        if finished:
+            self._finished(finished)
         for (sink, _), update in merge(items).items():
             try:
                 sink(update)
             except Exception:  # e.g. the client is gone; other requests must still get their updates
                 log.exception("delivering an update failed")
 
+    def _finished(self, requests: list[_Pending]) -> None:
+        with self._finish_lock:
+            for pending in requests:
+                pending.finished = True
+
     def _end_all(self, error: str) -> None:
         """End every request in flight with `error` (each of its sequences that has not ended)."""
         while self._active:
             _, pending = self._active.popitem()
+            self._finished([pending])
             for index in range(pending.n):
                 if index not in pending.ended:
                     try:
@@ -223,7 +238,9 @@ class EngineProcess:
             if self._failure is not None:
                 return
             for key, pending in poller.due(list(self._active.items())):
-                if not pending.cancel_sent and pending.is_cancelled():
+                with self._finish_lock:
+                    cancelled = not pending.finished and not pending.cancel_sent and pending.is_cancelled()
+                if cancelled:
                     pending.cancel_sent = True
                     try:
                         self._send((wire.CANCEL, key))

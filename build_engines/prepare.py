@@ -18,8 +18,9 @@ from build_engines.render import render_model
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 MANIFEST = "manifest.json"
-# The cores run in a child process of Triton's model (engine_process.py) unless told otherwise: those measured
-# faster so through Triton (docs/PERFORMANCE.md, "engine process").
+# The cores run in a child process of Triton's model (engine_process.py) unless told otherwise: the fast core,
+# whose loop the model process's GIL held back through Triton; the CPU cores gained nothing measurable
+# (docs/PERFORMANCE.md, "The engine in its own process").
 ENGINE_PROCESS_CORES = frozenset({engine_contract.FAST})
 
 

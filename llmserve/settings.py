@@ -112,7 +112,7 @@ class LauncherSettings(Settings):
         False,
         description="Run the llm engine core in a child process of Triton's python model (engine_process.py), so "
         "that sending responses does not compete with the engine's loop for one GIL. Unset: on with the fast core, "
-        'off with the openvino_paged and openvino cores (docs/PERFORMANCE.md, "engine process").',
+        'off with the openvino_paged and openvino cores (docs/PERFORMANCE.md, "The engine in its own process").',
     )
     weight_format: Literal["int8", "int4", "fp16"] = Field(
         "int8", description="Weights of the CPU cores' OpenVINO export (int4 is faster and answers less well)."

@@ -3,7 +3,7 @@ core's own process), over one socket pair, each a pickle (protocol 5) framed by 
 
 Updates travel in batches, one message per flush of the child (about one per engine step under load), each
 update as a plain tuple: pickling a list of 256 core.Update dataclasses costs ~9x more than the same tuples
-(docs/PERFORMANCE.md, "engine process").
+(docs/PERFORMANCE.md, "The engine in its own process").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import platform
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +18,10 @@ from build_engines.render import render_model
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 MANIFEST = "manifest.json"
+# The cores run in a child process of Triton's model (engine_process.py) unless told otherwise: the fast core,
+# whose loop the model process's GIL held back through Triton; the CPU cores gained nothing measurable
+# (docs/PERFORMANCE.md, "The engine in its own process").
+ENGINE_PROCESS_CORES = frozenset({engine_contract.FAST})
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class EngineOptions:
     engine_core: str = engine_contract.OPENVINO_PAGED  # or openvino, fast (model_repository/llm/1/core.py)
     weight_format: str = DEFAULT_WEIGHT_FORMAT  # the openvino core's export
     prefix_caching: bool = False  # the llm cores' prefix cache (LauncherSettings turns it on for fast by default)
+    engine_process: bool | None = None  # the core in a child process; None: ENGINE_PROCESS_CORES decide
     tool_parser: str = "hermes"  # how the front-end reads tool calls (frontend_api/openai/tool_parsers.py)
 
 
@@ -37,6 +42,8 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
     """Build `output/model_repository` (one `llm` model per spec) and `output/manifest.json`; return the repository."""
     if options.device == "cuda":
         check_cuda()
+    if options.engine_process is None:
+        options = replace(options, engine_process=options.engine_core in ENGINE_PROCESS_CORES)
     specs = [ModelSpec.parse(text) for text in model_specs]
     duplicate = {model_id for model_id, count in Counter(s.id for s in specs).items() if count > 1}
     if duplicate:
@@ -68,6 +75,7 @@ def prepare(model_specs: list[str], home: Path, output: Path, options: EngineOpt
             "kv_cache_blocks": options.kv_cache_blocks,
             "prefix_caching": str(options.prefix_caching).lower(),
             "engine_core": options.engine_core,
+            "engine_process": str(options.engine_process).lower(),
             "capabilities": engine_contract.capabilities(options.engine_core),
             "tool_parser": options.tool_parser,
         }

@@ -26,6 +26,7 @@ MODEL_FLAGS = {
     "engine_core": "engine_core",
     "weight_format": "weight_format",
     "prefix_caching": "prefix_caching",
+    "engine_process": "engine_process",
 }
 SERVE_FLAGS = {
     "host": "host",
@@ -65,6 +66,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="reuse cached prompt prefixes (faster session turns; seeds then depend on the cache); default: on with "
         "the fast core only",
+    )
+    parser.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the engine core in a child process of Triton's model (responses then do not slow its loop); "
+        "default: on with the fast core only",
     )
     parser.add_argument(
         "--weight-format",

@@ -33,6 +33,7 @@ def prepare_repository(settings: LauncherSettings, output: Path) -> Path:
         engine_core=settings.engine_core or engine_contract.OPENVINO_PAGED,
         weight_format=settings.weight_format,
         prefix_caching=settings.prefix_caching,
+        engine_process=settings.engine_process,
     )
     try:
         return prepare(settings.models, settings.home, output, options)

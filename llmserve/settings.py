@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from build_engines.prepare import ENGINE_PROCESS_CORES
 from engine_contract import FAST, LLM_CORES, OPENVINO_IR_CORES, OPENVINO_PAGED
 from frontend_api.settings import Settings, check_address
 
@@ -107,6 +108,12 @@ class LauncherSettings(Settings):
         "prefilled once). Unset: on with the fast core (as vLLM), off with the openvino_paged and openvino cores. "
         "With it on, the same seed can sample different text depending on what is cached.",
     )
+    engine_process: bool = Field(
+        False,
+        description="Run the llm engine core in a child process of Triton's python model (engine_process.py), so "
+        "that sending responses does not compete with the engine's loop for one GIL. Unset: on with the fast core, "
+        'off with the openvino_paged and openvino cores (docs/PERFORMANCE.md, "The engine in its own process").',
+    )
     weight_format: Literal["int8", "int4", "fp16"] = Field(
         "int8", description="Weights of the CPU cores' OpenVINO export (int4 is faster and answers less well)."
     )
@@ -126,6 +133,8 @@ class LauncherSettings(Settings):
             raise ValueError(f"engine_core {self.engine_core} runs on the CPU; use engine_core fast with device cuda")
         if "prefix_caching" not in self.model_fields_set:  # unset: on with the fast core only (as vLLM)
             self.prefix_caching = self.engine_core == FAST
+        if "engine_process" not in self.model_fields_set:  # unset: by measurement (docs/PERFORMANCE.md)
+            self.engine_process = self.engine_core in ENGINE_PROCESS_CORES
         return self
 
     @field_validator("triton_address")

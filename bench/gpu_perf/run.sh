@@ -14,9 +14,11 @@
 #              BASELINE=DIR also greedy on an earlier core's modules in DIR, interleaved)
 # Extra arguments: INPROCESS_ARGS and TRITON_ARGS, e.g. the throughput stages alone, levels of 8x the streams:
 #   STAGES=triton TRITON_ARGS="--levels 64,256 --openai-levels 64,256 --requests-per-level 2048" bash bench/gpu_perf/run.sh
+# and the fast core in a child process of Triton's model (the default) against in it, both stacks up, level by level:
+#   STAGES=triton TRITON_ARGS="--engine-process both --levels 64,256 --openai-levels 256 --requests-per-level 2048" ...
 # Results land in $OUT (the device tool brings them back); copy them to docs/perf/<run>/.
 set -uo pipefail
-case "${1:-}" in -h|--help) sed -n '2,13p' "$0" | cut -c3-; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,19p' "$0" | cut -c3-; exit 0;; esac
 cd "$(dirname "$0")/../.."
 source bench/gpu_setup.sh "${GPU_BUNDLE:-.device/gpu}" || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -17,6 +17,7 @@ import triton_python_backend_utils as pb_utils
 # top-level modules.
 from contract_io import parse_request, response_arrays
 from core import DEFAULT_CORE, InvalidRequest, Sampling, Update, load_core
+from engine_process import EngineProcess, EngineProcessError
 from response_queue import ResponseQueue
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -97,19 +98,25 @@ class TritonPythonModel:
         if device == "cuda":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
         self.core_name = params.get("engine_core", DEFAULT_CORE)
-        try:
-            core_class = load_core(self.core_name)
-        except ValueError as exc:  # an unknown engine_core: the model must not load
+        in_child = params.get("engine_process", "false")
+        if in_child not in ("true", "false"):
+            raise pb_utils.TritonModelException(f"engine_process must be true or false, not {in_child!r}")
+        self._in_child = in_child == "true"
+        try:  # engine_process: the core runs in a child process (engine_process.py), not imported here
+            core_class = (
+                functools.partial(EngineProcess, self.core_name) if self._in_child else load_core(self.core_name)
+            )
+            self.engine = core_class(
+                checkpoint_dir=params["checkpoint_dir"],
+                device=device,
+                dtype=params.get("dtype", "float32"),
+                max_num_seqs=int(params.get("max_num_seqs", 32)),
+                kv_cache_blocks=int(params.get("kv_cache_blocks", 0)),
+                prefix_caching=params.get("prefix_caching", "false") == "true",
+                max_model_len=int(params["max_model_len"]) if params.get("max_model_len") else None,
+            )
+        except (ValueError, EngineProcessError) as exc:  # an unknown engine_core, an option it refuses: no load
             raise pb_utils.TritonModelException(str(exc)) from exc
-        self.engine = core_class(
-            checkpoint_dir=params["checkpoint_dir"],
-            device=device,
-            dtype=params.get("dtype", "float32"),
-            max_num_seqs=int(params.get("max_num_seqs", 32)),
-            kv_cache_blocks=int(params.get("kv_cache_blocks", 0)),
-            prefix_caching=params.get("prefix_caching", "false") == "true",
-            max_model_len=int(params["max_model_len"]) if params.get("max_model_len") else None,
-        )
         self.responses = ResponseQueue()
         self._labels = labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         # Metric families must outlive their metrics: keep references to both.
@@ -159,7 +166,8 @@ class TritonPythonModel:
                 prefix = parsed.prompt if keep_prompt else ""  # an ids prompt: nothing (the output is text)
                 writer = _ResponseWriter(sender, parsed.stream, prefix, parsed.sampling, self._count_finished)
                 request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-                sink = self.responses.sink_for(writer)
+                # In a child, the core's updates arrive in batches on a thread that sends the responses itself.
+                sink = writer if self._in_child else self.responses.sink_for(writer)
                 self.engine.submit(request_id, parsed.prompt, parsed.sampling, sink, sender.is_cancelled)
             except (InvalidRequest, ValueError, TypeError) as exc:
                 error = pb_utils.TritonError(f"invalid request: {exc}")

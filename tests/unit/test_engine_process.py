@@ -195,3 +195,31 @@ def test_the_interpreter_is_this_environments_python_when_sys_executable_is_a_st
     monkeypatch.setattr(sys, "executable", "/opt/tritonserver/backends/python/triton_python_backend_stub")
     chosen = Path(python_interpreter())
     assert chosen.parent == Path(sys.prefix) / "bin" and chosen.name.startswith("python")
+
+
+def test_batches_already_sent_are_delivered_together_one_update_per_sequence():
+    """Three engine steps' batches waiting on the socket become one delivery: each sequence's three deltas one
+    update (one Triton response, not three), in order, with the last step's counts."""
+    import socket as socket_module
+    from multiprocessing.connection import Connection
+
+    import engine_process_wire as wire
+    from engine_process import drain
+    from response_queue import merge
+
+    ours, theirs = socket_module.socketpair()
+    parent, child = Connection(ours.detach()), Connection(theirs.detach())
+    for step, text in enumerate(("a", "b", "c")):
+        batch = [wire.pack(key, False, Update(text + str(key), num_output_tokens=step + 1, token_ids=(step,)))
+                 for key in (1, 2)]  # fmt: skip
+        wire.send(child, batch)
+    wire.send(child, (wire.STOPPED,))
+    batch, stopped = drain(parent)
+    assert stopped and len(batch) == 6
+    merged = merge((item[0], Update(*item[2:])) for item in batch)
+    assert [(key, u.text, u.token_ids, u.num_output_tokens) for (key, _), u in merged.items()] == [
+        (1, "a1b1c1", (0, 1, 2), 3),
+        (2, "a2b2c2", (0, 1, 2), 3),
+    ]
+    wire.send(child, [wire.pack(1, True, Update("d", "stop"))])
+    assert drain(parent) == ([(1, True, "d", "stop", None, 0, 0, 0, ())], False)  # one message: no wait for more

@@ -100,7 +100,7 @@ class OpenAIServingCompletion(OpenAIServing):
         "return_prompt_log_probs": "echo",
     }
 
-    async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[str]:
+    async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[str | bytes]:
         model = await self.resolve_model(request.model)
         prompts = request.prompts
         echo_logprobs = bool(request.echo and request.logprobs is not None)
@@ -180,7 +180,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
     async def _stream(
         self, request: CompletionRequest, response_id: str, streams: Streams
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[bytes, None]:
         n = request.choices_per_prompt
         runs = streams.runs
         first = runs[0].prepared

@@ -224,14 +224,14 @@ class EventStream:
     never started runs none of its cleanup (the client can leave before the body is read), so `aclose` also
     closes `resource` (the engine stream, or a chat run that stores its turn); both closes are idempotent."""
 
-    def __init__(self, events: AsyncGenerator[str, None], resource: Closeable):
+    def __init__(self, events: AsyncGenerator[str | bytes, None], resource: Closeable):
         self._events = events
         self._resource = resource
 
-    def __aiter__(self) -> EventStream:
-        return self
+    def __aiter__(self) -> AsyncGenerator[str | bytes, None]:
+        return self._events  # `async for` then steps the generator itself: no wrapper call per event
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> str | bytes:
         return await anext(self._events)
 
     async def aclose(self) -> None:

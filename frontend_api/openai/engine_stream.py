@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from frontend_api.engine.protocol import GenerationChunk, TopLogprobs
+from frontend_api.openai.timing import GenerationTimer
 from frontend_api.policy.limits import Admission
 
 
@@ -84,13 +85,23 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
 class EngineStream:
     """The engine's chunks (`receive_first()` waits for the first one), read one by one (`async for`) or in
     batches (`batch()`), not both. Always closed (`async with aclosing(...)`, or by the EventStream of a
-    response): closing it closes the engine generator, which cancels the request in the engine, and finishes the
-    admission (frees the generation's slots and charges its completion tokens)."""
+    response): closing it closes the engine generator, which cancels the request in the engine, records the
+    generation's timer (metrics, access-log fields) and finishes the admission (frees the generation's slots and
+    charges its completion tokens)."""
 
-    def __init__(self, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None):
+    def __init__(
+        self,
+        rest: AsyncIterator[GenerationChunk],
+        admission: Admission | None = None,
+        timer: GenerationTimer | None = None,
+    ):
         self._first: GenerationChunk | None = None
         self._rest = rest
         self._admission = admission
+        # The metrics and usage.stats: it sees each chunk as it is received here (not a generator wrapped around the
+        # engine's: one async hop less per chunk), and records the generation once, when this stream is closed.
+        self._timer = timer
+        self._on_chunk = timer.on_chunk if timer is not None else None
         self._counts: dict[int, int] = {}  # each sequence's count so far (the engine reports it on every response)
         # batch(): a task reads the engine's chunks as they come into `_ready`, so that what arrives while the
         # consumer is busy is there, whole, for its next batch.
@@ -104,6 +115,10 @@ class EngineStream:
             self._first = self._seen(await anext(self._rest))
         except StopAsyncIteration:
             self._first = None
+            self._ended()
+        except Exception:
+            self._failed()
+            raise
 
     @property
     def num_output_tokens(self) -> int:
@@ -113,7 +128,17 @@ class EngineStream:
     def _seen(self, chunk: GenerationChunk) -> GenerationChunk:
         if chunk.num_output_tokens is not None:
             self._counts[chunk.index] = chunk.num_output_tokens
+        if self._on_chunk is not None:
+            self._on_chunk(chunk)
         return chunk
+
+    def _ended(self) -> None:
+        if self._timer is not None:
+            self._timer.exhausted = True
+
+    def _failed(self) -> None:
+        if self._timer is not None:
+            self._timer.failed = True  # an engine error (or a bug): recorded, then passed on
 
     def __aiter__(self) -> EngineStream:
         return self
@@ -122,7 +147,14 @@ class EngineStream:
         if self._first is not None:
             chunk, self._first = self._first, None
             return chunk
-        return self._seen(await anext(self._rest))
+        try:
+            return self._seen(await anext(self._rest))
+        except StopAsyncIteration:
+            self._ended()
+            raise
+        except Exception:
+            self._failed()
+            raise
 
     async def batch(self) -> list[GenerationChunk]:
         """The next chunks: at least one (waiting for it), and every other one already received; [] at the end.
@@ -149,8 +181,10 @@ class EngineStream:
                 self._ready.append(self._seen(chunk))
                 self._wake()
             self._end = StopAsyncIteration()
+            self._ended()
         except Exception as exc:  # the engine's error: raised by batch() after the chunks before it
             self._end = exc
+            self._failed()
         self._wake()
 
     def _wake(self) -> None:
@@ -166,6 +200,9 @@ class EngineStream:
                 await asyncio.gather(self._reader, return_exceptions=True)
             await _close(self._rest)
         finally:
+            if self._timer is not None:
+                timer, self._timer, self._on_chunk = self._timer, None, None
+                timer.record()  # once: a stream may be closed more than once
             if self._admission is not None:
                 await self._admission.finish(self.num_output_tokens)
 

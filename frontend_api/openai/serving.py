@@ -286,7 +286,7 @@ class OpenAIServing:
             prepared.prompt_tokens,
             prepared.arrived,
         )
-        stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
+        stream = EngineStream(self.engine.generate(prepared.engine_request), admission, timer)
         try:
             await stream.receive_first()
         except EngineError as exc:

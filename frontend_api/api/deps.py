@@ -80,14 +80,10 @@ async def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIS
     return chat_serving(request.app.state, principal)
 
 
-async def get_completion_serving(
-    engine: EngineDep,
-    tokenizers: TokenizersDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
-    limiter: LimiterDep,
-) -> OpenAIServingCompletion:
-    return OpenAIServingCompletion(engine, tokenizers, settings, principal, limiter)
+async def get_completion_serving(request: Request, principal: PrincipalDep) -> OpenAIServingCompletion:
+    # From app.state directly, as chat's: each sub-dependency costs FastAPI a resolution per request.
+    state = request.app.state
+    return OpenAIServingCompletion(get_engine(state), state.tokenizers, state.settings, principal, state.limiter)
 
 
 async def get_started_at(request: Request) -> int:

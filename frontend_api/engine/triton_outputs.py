@@ -77,25 +77,30 @@ def _text(array: np.ndarray | None) -> str:
     return "".join(v.decode("utf-8") if isinstance(v, bytes) else v for v in array.ravel().tolist())
 
 
-def _first(array: np.ndarray | None) -> Any:
-    """A one-value output's value as a Python number or bytes; None when absent or empty."""
-    return None if array is None or not array.size else array.item(0)
-
-
 def parse_outputs(
     read: Callable[[str], np.ndarray | None], top_logprobs: int = 0, logprobs_asked: bool = True
 ) -> GenerationChunk:
     """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
     the request's num_top_log_probs (the k of the flattened top-k outputs); `logprobs_asked`: whether the request asked
     for any log-probabilities (without, the seven log-probability outputs are not looked for)."""
-    # The six outputs of every response, read with a C call or two each: this runs once per engine response.
-    finish, index, ids = _first(read(_FINISH)), _first(read(_INDEX)), read(_IDS)
+    # The six outputs of every response, read with a C call or two each (inline: this runs once per response).
+    text, finish, prompt_count, count, index, ids = (
+        read(_TEXT),
+        read(_FINISH),
+        read(_INPUT_COUNT),
+        read(_OUTPUT_COUNT),
+        read(_INDEX),
+        read(_IDS),
+    )
+    reason = None if finish is None or not finish.size else finish.item(0)
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8")
     chunk = GenerationChunk(
-        _text(read(_TEXT)),
-        (finish.decode("utf-8") if isinstance(finish, bytes) else finish) or None,
-        _first(read(_INPUT_COUNT)),
-        _first(read(_OUTPUT_COUNT)),
-        int(index or 0),
+        _text(text),
+        reason or None,
+        None if prompt_count is None or not prompt_count.size else prompt_count.item(0),
+        None if count is None or not count.size else count.item(0),
+        index.item(0) if index is not None and index.size else 0,
         () if ids is None else tuple(ids.ravel().tolist()),
     )
     if not logprobs_asked:

@@ -207,7 +207,7 @@ class OpenAIServingCompletion(OpenAIServing):
                             part.add(chunk)
                             found = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
                             logprobs = found.model_dump() if found is not None else None
-                        offsets[index] = offsets.get(index, 0) + len(text)
+                            offsets[index] = offsets.get(index, 0) + len(text)
                         if text or (logprobs is not None and logprobs["tokens"]):
                             yield template.event(completion_choice(index, text, logprobs))
                         if chunk.finish_reason in FINISH_REASONS and index not in finished:

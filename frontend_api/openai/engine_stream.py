@@ -43,8 +43,10 @@ class Tally:
         if chunk.num_output_tokens is not None:
             self.num_output_tokens = chunk.num_output_tokens
         self.token_ids.extend(chunk.token_ids)
-        self.logprobs.extend(chunk.logprobs)
-        self.top_logprobs.extend(chunk.top_logprobs)
+        if chunk.logprobs:  # per chunk: most have none
+            self.logprobs.extend(chunk.logprobs)
+        if chunk.top_logprobs:
+            self.top_logprobs.extend(chunk.top_logprobs)
         if chunk.prompt_logprobs is not None:
             self.prompt_logprobs = chunk.prompt_logprobs
             self.prompt_top_logprobs = chunk.prompt_top_logprobs

@@ -92,7 +92,7 @@ def fake_alone(input_tokens: int, output_tokens: int, requests: int = 64, repeat
 
     with_parser = cpu_per_token()
     real_parser, stub = fake_engine.parse_outputs, GenerationChunk(" x", num_output_tokens=1)
-    fake_engine.parse_outputs = lambda read, k=0: stub
+    fake_engine.parse_outputs = lambda read, k=0, logprobs_asked=True: stub
     try:
         alone = cpu_per_token()
     finally:

@@ -165,6 +165,7 @@ class FakeEngine:
         max_tokens, stops = int(values["max_tokens"]), tuple(values["stop_words"])
         n, k = int(values["num_return_sequences"]), int(values["num_top_log_probs"])
         logprobs = bool(values["return_log_probs"])
+        logprobs_asked = logprobs or k > 0 or bool(values["return_prompt_log_probs"])
         exact = int(values["min_tokens"]) >= max_tokens  # no end-of-sequence
         prompt_ids = list(values["input_ids"]) or self._tokenizer.encode(request.prompt, add_special_tokens=True).ids
         prompt = request.prompt if values["text_input"] is not None else self._tokenizer.decode(prompt_ids)
@@ -209,7 +210,7 @@ class FakeEngine:
                     arrays[contract.PROMPT_TOP_LOG_PROB_IDS.name] = contract.PROMPT_TOP_LOG_PROB_IDS.array(
                         [i for i, _ in tops]
                     )
-            return parse_outputs(arrays.get, k)
+            return parse_outputs(arrays.get, k, logprobs_asked)
 
         self.active.add(request.request_id)
         finished = False

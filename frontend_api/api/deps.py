@@ -1,4 +1,7 @@
-"""`Annotated` dependencies: the app-wide objects live on `app.state` (set by `create_app` and its lifespan)."""
+"""`Annotated` dependencies: the app-wide objects live on `app.state` (set by `create_app` and its lifespan).
+
+The dependencies are `async def` although none of them awaits: FastAPI runs a plain `def` dependency in its
+thread pool, a thread hand-off (two context switches) per dependency and request for a getattr."""
 
 from typing import Annotated
 
@@ -17,7 +20,7 @@ from frontend_api.storage.database import Database
 from frontend_api.storage.sessions import SessionStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -28,23 +31,23 @@ def get_engine(state: State) -> Engine:
     return engine
 
 
-def get_app_engine(request: Request) -> Engine:
+async def get_app_engine(request: Request) -> Engine:
     return get_engine(request.app.state)
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_session_store(request: Request) -> SessionStore:
+async def get_session_store(request: Request) -> SessionStore:
     return SessionStore(request.app.state.database)
 
 
-def get_tokenizers(request: Request) -> Tokenizers:
+async def get_tokenizers(request: Request) -> Tokenizers:
     return request.app.state.tokenizers
 
 
-def get_limiter(request: Request) -> Limiter:
+async def get_limiter(request: Request) -> Limiter:
     return request.app.state.limiter
 
 
@@ -56,7 +59,7 @@ TokenizersDep = Annotated[Tokenizers, Depends(get_tokenizers)]
 LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 
 
-def get_serving(
+async def get_serving(
     engine: EngineDep,
     tokenizers: TokenizersDep,
     settings: SettingsDep,
@@ -73,21 +76,17 @@ def chat_serving(state: State, principal: Principal) -> OpenAIServingChat:
     )
 
 
-def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIServingChat:
+async def get_chat_serving(request: Request, principal: PrincipalDep) -> OpenAIServingChat:
     return chat_serving(request.app.state, principal)
 
 
-def get_completion_serving(
-    engine: EngineDep,
-    tokenizers: TokenizersDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
-    limiter: LimiterDep,
-) -> OpenAIServingCompletion:
-    return OpenAIServingCompletion(engine, tokenizers, settings, principal, limiter)
+async def get_completion_serving(request: Request, principal: PrincipalDep) -> OpenAIServingCompletion:
+    # From app.state directly, as chat's: each sub-dependency costs FastAPI a resolution per request.
+    state = request.app.state
+    return OpenAIServingCompletion(get_engine(state), state.tokenizers, state.settings, principal, state.limiter)
 
 
-def get_started_at(request: Request) -> int:
+async def get_started_at(request: Request) -> int:
     return request.app.state.started_at
 
 

@@ -297,6 +297,8 @@ class TritonEngine:
         responses = self._client.stream_infer(inputs_iterator=requests())
         self._streams.add(responses)
         unfinished = set(range(request.params.n))  # sequences that have not had their finish_reason
+        params = request.params
+        logprobs_asked = params.logprobs or params.top_logprobs > 0 or params.prompt_logprobs
         try:
             while True:
                 try:
@@ -306,7 +308,7 @@ class TritonEngine:
                 if error is not None:  # an in-band error is the request's final response
                     await self._drain(responses)
                     raise infer_error(error.message() or str(error))
-                chunk, final = parse_result(result, request.params.top_logprobs)
+                chunk, final = parse_result(result, params.top_logprobs, logprobs_asked)
                 if chunk.finish_reason:
                     unfinished.discard(chunk.index)
                 yield chunk

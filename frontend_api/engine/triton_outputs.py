@@ -1,5 +1,6 @@
 """One Triton stream response's output tensors (engine_contract) read into a GenerationChunk: the front-end's
-work on every response, so the common case (no log-probabilities) reads only the six tensors it has."""
+work on every response, so the common case (no log-probabilities asked) reads only the six tensors it has, with a
+C call or two each."""
 
 from __future__ import annotations
 
@@ -52,9 +53,6 @@ _TEXT, _FINISH, _INPUT_COUNT, _OUTPUT_COUNT, _INDEX, _IDS = (
         contract.OUTPUT_IDS,
     )
 )
-_read_text, _read_finish, _read_input_count, _read_output_count, _read_index, _read_ids = (
-    _READ[name] for name in (_TEXT, _FINISH, _INPUT_COUNT, _OUTPUT_COUNT, _INDEX, _IDS)
-)
 _LOGPROB_OUTPUTS = tuple(
     spec.name
     for spec in (
@@ -69,19 +67,44 @@ _LOGPROB_OUTPUTS = tuple(
 )
 
 
-def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 0) -> GenerationChunk:
-    """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
-    the request's num_top_log_probs (the k of the flattened top-k outputs)."""
+def _text(array: np.ndarray | None) -> str:
+    """text_output: one string as a rule (a delta), else its pieces joined."""
+    if array is None:
+        return ""
+    if array.size == 1:
+        value = array.item(0)
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+    return "".join(v.decode("utf-8") if isinstance(v, bytes) else v for v in array.ravel().tolist())
 
-    token_ids = _read_ids(read(_IDS))
-    chunk = GenerationChunk(
-        "".join(_read_text(read(_TEXT))),
-        _read_finish(read(_FINISH)) or None,
-        _read_input_count(read(_INPUT_COUNT)),
-        _read_output_count(read(_OUTPUT_COUNT)),
-        int(_read_index(read(_INDEX)) or 0),
-        token_ids,
+
+def parse_outputs(
+    read: Callable[[str], np.ndarray | None], top_logprobs: int = 0, logprobs_asked: bool = True
+) -> GenerationChunk:
+    """The chunk of one response whose output arrays `read(name)` returns (None when absent); `top_logprobs` is
+    the request's num_top_log_probs (the k of the flattened top-k outputs); `logprobs_asked`: whether the request asked
+    for any log-probabilities (without, the seven log-probability outputs are not looked for)."""
+    # The six outputs of every response, read with a C call or two each (inline: this runs once per response).
+    text, finish, prompt_count, count, index, ids = (
+        read(_TEXT),
+        read(_FINISH),
+        read(_INPUT_COUNT),
+        read(_OUTPUT_COUNT),
+        read(_INDEX),
+        read(_IDS),
     )
+    reason = None if finish is None or not finish.size else finish.item(0)
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8")
+    chunk = GenerationChunk(
+        _text(text),
+        reason or None,
+        None if prompt_count is None or not prompt_count.size else prompt_count.item(0),
+        None if count is None or not count.size else count.item(0),
+        index.item(0) if index is not None and index.size else 0,
+        () if ids is None else tuple(ids.ravel().tolist()),
+    )
+    if not logprobs_asked:
+        return chunk
     arrays = {name: array for name in _LOGPROB_OUTPUTS if (array := read(name)) is not None}
     if not arrays:  # the common case: no log-probabilities asked
         return chunk
@@ -98,6 +121,7 @@ def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 
         len(prompt_logprobs),
     )
     cum = logprob_value(contract.CUM_LOG_PROBS)
+    token_ids = chunk.token_ids
     chunk.logprobs = logprobs if len(logprobs) == len(token_ids) else ()
     chunk.top_logprobs = _top(
         logprob_value(contract.TOP_LOG_PROBS), logprob_value(contract.TOP_LOG_PROB_IDS), top_logprobs, len(token_ids)
@@ -108,9 +132,11 @@ def parse_outputs(read: Callable[[str], np.ndarray | None], top_logprobs: int = 
     return chunk
 
 
-def parse_result(result: InferResult, top_logprobs: int = 0) -> tuple[GenerationChunk, bool]:
+def parse_result(
+    result: InferResult, top_logprobs: int = 0, logprobs_asked: bool = True
+) -> tuple[GenerationChunk, bool]:
     """(chunk, is_final) of one stream response: final is Triton's flag, after the last sequence's response."""
-    chunk = parse_outputs(result.as_numpy, top_logprobs)
+    chunk = parse_outputs(result.as_numpy, top_logprobs, logprobs_asked)
     parameters = result.get_response().parameters
     final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
     return chunk, bool(final)

@@ -200,7 +200,9 @@ class OpenAIServingChat(OpenAIServing):
         ]
         return AssistantMessage(content=output.content, tool_calls=calls or None)
 
-    async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
+    async def create_chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[str | bytes]:
         run = await self.start_chat(request)
         if request.stream:
             return EventStream(self._stream(request, run), run)
@@ -231,7 +233,7 @@ class OpenAIServingChat(OpenAIServing):
             session_id=run.session_id,
         )
 
-    async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncGenerator[str, None]:
+    async def _stream(self, request: ChatCompletionRequest, run: ChatRun) -> AsyncGenerator[bytes, None]:
         envelope = ChatCompletionChunk(
             id=run.prepared.id,
             created=run.prepared.created,
@@ -241,7 +243,7 @@ class OpenAIServingChat(OpenAIServing):
         )
         template = ChunkTemplate(envelope)
 
-        def deltas(index: int, parsed: ParsedDelta, logprobs: dict[str, Any] | None = None) -> list[str]:
+        def deltas(index: int, parsed: ParsedDelta, logprobs: dict[str, Any] | None = None) -> list[bytes]:
             """The events of what a choice's text read as: content, then each tool-call piece."""
             pieces: list[dict[str, Any]] = []
             if parsed.content or logprobs is not None:
@@ -257,7 +259,7 @@ class OpenAIServingChat(OpenAIServing):
                 for i, delta in enumerate(pieces)
             ]
 
-        def finish(index: int, reason: str) -> list[str]:
+        def finish(index: int, reason: str) -> list[bytes]:
             return [*deltas(index, run.outputs.finish(index)), template.event(chat_choice(index, {}, None, reason))]
 
         finished: set[int] = set()

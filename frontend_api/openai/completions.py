@@ -100,7 +100,7 @@ class OpenAIServingCompletion(OpenAIServing):
         "return_prompt_log_probs": "echo",
     }
 
-    async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[str]:
+    async def create_completion(self, request: CompletionRequest) -> Completion | AsyncIterator[str | bytes]:
         model = await self.resolve_model(request.model)
         prompts = request.prompts
         echo_logprobs = bool(request.echo and request.logprobs is not None)
@@ -180,7 +180,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
     async def _stream(
         self, request: CompletionRequest, response_id: str, streams: Streams
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[bytes, None]:
         n = request.choices_per_prompt
         runs = streams.runs
         first = runs[0].prepared
@@ -207,7 +207,7 @@ class OpenAIServingCompletion(OpenAIServing):
                             part.add(chunk)
                             found = await self._logprobs(request, run, part, opening, offsets.get(index, 0))
                             logprobs = found.model_dump() if found is not None else None
-                        offsets[index] = offsets.get(index, 0) + len(text)
+                            offsets[index] = offsets.get(index, 0) + len(text)
                         if text or (logprobs is not None and logprobs["tokens"]):
                             yield template.event(completion_choice(index, text, logprobs))
                         if chunk.finish_reason in FINISH_REASONS and index not in finished:

@@ -1,20 +1,21 @@
 """What the engine produced for one generation: its chunks as a closeable stream (EngineStream), tallied per
 sequence (Tally, Tallies), and a streaming response body that closes what it must (EventStream).
 
-An event stream takes the engine's chunks in batches (`EngineStream.batch`): the next chunk and those that
-arrived while the previous event was being sent, merged per sequence (`coalesce`) into one SSE event each, as
-OpenAI allows (a delta of several tokens). It never waits for a chunk that has not arrived."""
+An event stream takes the engine's chunks in batches (`EngineStream.batch`): the next chunk and every other one
+the engine has ready without waiting (already received, or sent in a burst), merged per sequence (`coalesce`) into
+one SSE event each, as OpenAI allows (a delta of several tokens). It never waits for a chunk that has not arrived.
+The consumer's own task reads the engine (ready_reader.py): no reader task, no hand-over per chunk."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from frontend_api.engine.protocol import GenerationChunk, TopLogprobs
+from frontend_api.openai.ready_reader import ReadyReader
+from frontend_api.openai.timing import GenerationTimer
 from frontend_api.policy.limits import Admission
 
 
@@ -42,8 +43,10 @@ class Tally:
         if chunk.num_output_tokens is not None:
             self.num_output_tokens = chunk.num_output_tokens
         self.token_ids.extend(chunk.token_ids)
-        self.logprobs.extend(chunk.logprobs)
-        self.top_logprobs.extend(chunk.top_logprobs)
+        if chunk.logprobs:  # per chunk: most have none
+            self.logprobs.extend(chunk.logprobs)
+        if chunk.top_logprobs:
+            self.top_logprobs.extend(chunk.top_logprobs)
         if chunk.prompt_logprobs is not None:
             self.prompt_logprobs = chunk.prompt_logprobs
             self.prompt_top_logprobs = chunk.prompt_top_logprobs
@@ -84,26 +87,36 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
 class EngineStream:
     """The engine's chunks (`receive_first()` waits for the first one), read one by one (`async for`) or in
     batches (`batch()`), not both. Always closed (`async with aclosing(...)`, or by the EventStream of a
-    response): closing it closes the engine generator, which cancels the request in the engine, and finishes the
-    admission (frees the generation's slots and charges its completion tokens)."""
+    response): closing it closes the engine generator, which cancels the request in the engine, records the
+    generation's timer (metrics, access-log fields) and finishes the admission (frees the generation's slots and
+    charges its completion tokens)."""
 
-    def __init__(self, rest: AsyncIterator[GenerationChunk], admission: Admission | None = None):
+    def __init__(
+        self,
+        rest: AsyncIterator[GenerationChunk],
+        admission: Admission | None = None,
+        timer: GenerationTimer | None = None,
+    ):
         self._first: GenerationChunk | None = None
         self._rest = rest
         self._admission = admission
+        # The metrics and usage.stats: it sees each chunk as it is received here (not a generator wrapped around the
+        # engine's: one async hop less per chunk), and records the generation once, when this stream is closed.
+        self._timer = timer
+        self._on_chunk = timer.on_chunk if timer is not None else None
         self._counts: dict[int, int] = {}  # each sequence's count so far (the engine reports it on every response)
-        # batch(): a task reads the engine's chunks as they come into `_ready`, so that what arrives while the
-        # consumer is busy is there, whole, for its next batch.
-        self._reader: asyncio.Task[None] | None = None
-        self._ready: deque[GenerationChunk] = deque()
-        self._end: BaseException | None = None  # StopAsyncIteration, or the engine's error, after `_ready`
-        self._wakeup: asyncio.Future[None] | None = None
+        self._reader = ReadyReader(rest)  # batch()'s: the chunks the engine has ready without waiting
+        self._end: BaseException | None = None  # StopAsyncIteration, or the engine's error, met after a batch's first
 
     async def receive_first(self) -> None:
         try:
             self._first = self._seen(await anext(self._rest))
         except StopAsyncIteration:
             self._first = None
+            self._ended()
+        except Exception:
+            self._failed()
+            raise
 
     @property
     def num_output_tokens(self) -> int:
@@ -113,7 +126,17 @@ class EngineStream:
     def _seen(self, chunk: GenerationChunk) -> GenerationChunk:
         if chunk.num_output_tokens is not None:
             self._counts[chunk.index] = chunk.num_output_tokens
+        if self._on_chunk is not None:
+            self._on_chunk(chunk)
         return chunk
+
+    def _ended(self) -> None:
+        if self._timer is not None:
+            self._timer.exhausted = True
+
+    def _failed(self) -> None:
+        if self._timer is not None:
+            self._timer.failed = True  # an engine error (or a bug): recorded, then passed on
 
     def __aiter__(self) -> EngineStream:
         return self
@@ -122,50 +145,60 @@ class EngineStream:
         if self._first is not None:
             chunk, self._first = self._first, None
             return chunk
-        return self._seen(await anext(self._rest))
+        try:
+            return self._seen(await anext(self._rest))
+        except StopAsyncIteration:
+            self._ended()
+            raise
+        except Exception:
+            self._failed()
+            raise
 
     async def batch(self) -> list[GenerationChunk]:
-        """The next chunks: at least one (waiting for it), and every other one already received; [] at the end.
-        Raises the engine's error once the chunks before it are taken."""
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+        """The next chunks: at least one (waiting for it), and every other one the engine has ready without
+        waiting; [] at the end. Raises the engine's error once the chunks before it are taken."""
         if self._first is not None:
-            chunk, self._first = self._first, None
-            return [chunk]
-        while not self._ready:
-            if self._end is not None:
-                if isinstance(self._end, StopAsyncIteration):
-                    return []
-                raise self._end
-            self._wakeup = asyncio.get_running_loop().create_future()
-            await self._wakeup
-        chunks = list(self._ready)
-        self._ready.clear()
-        return chunks
-
-    async def _read(self) -> None:
-        try:
-            async for chunk in self._rest:
-                self._ready.append(self._seen(chunk))
-                self._wake()
-            self._end = StopAsyncIteration()
-        except Exception as exc:  # the engine's error: raised by batch() after the chunks before it
-            self._end = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+            chunks = [self._first]
+            self._first = None
+        elif self._end is not None:
+            if isinstance(self._end, StopAsyncIteration):
+                return []
+            raise self._end
+        else:
+            try:
+                chunks = [self._seen(await self._reader.next())]
+            except StopAsyncIteration:
+                self._end = StopAsyncIteration()
+                self._ended()
+                return []
+            except Exception as exc:
+                self._end = exc
+                self._failed()
+                raise
+        while True:
+            try:
+                chunk = self._reader.poll()
+            except StopAsyncIteration as end:
+                self._end = end
+                self._ended()
+                return chunks
+            except Exception as exc:  # the engine's error: raised by the next batch(), after these chunks
+                self._end = exc
+                self._failed()
+                return chunks
+            if chunk is None:
+                return chunks
+            chunks.append(self._seen(chunk))
 
     async def aclose(self) -> None:
         self._first = None
         try:
-            if self._reader is not None and not self._reader.done():
-                # Cancelling the reader ends the engine generator inside it (the request is cancelled there).
-                self._reader.cancel()
-                await asyncio.gather(self._reader, return_exceptions=True)
-            await _close(self._rest)
+            await self._reader.cancel()  # a read batch() left pending: ended as a cancelled task ends it
+            await _close(self._rest)  # which cancels the request in the engine
         finally:
+            if self._timer is not None:
+                timer, self._timer, self._on_chunk = self._timer, None, None
+                timer.record()  # once: a stream may be closed more than once
             if self._admission is not None:
                 await self._admission.finish(self.num_output_tokens)
 
@@ -224,14 +257,14 @@ class EventStream:
     never started runs none of its cleanup (the client can leave before the body is read), so `aclose` also
     closes `resource` (the engine stream, or a chat run that stores its turn); both closes are idempotent."""
 
-    def __init__(self, events: AsyncGenerator[str, None], resource: Closeable):
+    def __init__(self, events: AsyncGenerator[str | bytes, None], resource: Closeable):
         self._events = events
         self._resource = resource
 
-    def __aiter__(self) -> EventStream:
-        return self
+    def __aiter__(self) -> AsyncGenerator[str | bytes, None]:
+        return self._events  # `async for` then steps the generator itself: no wrapper call per event
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> str | bytes:
         return await anext(self._events)
 
     async def aclose(self) -> None:

@@ -129,7 +129,7 @@ class OpenAIServingResponses:
             user=request.user,
         )
 
-    async def create(self, request: ResponsesRequest) -> Response | AsyncIterator[str]:
+    async def create(self, request: ResponsesRequest) -> Response | AsyncIterator[str | bytes]:
         if request.stored and not self.store.db.migrated:  # known before generating: it could not be stored
             raise storage_unavailable()
         translated = await self.translate(request)

@@ -27,9 +27,9 @@ from frontend_api.openai.responses_objects import (
 )
 
 
-def chat_chunks(line: str) -> dict[str, Any] | None:
-    """The JSON of one chat SSE event (`data: {...}`); None for `data: [DONE]`."""
-    data = line.strip().removeprefix("data:").strip()
+def chat_chunks(line: str | bytes) -> dict[str, Any] | None:
+    """The JSON of one chat SSE event (`data: {...}`, as the chat stream's bytes); None for `data: [DONE]`."""
+    data = (line.decode() if isinstance(line, bytes) else line).strip().removeprefix("data:").strip()
     return None if data == "[DONE]" else json.loads(data)
 
 
@@ -130,7 +130,7 @@ class ResponseEvents:
             )
         return events
 
-    async def events(self, chat_stream: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    async def events(self, chat_stream: AsyncIterator[str | bytes]) -> AsyncGenerator[str, None]:
         yield self.event("response.created", response=self.snapshot())
         yield self.event("response.in_progress", response=self.snapshot())
         finish_reason: str | None = None

@@ -44,13 +44,13 @@ from frontend_api.policy.auth import Principal
 from frontend_api.policy.limits import Admission, Limiter
 from frontend_api.settings import Settings
 
-SSE_DONE = "data: [DONE]\n\n"
+SSE_DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = ("stop", "length")
 
 
-def sse_event(payload: BaseModel | dict[str, Any]) -> str:
+def sse_event(payload: BaseModel | dict[str, Any]) -> bytes:
     data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
+    return f"data: {data}\n\n".encode()
 
 
 def engine_error_body(exc: EngineError) -> dict[str, Any]:
@@ -286,7 +286,7 @@ class OpenAIServing:
             prepared.prompt_tokens,
             prepared.arrived,
         )
-        stream = EngineStream(timer.watch(self.engine.generate(prepared.engine_request)), admission)
+        stream = EngineStream(self.engine.generate(prepared.engine_request), admission, timer)
         try:
             await stream.receive_first()
         except EngineError as exc:

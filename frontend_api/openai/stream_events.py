@@ -22,12 +22,14 @@ class ChunkTemplate:
         rendered = envelope.model_dump_json()
         # The key can only appear once unescaped: ids and model names are JSON strings, their quotes escaped.
         head, tail = rendered.split(_CHOICES, 1)
-        self.head = f'data: {head}"choices":['
-        self.tail = f"]{tail}\n\n"
+        self.head = f'data: {head}"choices":['.encode()
+        self.tail = f"]{tail}\n\n".encode()
 
-    def event(self, *choices: dict[str, Any]) -> str:
-        body = b",".join(orjson.dumps(choice) for choice in choices)
-        return f"{self.head}{body.decode()}{self.tail}"
+    def event(self, *choices: dict[str, Any]) -> bytes:
+        """The event as the bytes that go on the wire (orjson writes UTF-8: nothing is decoded or encoded again)."""
+        if len(choices) == 1:
+            return self.head + orjson.dumps(choices[0]) + self.tail
+        return self.head + b",".join(orjson.dumps(choice) for choice in choices) + self.tail
 
 
 def completion_choice(

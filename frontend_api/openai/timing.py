@@ -1,9 +1,10 @@
 """Timing of one generation: time to first token, inter-token latency, end-to-end latency, tokens by model and
 key name, the in-flight gauge, the outcome (stop, length, cancelled, error), and the per-response `usage.stats`.
 
-The timer wraps the engine's chunk iterator, so it sees each chunk when the engine sends it (not when the HTTP
-layer gets round to it) and learns how the generation ended when the iterator is closed: exhausted after the
-final chunk, closed early (the client went away: cancelled) or ended by an engine error.
+The generation's EngineStream feeds the timer each chunk as it is received from the engine (`on_chunk`: not when
+the HTTP layer gets round to it) and how the generation ended (`exhausted`, `failed`), and records it when the
+stream is closed: exhausted after the final chunk, closed early (the client went away: cancelled) or ended by an
+engine error. `watch` does the same around a plain chunk iterator.
 """
 
 from __future__ import annotations

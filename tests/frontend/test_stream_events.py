@@ -37,9 +37,9 @@ from fake_engine import MODEL
 TEXTS = ["", " bravo", 'quo"te\\ and\nnew line', "é 😀 \u2028"]
 
 
-def data(event: str) -> dict:
-    assert event.startswith("data: ") and event.endswith("\n\n")
-    return json.loads(event.removeprefix("data: "))
+def data(event: bytes) -> dict:
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    return json.loads(event.removeprefix(b"data: "))
 
 
 @pytest.mark.parametrize("text", TEXTS)

@@ -18,11 +18,11 @@ from frontend_api.policy.auth import PrincipalDep
 from frontend_api.storage.responses import ResponseStore
 
 
-def get_responses_serving(request: Request, chat: ChatServingDep) -> OpenAIServingResponses:
+async def get_responses_serving(request: Request, chat: ChatServingDep) -> OpenAIServingResponses:
     return OpenAIServingResponses(chat, ResponseStore(request.app.state.database))
 
 
-def get_stored_responses(request: Request, principal: PrincipalDep) -> StoredResponses:
+async def get_stored_responses(request: Request, principal: PrincipalDep) -> StoredResponses:
     return StoredResponses(ResponseStore(request.app.state.database), principal.key_id)
 
 

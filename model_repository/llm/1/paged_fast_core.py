@@ -31,27 +31,22 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bad_words import split_bad_words
 from cancellation import CancellationPoller
-from core import InvalidRequest, Sampling, TopLogprobs, Update, check_prompt, check_prompt_ids, validate_sampling
+from core import InvalidRequest, Sampling, Update, check_prompt, check_prompt_ids, validate_sampling
 from kv_blocks import BlockManager
 from paged_guided import PagedGuides
 from paged_overlap import StepInFlight, overlappable
 from paged_runner import PagedRunner
+from paged_sequences import PagedRequest, PagedSequence
 from prompt_scores import score_prompts
 from sampler import FlagCounts, Flags, SlotConfig, SlotSampler, sequence_key
 from scheduler import Scheduler
 from text_stream import TextStream, fast_decoder
-
-if TYPE_CHECKING:  # grammar.py (xgrammar) is imported with the first guided request
-    from grammar import GuideMatcher
 
 log = logging.getLogger("llm.paged_fast_core")
 
@@ -59,39 +54,6 @@ CANCEL_POLL_INTERVAL_S = 0.05
 DEFAULT_SLOT_LEN = 2048  # without kv_cache_blocks: KV for max_num_seqs x this many tokens (as the slot core had)
 BLOCK = 256  # the kv_cache_blocks setting counts blocks of this many tokens, for every core
 BLOCK_SIZE = 16  # tokens per paged block (FlashInfer's page size)
-
-
-@dataclass(eq=False)
-class _Request:
-    request_id: str
-    prompt: list[int]
-    sampling: Sampling
-    sink: Callable[[Update], None]
-    is_cancelled: Callable[[], bool]
-    sequences: list[_Sequence] = field(default_factory=list)
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """One of a request's n sequences: its scheduler id, sampler row, key (seed stream), text and pending deltas."""
-
-    request: _Request
-    index: int
-    seq_id: int
-    config: SlotConfig
-    stream: TextStream
-    eos_ids: frozenset[int]  # the ids that end it (end-of-sequence, end_id, stop_token_ids)
-    prompt_k: int = -1  # -1: no prompt log-probs (or scored already); else their top k
-    row: int = -1  # its sampler row while it is scheduled
-    generated: int = 0
-    done: bool = False
-    ids: list[int] = field(default_factory=list)  # generated since the last update (end ids left out)
-    logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[TopLogprobs] = field(default_factory=list)
-    prompt_parts: list = field(default_factory=list)  # (start, chosen, top) per scored chunk, until complete
-    prompt_scores: tuple | None = None  # (prompt_logprobs, prompt_top_logprobs) until the first update
-    guide: GuideMatcher | None = None  # its grammar's state (grammar.py), when the request has a guide
 
 
 def load_checkpoint(checkpoint_dir: str, device: str, dtype: str):
@@ -139,11 +101,11 @@ class PagedFastEngine:
         self._guides = PagedGuides(checkpoint_dir, self.vocab_size, self.sampler)
         self.max_num_seqs = max_num_seqs
         self._free_rows = list(range(max_num_seqs))
-        self._sequences: dict[int, _Sequence] = {}  # scheduler seq id -> sequence (those holding a row)
+        self._sequences: dict[int, PagedSequence] = {}  # scheduler seq id -> sequence (those holding a row)
         self._next_seq_id = 0
-        self._waiting: deque[_Request] = deque()  # for rows
-        self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._active: dict[str, _Request] = {}
+        self._waiting: deque[PagedRequest] = deque()  # for rows
+        self._incoming: queue.SimpleQueue[PagedRequest | None] = queue.SimpleQueue()
+        self._active: dict[str, PagedRequest] = {}
         self._flags: Flags | None = None  # what the scheduled sequences need of a step (None: to recompute)
         self._flag_counts = FlagCounts()  # the configs of the sequences holding a row, for _flags
         self._lock = threading.Lock()
@@ -184,7 +146,7 @@ class PagedFastEngine:
         bias = sampling.logit_bias + tuple((token, float("-inf")) for token in sorted(banned))
         seed = random.getrandbits(64) if sampling.seed is None else sampling.seed
         compiled = self._guides.compile(sampling)  # here, so that an invalid guide is refused at once
-        request = _Request(request_id, input_ids, sampling, sink, is_cancelled)
+        request = PagedRequest(request_id, input_ids, sampling, sink, is_cancelled)
         for index in range(sampling.n):
             config = SlotConfig(
                 temperature=sampling.temperature,
@@ -207,7 +169,7 @@ class PagedFastEngine:
             # every sequence reports the prompt's scores, computed once (sequence 0's prefill)
             prompt_k = sampling.top_logprobs if sampling.prompt_logprobs and index == 0 else -1
             stream = TextStream(self._decoder, sampling.stop)
-            sequence = _Sequence(request, index, seq_id, config, stream, eos_ids, prompt_k)
+            sequence = PagedSequence(request, index, seq_id, config, stream, eos_ids, prompt_k)
             if compiled is not None:
                 sequence.guide = self._guides.matcher(compiled, eos_ids)
             request.sequences.append(sequence)
@@ -269,7 +231,7 @@ class PagedFastEngine:
     def _admit(self) -> None:
         """Waiting requests, first come first served, while sampler rows are free for all n of their sequences:
         rows set up in one batch, sequences handed to the scheduler (which admits them as blocks allow)."""
-        admitted: list[_Sequence] = []
+        admitted: list[PagedSequence] = []
         while self._waiting:
             request = self._waiting[0]
             if not request.done and len(self._free_rows) < request.sampling.n:
@@ -347,14 +309,14 @@ class PagedFastEngine:
         step.complete(tokens, self.scheduler, self._guides)
         return step.sampled, tokens, logprobs
 
-    def _deliver(self, sampled: list[_Sequence], tokens: list[int], logprobs) -> None:
+    def _deliver(self, sampled: list[PagedSequence], tokens: list[int], logprobs) -> None:
         """Hand a completed step's tokens to their sequences (a sequence that ended meanwhile drops its token)."""
         started = time.perf_counter()
         for row, (sequence, token) in enumerate(zip(sampled, tokens, strict=True)):
             self._on_token(sequence, token, logprobs, row)
         self.stats["deliver_s"] += time.perf_counter() - started
 
-    def _on_token(self, sequence: _Sequence, token: int, logprobs, row: int) -> None:
+    def _on_token(self, sequence: PagedSequence, token: int, logprobs, row: int) -> None:
         """Take one generated token; `logprobs` (chosen, top values, top ids), when computed, has it at `row`."""
         if sequence.done:
             return
@@ -381,7 +343,9 @@ class PagedFastEngine:
         elif text:
             sequence.request.sink(self._update(sequence, text))
 
-    def _update(self, sequence: _Sequence, text: str, reason: str | None = None, error: str | None = None) -> Update:
+    def _update(
+        self, sequence: PagedSequence, text: str, reason: str | None = None, error: str | None = None
+    ) -> Update:
         """The sequence's delta since its last update (and its prompt's scores on its first)."""
         prompt_scores, sequence.prompt_scores = sequence.prompt_scores, None
         ids = tuple(sequence.ids)
@@ -400,11 +364,11 @@ class PagedFastEngine:
             if not request.done and request.is_cancelled():
                 self._finish_request(request, "cancelled")
 
-    def _finish_request(self, request: _Request, reason: str, error: str | None = None) -> None:
+    def _finish_request(self, request: PagedRequest, reason: str, error: str | None = None) -> None:
         for sequence in request.sequences:
             self._finish(sequence, reason, error=error)
 
-    def _finish(self, sequence: _Sequence, reason: str, text: str = "", error: str | None = None) -> None:
+    def _finish(self, sequence: PagedSequence, reason: str, text: str = "", error: str | None = None) -> None:
         if sequence.done:
             return
         sequence.done = True

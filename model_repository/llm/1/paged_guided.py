@@ -23,7 +23,7 @@ from sampler import SlotSampler
 
 if TYPE_CHECKING:
     from grammar import GuideMatcher, Guides
-    from paged_fast_core import _Sequence
+    from paged_sequences import PagedSequence
 
 
 class PagedGuides:
@@ -54,7 +54,7 @@ class PagedGuides:
         assert self._guides is not None
         return self._guides.matcher(compiled, end_ids)
 
-    def write_masks(self, sampled: list[_Sequence]) -> None:
+    def write_masks(self, sampled: list[PagedSequence]) -> None:
         """Before a guided step samples: each sampled row's bitmask, its grammar's allowed tokens or all (-1)
         without a grammar. A row is reused by later sequences, so every sampled row is written, guided or not."""
         assert not self._in_flight, "the previous guided step's tokens must be accepted before the next mask"
@@ -73,7 +73,7 @@ class PagedGuides:
         self._sampler.bitmask.copy_(host, non_blocking=True)
         self._in_flight = True
 
-    def accept(self, sampled: list[_Sequence], tokens: list[int]) -> None:
+    def accept(self, sampled: list[PagedSequence], tokens: list[int]) -> None:
         """After a guided step, with its tokens on the host: each matcher past its sequence's token (a refused one,
         which the mask rules out, is kept on the matcher: the sequence then ends "error" when delivered)."""
         if not self._in_flight:
